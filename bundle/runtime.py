@@ -1,0 +1,125 @@
+"""onnxruntime sessions for the two bundle tasks. Pure numpy in, numpy out.
+
+ClassifierModel: token ids -> label probabilities (right-padded batches, exact; see the bundle doc).
+LanguageModel: one step of the stateful LM; the sampling loop lives with its caller.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import onnxruntime as ort
+
+from .manifest import BundleError, Manifest, load_manifest
+from .tokenizer import Tokenizer
+
+State = list[np.ndarray]  # [h0, c0, h1, c1, ...] in the order of manifest["states"]
+
+
+def session_options(threads: int = 1, inter_threads: int = 1, spinning: bool = False) -> ort.SessionOptions:
+    """One vCPU by default: one intra-op thread, no spin-waiting (spinning burns the only core)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = inter_threads
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    opts.log_severity_level = 3
+    return opts
+
+
+def _session(manifest: Manifest, options: ort.SessionOptions, model_path: Path | None = None) -> ort.InferenceSession:
+    path = model_path or manifest.model_path
+    try:
+        sess = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable models
+        raise BundleError(f"bundle {manifest.directory}: onnxruntime cannot load {path.name}: {e}") from None
+    expected_in = {i["name"] for i in manifest.raw["model"].get("inputs", [])}
+    actual_in = {i.name for i in sess.get_inputs()}
+    if expected_in and expected_in != actual_in:
+        raise BundleError(f"bundle {manifest.directory}: model inputs {sorted(actual_in)} != manifest {sorted(expected_in)}")
+    return sess
+
+
+class _Model:
+    def __init__(self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.session = session
+        arch = manifest.architecture
+        self.pad_id: int = int(arch["pad_id"])
+        self.bos_id: int = int(arch["bos_id"])
+        self.unk_id: int = int(arch["unk_id"])
+        self.vocab_size: int = int(arch["vocab_size"])
+
+
+class ClassifierModel(_Model):
+    """Label probabilities for token-id sequences of any length (no truncation: the graph pools
+    over the last `max_len` tokens exactly as fastai does; callers bound the input size)."""
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest.labels
+
+    def predict_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+        if not batch:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        lengths = np.array([len(ids) for ids in batch], dtype=np.int64)
+        if lengths.min() < 1:
+            raise ValueError("every sequence needs at least one token")
+        ids = np.full((len(batch), int(lengths.max())), self.pad_id, dtype=np.int64)
+        for row, seq in enumerate(batch):
+            ids[row, : len(seq)] = seq
+        return self.session.run(["probabilities"], {"input_ids": ids, "lengths": lengths})[0]
+
+    def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.predict_ids([self.tokenizer.encode(t) for t in texts])
+
+    def warm_up(self) -> None:
+        self.predict_texts(["warm up"])
+
+
+class LanguageModel(_Model):
+    """The stateful LM graph: feed ids with the state, get next-token logits and the new state."""
+
+    def __init__(self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
+        super().__init__(manifest, tokenizer, session)
+        self._states = manifest.raw["states"]
+        self._outputs = ["logits"] + [n for s in self._states for n in (s["h_out"], s["c_out"])]
+
+    def initial_state(self, batch: int) -> State:
+        return [np.zeros((1, batch, int(s["size"])), dtype=np.float32) for s in self._states for _ in (0, 1)]
+
+    def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        feed: dict[str, np.ndarray] = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+        for i, s in enumerate(self._states):
+            feed[s["h"]], feed[s["c"]] = state[2 * i], state[2 * i + 1]
+        logits, *new_state = self.session.run(self._outputs, feed)
+        return logits, new_state
+
+    def warm_up(self) -> None:
+        ids = np.array([[self.bos_id]], dtype=np.int64)
+        logits, state = self.step(ids, self.initial_state(1))
+        self.step(ids, state)
+
+
+Model = Union[ClassifierModel, LanguageModel]
+
+
+def load_bundle(directory: str | Path, threads: int = 1, inter_threads: int = 1,
+                model_path: Path | None = None) -> Model:
+    """Verify a bundle (manifest, hashes, vocab size vs model) and build its session.
+    `model_path` loads another model file of the bundle (e.g. the fp32 copy) for comparisons."""
+    manifest = load_manifest(directory)
+    tokenizer = Tokenizer.from_file(manifest.tokenizer_path)
+    if tokenizer.vocab_size != manifest.architecture["vocab_size"]:
+        raise BundleError(
+            f"bundle {manifest.directory}: tokenizer has {tokenizer.vocab_size} tokens, "
+            f"model embedding has {manifest.architecture['vocab_size']} (mismatched tokenizer.json?)"
+        )
+    session = _session(manifest, session_options(threads, inter_threads), model_path)
+    cls = ClassifierModel if manifest.task == "classify" else LanguageModel
+    return cls(manifest, tokenizer, session)

@@ -1,0 +1,72 @@
+"""Named size configurations. One place for every training knob, so a run is reproducible
+from its name (plus the data path) and the name is recorded in the bundle manifest."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    name: str
+    # AWD-LSTM size
+    emb_sz: int
+    n_hid: int
+    n_layers: int
+    # vocabulary (built from the LM corpus; shared by LM and classifier)
+    max_vocab: int
+    min_freq: int
+    # data: how many documents to use (None = all). LM text is train + unsup, never test.
+    lm_docs: int | None
+    clf_docs: int | None
+    valid_pct: float
+    # language model schedule
+    bptt: int
+    lm_bs: int
+    lm_epochs: int
+    lm_lr: float
+    lm_drop_mult: float
+    # classifier schedule (ULMFiT gradual unfreezing: head, last two groups, last three, all)
+    clf_bs: int
+    clf_lr: float
+    clf_drop_mult: float
+    clf_epochs: tuple[int, ...]  # epochs per unfreezing stage: (-1, -2, -3, all); 0 skips a stage
+    max_len: int  # classifier pools over at most the last max_len tokens (fastai's max_len)
+    pretrained: bool = False  # fastai's WikiText-103 weights: downloads, so off by default
+    seed: int = 42
+    n_workers: int = 2  # tokenization processes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CONFIGS: dict[str, TrainConfig] = {
+    # For tests: trains in seconds on a few hundred short documents.
+    "tiny": TrainConfig(
+        name="tiny", emb_sz=16, n_hid=32, n_layers=2, max_vocab=2000, min_freq=2,
+        lm_docs=None, clf_docs=None, valid_pct=0.2, bptt=24, lm_bs=8, lm_epochs=2, lm_lr=1e-2,
+        lm_drop_mult=0.3, clf_bs=16, clf_lr=1e-2, clf_drop_mult=0.3, clf_epochs=(2, 0, 0, 1),
+        max_len=24 * 20, n_workers=1,
+    ),
+    # The CPU recipe for the shipped models: sized to train in ~1.5 h on 2 cores.
+    "compact": TrainConfig(
+        name="compact", emb_sz=200, n_hid=400, n_layers=3, max_vocab=15000, min_freq=3,
+        lm_docs=16000, clf_docs=None, valid_pct=0.1, bptt=72, lm_bs=64, lm_epochs=1, lm_lr=2e-2,
+        lm_drop_mult=0.5, clf_bs=64, clf_lr=2e-2, clf_drop_mult=0.5, clf_epochs=(1, 1, 0, 1),
+        max_len=72 * 20,
+    ),
+    # fastai's default AWD-LSTM (emb 400, hidden 1152, 3 layers), all of train + unsup: a GPU recipe.
+    "full": TrainConfig(
+        name="full", emb_sz=400, n_hid=1152, n_layers=3, max_vocab=60000, min_freq=3,
+        lm_docs=None, clf_docs=None, valid_pct=0.1, bptt=72, lm_bs=128, lm_epochs=10, lm_lr=2e-3 * 10,
+        lm_drop_mult=1.0, clf_bs=64, clf_lr=2e-2, clf_drop_mult=0.5, clf_epochs=(1, 1, 1, 2),
+        max_len=72 * 20,
+    ),
+}
+
+
+def get_config(name: str, **overrides: Any) -> TrainConfig:
+    """Look up a named config; overrides (e.g. from the CLI) replace single fields."""
+    if name not in CONFIGS:
+        raise KeyError(f"unknown config {name!r}; choose from {sorted(CONFIGS)}")
+    return replace(CONFIGS[name], **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,188 @@
+"""The ULMFiT recipe with fastai: tokenize once (cached), train an AWD-LSTM language model on
+train + unsup text, then fine-tune a classifier from its encoder with gradual unfreezing.
+
+Everything a later stage needs is written to the run directory:
+  config.json, vocab.json, metrics.json, lm.pkl / classifier.pkl (fastai learners, `learn.export`),
+  models/encoder.pth (the LM encoder the classifier starts from), cache/*.pkl (tokenized text).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from fastai.text.all import (
+    AWD_LSTM, ColReader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
+    awd_lstm_clas_config, awd_lstm_lm_config, language_model_learner, make_vocab, noop,
+    text_classifier_learner, tokenize_df,
+)
+
+from .config import TrainConfig
+from .data import ImdbData
+
+MOMS = (0.8, 0.7, 0.8)  # ULMFiT's momentum schedule
+DISCRIMINATIVE_FACTOR = 2.6**4  # lower layer groups get lr / 2.6^4 (ULMFiT)
+
+
+def hardware() -> dict[str, Any]:
+    """What the run used: recorded with the metrics so timings can be compared honestly."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _tokenize_cached(texts: pd.Series, cache_dir: Path, tag: str, n_workers: int) -> list[list[str]]:
+    """fastai tokenization is the slow part of data prep (~4 min per 100k reviews): do it once."""
+    digest = hashlib.sha256("\x00".join(texts.tolist()).encode("utf-8")).hexdigest()[:16]
+    path = cache_dir / f"{tag}-{digest}.pkl"
+    if path.exists():
+        return pd.read_pickle(path)
+    df, _ = tokenize_df(pd.DataFrame({"text": texts.tolist()}), text_cols="text", n_workers=n_workers)
+    tokens = [list(t) for t in df["text"]]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    pd.to_pickle(tokens, path)
+    return tokens
+
+
+def _lm_corpus(data: ImdbData, cfg: TrainConfig) -> pd.Series:
+    """LM text: train + unsup (never test), shuffled with the config's seed, capped at lm_docs."""
+    texts = pd.concat([data.train["text"], data.unsup["text"]], ignore_index=True)
+    texts = texts.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
+    return texts if cfg.lm_docs is None else texts.iloc[: cfg.lm_docs]
+
+
+def _fit(learn: Any, epochs: int, lr: float | slice) -> None:
+    """One-cycle fit; progress bars only on a terminal (logs get one plain line per epoch)."""
+    if sys.stdout.isatty():
+        learn.fit_one_cycle(epochs, lr, moms=MOMS)
+    else:
+        with learn.no_bar():
+            learn.fit_one_cycle(epochs, lr, moms=MOMS)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _update_metrics(out: Path, key: str, value: dict[str, Any]) -> None:
+    path = out / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics[key] = value
+    _write_json(path, metrics)
+
+
+def _arch_config(cfg: TrainConfig, base: dict[str, Any]) -> dict[str, Any]:
+    return {**base, "emb_sz": cfg.emb_sz, "n_hid": cfg.n_hid, "n_layers": cfg.n_layers}
+
+
+def train_lm(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
+    """Train the language model; writes vocab.json, lm.pkl, models/encoder.pth, metrics['lm']."""
+    torch.manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", cfg.to_dict())
+    t0 = time.perf_counter()
+    texts = _lm_corpus(data, cfg)
+    tokens = _tokenize_cached(texts, out / "cache", "lm", cfg.n_workers)
+    t_tok = time.perf_counter() - t0
+    vocab = make_vocab(Counter(t for doc in tokens for t in doc), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+    _write_json(out / "vocab.json", vocab)
+
+    block = DataBlock(
+        blocks=TextBlock(noop, vocab=vocab, is_lm=True, seq_len=cfg.bptt),
+        get_x=ColReader("text"),
+        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
+    )
+    dls = block.dataloaders(pd.DataFrame({"text": tokens}), bs=cfg.lm_bs, seq_len=cfg.bptt)
+    learn = language_model_learner(
+        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_lm_config), drop_mult=cfg.lm_drop_mult,
+        pretrained=cfg.pretrained, metrics=[accuracy, Perplexity()], path=out,
+    )
+    t1 = time.perf_counter()
+    _fit(learn, cfg.lm_epochs, cfg.lm_lr)
+    t_train = time.perf_counter() - t1
+    with learn.no_bar():
+        valid_loss, valid_acc, valid_ppl = (float(v) for v in learn.validate())
+    learn.save_encoder("encoder")
+    learn.export(out / "lm.pkl")
+    n_tokens = sum(len(d) for d in tokens)
+    metrics = {
+        "docs": len(tokens), "tokens": n_tokens, "vocab_size": len(vocab),
+        "valid_loss": valid_loss, "valid_accuracy": valid_acc, "valid_perplexity": valid_ppl,
+        "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),
+        "train_tokens_per_second": round(n_tokens * (1 - cfg.valid_pct) * cfg.lm_epochs / t_train, 1),
+        "hardware": hardware(),
+    }
+    _update_metrics(out, "lm", metrics)
+    return metrics
+
+
+def _clf_stages(cfg: TrainConfig) -> list[tuple[int | None, int, float | slice]]:
+    """(freeze_to, epochs, lr) per ULMFiT stage; freeze_to None means unfreeze everything."""
+    lr = cfg.clf_lr
+    group_lrs = [lr, lr / 2, lr / 4, lr / 10]
+    stages: list[tuple[int | None, int, float | slice]] = []
+    for (freeze_to, epochs, stage_lr) in zip((-1, -2, -3, None), cfg.clf_epochs, group_lrs):
+        if epochs:
+            stages.append((freeze_to, epochs, stage_lr if freeze_to == -1 else
+                           slice(stage_lr / DISCRIMINATIVE_FACTOR, stage_lr)))
+    return stages
+
+
+def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
+    """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier']."""
+    torch.manual_seed(cfg.seed)
+    vocab = json.loads((out / "vocab.json").read_text())
+    train = data.train if cfg.clf_docs is None else data.train.sample(n=cfg.clf_docs, random_state=cfg.seed)
+    t0 = time.perf_counter()
+    tokens = _tokenize_cached(train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers)
+    t_tok = time.perf_counter() - t0
+    df = pd.DataFrame({"text": tokens, "label": train["label"].tolist()})
+    block = DataBlock(
+        blocks=(TextBlock(noop, vocab=vocab, seq_len=cfg.bptt), CategoryBlock),
+        get_x=ColReader("text"), get_y=ColReader("label"),
+        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
+    )
+    dls = block.dataloaders(df, bs=cfg.clf_bs, seq_len=cfg.bptt)
+    learn = text_classifier_learner(
+        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_clas_config), drop_mult=cfg.clf_drop_mult,
+        pretrained=False, seq_len=cfg.bptt, max_len=cfg.max_len, metrics=accuracy, path=out,
+    )
+    learn.load_encoder("encoder")
+    t1 = time.perf_counter()
+    history = []
+    for i, (freeze_to, epochs, lr) in enumerate(_clf_stages(cfg)):
+        if freeze_to is None:
+            learn.unfreeze()
+        else:
+            learn.freeze_to(freeze_to)
+        _fit(learn, epochs, lr)
+        with learn.no_bar():
+            loss, acc = (float(v) for v in learn.validate())
+        history.append({"stage": i, "freeze_to": freeze_to, "epochs": epochs, "valid_accuracy": acc,
+                        "seconds": round(time.perf_counter() - t1, 1)})
+        learn.save(f"classifier-stage{i}")  # checkpoint: a long CPU run can be resumed by hand
+    t_train = time.perf_counter() - t1
+    with learn.no_bar():
+        valid_loss, valid_acc = (float(v) for v in learn.validate())
+    learn.export(out / "classifier.pkl")
+    metrics = {
+        "docs": len(df), "labels": list(dls.vocab[1]), "valid_loss": valid_loss, "valid_accuracy": valid_acc,
+        "stages": history, "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),
+        "hardware": hardware(),
+    }
+    _update_metrics(out, "classifier", metrics)
+    return metrics

@@ -1,0 +1,38 @@
+"""`create_app(settings)`: the Falcon app with every route and the one error mapping."""
+
+from __future__ import annotations
+
+import falcon
+
+from server import errors
+from server.config import Settings
+from server.resources.classify import ClassifyResource
+from server.resources.generate import GenerateResource
+from server.resources.health import HealthResource, ReadinessResource
+from server.resources.index import IndexResource
+from server.resources.models import ModelsResource
+from server.resources.openapi import OpenAPIResource
+from server.resources.tokenize import TokenizeResource
+from server.runtime import ServerRuntime
+
+
+def create_app(settings: Settings, runtime: ServerRuntime | None = None,
+               middleware: list[object] | None = None) -> falcon.App:
+    """Build the app. Without `runtime` the bundles are loaded here and warmed in the background;
+    a caller passing its own runtime (gunicorn's preload, see server/wsgi.py) starts warm-up itself.
+    `middleware` is where cross-cutting layers (limits, metrics, auth) plug in.
+    """
+    if runtime is None:
+        runtime = ServerRuntime.load(settings)
+        runtime.start_warm_up()
+    app = falcon.App(middleware=middleware or [])
+    errors.install(app)
+    app.add_route("/", IndexResource(runtime))
+    app.add_route("/healthz", HealthResource())
+    app.add_route("/readyz", ReadinessResource(runtime))
+    app.add_route("/models", ModelsResource(runtime))
+    app.add_route("/openapi.json", OpenAPIResource())
+    app.add_route("/classify", ClassifyResource(runtime))
+    app.add_route("/generate", GenerateResource(runtime))
+    app.add_route("/tokenize", TokenizeResource(runtime))
+    return app

@@ -1,0 +1,175 @@
+"""Every tunable of the server, read once from the environment into one frozen `Settings`.
+
+Why one table: operators configure Cloud Run with env vars only, so each knob must have a name,
+a default, a range and a line in docs/configuration.md. `ENV_VARS` is that table; a test checks
+the doc lists exactly these names, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """Raised with every invalid variable listed, so one restart fixes them all."""
+
+
+def default_model_dir() -> Path:
+    """The repo's shipped `models/`; an installed (non-editable) package falls back to ./models."""
+    shipped = _REPO_ROOT / "models"
+    return shipped if shipped.is_dir() else Path.cwd() / "models"
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One row of the configuration table: env name, Settings field, parser and documentation."""
+
+    name: str
+    field: str
+    parse: Callable[[str], Any]
+    default: Any
+    doc: str
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not low <= value <= high:  # also rejects nan
+            raise ValueError(f"must be between {low} and {high}")
+        return value
+
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    text = raw.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if not value or any(ch.isspace() for ch in value):
+        raise ValueError("must be a non-empty host name or address")
+    return value
+
+
+def _path(raw: str) -> Path:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return Path(raw.strip()).expanduser()
+
+
+ENV_VARS: tuple[EnvVar, ...] = (
+    EnvVar("HOST", "host", _host, "0.0.0.0", "Address gunicorn binds to."),
+    EnvVar("PORT", "port", _int_in(1, 65535), 8080, "TCP port (Cloud Run sets it)."),
+    EnvVar("MODEL_DIR", "model_dir", _path, None,
+           "Directory of bundles (one sub-directory per bundle). Default: the repo's `models/`, "
+           "or `./models` when the package is installed elsewhere."),
+    EnvVar("WEB_WORKERS", "web_workers", _int_in(1, 64), 1,
+           "gunicorn worker processes. One per vCPU; each holds its own copy of the models."),
+    EnvVar("WEB_THREADS", "web_threads", _int_in(1, 256), 8,
+           "gthread threads per worker (concurrent requests per worker)."),
+    EnvVar("ORT_INTRA_OP_THREADS", "ort_intra_op_threads", _int_in(1, 64), 1,
+           "onnxruntime intra-op threads per session (1 on a one-vCPU instance; spinning is off)."),
+    EnvVar("ORT_INTER_OP_THREADS", "ort_inter_op_threads", _int_in(1, 64), 1,
+           "onnxruntime inter-op threads per session (only used by parallel execution)."),
+    EnvVar("GRACEFUL_TIMEOUT_S", "graceful_timeout_s", _float_in(0.0, 9.5), 8.0,
+           "Seconds in-flight requests get after SIGTERM; below Cloud Run's 10 s window."),
+    EnvVar("MAX_BODY_BYTES", "max_body_bytes", _int_in(64, 64 * 1024 * 1024), 1024 * 1024,
+           "Largest request body accepted; larger bodies get 413."),
+    EnvVar("MAX_TEXT_CHARS", "max_text_chars", _int_in(1, 10_000_000), 20_000,
+           "Longest text (review or prompt) in characters; longer ones get 400."),
+    EnvVar("MAX_BATCH_TEXTS", "max_batch_texts", _int_in(1, 10_000), 64,
+           "Most texts in one `/classify` batch."),
+    EnvVar("MAX_N_WORDS", "max_n_words", _int_in(1, 100_000), 200,
+           "Largest `n_words` (tokens generated per sample) for `/generate`."),
+    EnvVar("MAX_N_SAMPLES", "max_n_samples", _int_in(1, 1_000), 10,
+           "Largest `n_samples` for `/generate`."),
+    EnvVar("LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "info", "Log level of the JSON logs."),
+    EnvVar("ACCESS_LOG", "access_log", _bool, False,
+           "Write one gunicorn access-log line per request (Cloud Run logs requests already)."),
+    EnvVar("WARMUP_DELAY_S", "warmup_delay_s", _float_in(0.0, 600.0), 0.0,
+           "Seconds to wait before the warm-up inference (testing /readyz; keep 0 in production)."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The server's configuration; build it with `Settings.from_env()` (or directly in tests)."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    model_dir: Path = field(default_factory=default_model_dir)
+    web_workers: int = 1
+    web_threads: int = 8
+    ort_intra_op_threads: int = 1
+    ort_inter_op_threads: int = 1
+    graceful_timeout_s: float = 8.0
+    max_body_bytes: int = 1024 * 1024
+    max_text_chars: int = 20_000
+    max_batch_texts: int = 64
+    max_n_words: int = 200
+    max_n_samples: int = 10
+    log_level: str = "info"
+    access_log: bool = False
+    warmup_delay_s: float = 0.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Parse every variable of `ENV_VARS`; raise ConfigError naming all bad ones at once."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for var in ENV_VARS:
+            raw = env.get(var.name)
+            if raw is None:
+                values[var.field] = default_model_dir() if var.field == "model_dir" else var.default
+                continue
+            try:
+                values[var.field] = var.parse(raw)
+            except ValueError as exc:
+                problems.append(f"{var.name}={raw!r}: {exc}")
+        if problems:
+            raise ConfigError("invalid configuration: " + "; ".join(problems))
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """Settings as JSON-friendly values, for the startup log line."""
+        return {f.name: str(getattr(self, f.name)) if f.name == "model_dir"
+                else getattr(self, f.name) for f in fields(self)}

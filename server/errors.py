@@ -1,0 +1,105 @@
+"""The one place where failures become HTTP answers.
+
+Every error a client sees is JSON `{"title": ..., "description": ...}`. Client mistakes are raised
+as the `falcon.HTTPError` subclasses below; anything else is a bug in us, so the catch-all logs
+the traceback and answers a bland 500 that never contains it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import falcon
+
+log = logging.getLogger("server.errors")
+
+# One status for every invalid-input case (bad JSON, wrong type, missing/unknown field, empty
+# text, out-of-range value), so clients need one rule: 400 means "fix the request".
+INVALID_INPUT_STATUS = falcon.HTTP_400
+
+
+class InvalidRequest(falcon.HTTPBadRequest):
+    """The body parsed but a field is missing, unknown, of the wrong type or out of range."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(title="Invalid request", description=description)
+
+
+class MalformedJSON(falcon.HTTPBadRequest):
+    """The body is not one strict JSON object (syntax, encoding, NaN/Infinity, duplicates)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(title="Malformed JSON", description=description)
+
+
+class BodyTooLarge(falcon.HTTPContentTooLarge):
+    """The body (declared or actually sent) is over MAX_BODY_BYTES."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(title="Request body too large",
+                         description=f"The request body must be at most {limit} bytes.")
+
+
+class NotJSON(falcon.HTTPUnsupportedMediaType):
+    """POST endpoints only speak JSON."""
+
+    def __init__(self, got: str | None) -> None:
+        shown = repr(got) if got else "none"
+        super().__init__(title="Unsupported media type",
+                         description=f"Content-Type must be application/json (got {shown}).")
+
+
+class NoModelForTask(falcon.HTTPNotFound):
+    """This deployment's MODEL_DIR has no bundle for the endpoint's task."""
+
+    def __init__(self, task: str) -> None:
+        super().__init__(title="No model",
+                         description=f"This server has no '{task}' model loaded.")
+
+
+class NotReady(falcon.HTTPServiceUnavailable):
+    """Readiness probe answer while loading, warming up or draining."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(title="Not ready", description=f"The server is {state}.",
+                         headers={"Retry-After": "1"})
+
+
+_DEFAULT_DESCRIPTIONS = {
+    404: "No such route. See GET /openapi.json for the API.",
+    405: "This route does not accept that method; see the Allow header.",
+    500: "The server failed to handle the request; it has been logged.",
+}
+
+
+def error_body(title: str, description: str) -> bytes:
+    return json.dumps({"title": title, "description": description}).encode()
+
+
+def serialize_error(req: falcon.Request, resp: falcon.Response,
+                    exception: falcon.HTTPError) -> None:
+    """Falcon's error serializer, replaced so every error is JSON whatever the Accept header."""
+    status_code = exception.status_code
+    title = exception.title or falcon.code_to_http_status(status_code)[4:]
+    description = exception.description or _DEFAULT_DESCRIPTIONS.get(status_code, title + ".")
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = error_body(title, description)
+
+
+def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
+                      params: dict[str, Any]) -> None:
+    """Catch-all: log the traceback for us, answer 500 JSON without it for the client."""
+    log.error("unhandled error on %s %s", req.method, req.path, exc_info=ex)
+    error = falcon.HTTPInternalServerError(title="Internal server error",
+                                           description=_DEFAULT_DESCRIPTIONS[500])
+    resp.status = error.status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = error_body(error.title, error.description)
+
+
+def install(app: falcon.App) -> None:
+    """Wire the serializer and the catch-all into an app (HTTPError keeps its own handler)."""
+    app.set_error_serializer(serialize_error)
+    app.add_error_handler(Exception, handle_unexpected)

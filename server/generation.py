@@ -1,0 +1,138 @@
+"""Text generation with fastai `LMLearner.predict` semantics, in numpy, with the state carried.
+
+fastai re-feeds the whole sequence for each new token and samples from
+`softmax(logits) ** (1 / temperature)` with xxunk zeroed (`no_unk`). Here the prompt is encoded
+once, then each new token is one step with seq = 1 and the LSTM state carried; all samples are
+rows of one batch. The distribution is the same: `softmax(logits / temperature)` restricted to
+the allowed tokens, optionally cut to the top-k and/or the top-p nucleus. Randomness comes only
+from the numpy Generator passed in, so a seed reproduces a result exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+
+
+class StepModel(Protocol):
+    """What generation needs from `bundle.LanguageModel`."""
+
+    def initial_state(self, batch: int) -> list[np.ndarray]: ...
+
+    def step(self, ids: np.ndarray,
+             state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. temperature 0 means greedy (argmax)."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    no_unk: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise ValueError("temperature must be a finite number >= 0")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError("top_k must be >= 1")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+def allowed_logits(logits: np.ndarray, params: SamplingParams, unk_id: int) -> np.ndarray:
+    """float64 copy of the logits, temperature-scaled, with excluded tokens set to -inf."""
+    scores = np.array(logits, dtype=np.float64, copy=True)
+    if params.no_unk and 0 <= unk_id < scores.shape[1]:
+        scores[:, unk_id] = -np.inf
+    if params.temperature > 0:
+        scores /= params.temperature
+    if params.top_k is not None and params.top_k < scores.shape[1]:
+        drop = np.argpartition(scores, -params.top_k, axis=1)[:, :-params.top_k]
+        np.put_along_axis(scores, drop, -np.inf, axis=1)
+    return scores
+
+
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    peak = scores.max(axis=1, keepdims=True)
+    weights = np.exp(scores - peak)  # exp(-inf) == 0: excluded tokens get probability 0
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """Keep the smallest set of most likely tokens whose mass reaches top_p (at least one)."""
+    order = np.argsort(-probs, axis=1, kind="stable")
+    sorted_probs = np.take_along_axis(probs, order, axis=1)
+    mass_before = np.cumsum(sorted_probs, axis=1) - sorted_probs
+    keep_sorted = mass_before < top_p
+    keep_sorted[:, 0] = True
+    keep = np.zeros_like(keep_sorted)
+    np.put_along_axis(keep, order, keep_sorted, axis=1)
+    kept = np.where(keep, probs, 0.0)
+    return kept / kept.sum(axis=1, keepdims=True)
+
+
+def next_token_probabilities(logits: np.ndarray, params: SamplingParams,
+                             unk_id: int) -> np.ndarray:
+    """The (batch, vocab) distribution sampling draws from (one-hot argmax for temperature 0)."""
+    scores = allowed_logits(logits, params, unk_id)
+    if params.temperature == 0:
+        probs = np.zeros_like(scores)
+        np.put_along_axis(probs, scores.argmax(axis=1)[:, None], 1.0, axis=1)
+        return probs
+    probs = _softmax(scores)
+    if params.top_p is not None and params.top_p < 1:
+        probs = _nucleus(probs, params.top_p)
+    return probs
+
+
+def sample_from(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row by inverse CDF; never returns a zero-probability token."""
+    cdf = np.cumsum(probs, axis=1)
+    targets = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
+    chosen = (cdf <= targets).sum(axis=1)
+    # Guard the float edge case u*total rounding up to total: fall back to the last allowed token.
+    last_allowed = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+    return np.minimum(chosen, last_allowed).astype(np.int64)
+
+
+def choose_next(logits: np.ndarray, params: SamplingParams, unk_id: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """Next token id for each row: argmax when temperature is 0, else a draw."""
+    if params.temperature == 0:
+        return allowed_logits(logits, params, unk_id).argmax(axis=1).astype(np.int64)
+    return sample_from(next_token_probabilities(logits, params, unk_id), rng)
+
+
+def _repeat_rows(state: list[np.ndarray], n: int) -> list[np.ndarray]:
+    """Copy a batch-1 LSTM state to n rows; states are [1, batch, size] (bundle-format.md)."""
+    return [np.repeat(layer, n, axis=1) for layer in state]
+
+
+def generate_ids(model: StepModel, prompt_ids: Sequence[int], n_words: int, n_samples: int,
+                 params: SamplingParams, unk_id: int,
+                 rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Yield the (n_samples,) new token ids of each step, n_words times.
+
+    The prompt runs once with batch 1 (its state and logits are then copied to every sample),
+    so a long prompt costs the same for 1 or 10 samples; no step is run after the last token.
+    """
+    if not prompt_ids:
+        raise ValueError("the prompt must have at least one token (xxbos)")
+    prompt = np.asarray([list(prompt_ids)], dtype=np.int64)
+    logits, state = model.step(prompt, model.initial_state(1))
+    logits = np.repeat(logits, n_samples, axis=0)
+    state = _repeat_rows(state, n_samples)
+    for index in range(n_words):
+        next_ids = choose_next(logits, params, unk_id, rng)
+        yield next_ids
+        if index + 1 < n_words:
+            logits, state = model.step(next_ids[:, None], state)
+
+
+def make_rng(seed: int | None) -> np.random.Generator:
+    """A seeded Generator reproduces a request; None draws fresh OS entropy."""
+    return np.random.default_rng(seed)

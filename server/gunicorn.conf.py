@@ -1,0 +1,46 @@
+"""gunicorn settings, all derived from `server.config.Settings` (env vars, one table).
+
+Cloud Run advice: one worker per vCPU with threads for concurrency, `timeout 0` (the platform
+enforces the request timeout), and a graceful timeout inside its 10 s SIGTERM window.
+"""
+
+import os
+
+from server.config import Settings
+from server.logs import JsonFormatter  # noqa: F401  (named in logconfig_dict below)
+
+_settings = Settings.from_env()
+
+bind = [f"{_settings.host}:{_settings.port}"]
+workers = _settings.web_workers
+worker_class = "gthread"
+threads = _settings.web_threads
+# Loading in the master means a worker (re)start is a fork, not a reload. onnxruntime thread
+# pools do not survive fork, so with more than one ORT thread each worker loads its own bundles.
+preload_app = _settings.ort_intra_op_threads == 1 and _settings.ort_inter_op_threads == 1
+timeout = 0
+graceful_timeout = _settings.graceful_timeout_s
+keepalive = 5
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+accesslog = "-" if _settings.access_log else None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+loglevel = _settings.log_level
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "server.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                            "stream": "ext://sys.stderr"}},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stderr"], "level": _settings.log_level.upper(),
+                           "propagate": False},
+        "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+    },
+}
+
+
+def post_worker_init(worker):  # noqa: ANN001 (gunicorn hook signature)
+    """Warm the sessions inside the worker that will serve; /readyz turns 200 when done."""
+    import server.wsgi
+
+    server.wsgi.runtime.start_warm_up(exec_pid=os.getppid())

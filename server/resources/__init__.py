@@ -1,0 +1,1 @@
+"""One module per endpoint; each resource gets the shared `ServerRuntime` at construction."""

@@ -1,0 +1,48 @@
+"""POST /classify: one review or a batch, always one onnxruntime call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import falcon
+
+from server.body import read_json_object
+from server.errors import InvalidRequest, NoModelForTask
+from server.responses import send_json
+from server.runtime import ServerRuntime
+from server.validation import reject_unknown_fields, required_text, text_list
+
+PROBABILITY_DECIMALS = 6
+
+
+def label_result(labels: list[str], row: Any) -> dict[str, Any]:
+    """{label, probabilities} for one row of the model's softmax output."""
+    probabilities = {label: round(float(p), PROBABILITY_DECIMALS) for label, p in zip(labels, row)}
+    return {"label": labels[int(row.argmax())], "probabilities": probabilities}
+
+
+class ClassifyResource:
+    def __init__(self, runtime: ServerRuntime) -> None:
+        self._settings = runtime.settings
+        self._model = runtime.models.classifier
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        settings = self._settings
+        body = read_json_object(req, settings.max_body_bytes)
+        reject_unknown_fields(body, ("text", "texts"))
+        if ("text" in body) == ("texts" in body):
+            raise InvalidRequest("Send exactly one of 'text' (a string) or 'texts' (an array).")
+        if "text" in body:
+            texts = [required_text(body, "text", settings.max_text_chars)]
+        else:
+            texts = text_list(body, "texts", settings.max_batch_texts, settings.max_text_chars)
+        if self._model is None:
+            raise NoModelForTask("classify")
+        probabilities = self._model.predict_texts(texts)
+        labels = self._model.labels
+        results = [label_result(labels, row) for row in probabilities]
+        model_id = self._model.manifest.model_id
+        if "text" in body:
+            send_json(resp, {**results[0], "model": model_id})
+        else:
+            send_json(resp, {"results": results, "model": model_id})

@@ -31,7 +31,7 @@ def create_app(settings: Settings, runtime: ServerRuntime | None = None,
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadinessResource(runtime))
     app.add_route("/models", ModelsResource(runtime))
-    app.add_route("/openapi.json", OpenAPIResource())
+    app.add_route("/openapi.json", OpenAPIResource(settings))
     app.add_route("/classify", ClassifyResource(runtime))
     app.add_route("/generate", GenerateResource(runtime))
     app.add_route("/tokenize", TokenizeResource(runtime))

@@ -1,17 +1,37 @@
-"""GET /openapi.json: the hand-written spec shipped beside the code (server/openapi.json)."""
+"""GET /openapi.json: the hand-written spec (server/openapi.json) with this deployment's limits.
+
+The limits are env vars, so the documented maxima are filled in from Settings at start-up:
+the spec a client (or a fuzzer) reads is the contract this process actually enforces.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import falcon
+
+from server.config import Settings
+from server.responses import dumps
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 
 
+def build_spec(settings: Settings) -> dict[str, Any]:
+    spec = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
+    schemas = spec["components"]["schemas"]
+    schemas["Text"]["maxLength"] = settings.max_text_chars
+    schemas["ClassifyRequest"]["properties"]["texts"]["maxItems"] = settings.max_batch_texts
+    generate = schemas["GenerateRequest"]["properties"]
+    generate["n_words"]["maximum"] = settings.max_n_words
+    generate["n_samples"]["maximum"] = settings.max_n_samples
+    return spec
+
+
 class OpenAPIResource:
-    def __init__(self) -> None:
-        self._spec = SPEC_PATH.read_bytes()
+    def __init__(self, settings: Settings) -> None:
+        self._spec = dumps(build_spec(settings))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON

@@ -1,0 +1,55 @@
+# Runtime image for the fastai ULMFiT ONNX server (Cloud Run, 1 vCPU). See docs/deploy.md.
+#
+# Only the `serve` extra (onnxruntime, numpy, falcon, gunicorn; pinned in pyproject.toml) and the
+# packages server/ + bundle/ + models/ go in. training/ and export/ (torch, fastai, spaCy) never do.
+# Layers are ordered by how often they change: dependencies < models (every export) < code, so a
+# code-only change rebuilds and pushes only the last, small layers.
+
+# --- stage 1: derive the pinned runtime requirements from pyproject.toml --------------------
+# Its own stage so that editing an unrelated part of pyproject.toml (the dev extra, say) does not
+# bust the dependency layer: the final stage copies only the derived list, and the builder
+# reuses the cached pip layer whenever that list is byte-for-byte unchanged.
+FROM python:3.11-slim AS requirements
+WORKDIR /src
+COPY pyproject.toml scripts/serve_requirements.py ./
+RUN python serve_requirements.py pyproject.toml > requirements-serve.txt
+
+# --- stage 2: the runtime image --------------------------------------------------------------
+FROM python:3.11-slim
+
+# PYTHONDONTWRITEBYTECODE: the app user cannot write into /app anyway; the bytecode is compiled
+# at build time below. PYTHONUNBUFFERED: log lines reach Cloud Logging as they are written.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONPATH=/app \
+    PORT=8080 \
+    MODEL_DIR=/app/models
+
+WORKDIR /app
+
+# Binary wheels only: no compiler is installed, and none is needed or left behind.
+COPY --from=requirements /src/requirements-serve.txt /tmp/requirements-serve.txt
+RUN pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements-serve.txt \
+    && rm -f /tmp/requirements-serve.txt \
+    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
+
+# Bundles: replaced on every export, so they sit above the dependencies and below the code.
+COPY models/ /app/models/
+
+COPY bundle/ /app/bundle/
+COPY server/ /app/server/
+# Compile once here: with PYTHONDONTWRITEBYTECODE nothing is cached at run time, so every cold
+# start would otherwise recompile the app's modules (measured in docs/deploy.md).
+RUN python -m compileall -q /app/bundle /app/server
+
+# Files stay root-owned and read-only to the server process. Numeric ids, so a platform can
+# check runAsNonRoot without resolving names.
+USER 10001:10001
+EXPOSE 8080
+
+# Exec form: python is PID 1 and receives SIGTERM from Cloud Run directly; `python -m server`
+# runs the gunicorn master in that same process with server/gunicorn.conf.py (PORT, MODEL_DIR,
+# WEB_THREADS, ... all read from the environment).
+ENTRYPOINT ["python", "-m", "server"]

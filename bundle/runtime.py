@@ -15,6 +15,7 @@ import onnxruntime as ort
 from .manifest import BundleError, Manifest, load_manifest
 from .tokenizer import Tokenizer
 
+PRE_OPTIMIZED_FORMATS = ("onnx-optimized", "ort")  # optimized at export time: skip it at load
 State = list[np.ndarray]  # [h0, c0, h1, c1, ...] in the order of manifest["states"]
 
 
@@ -33,6 +34,8 @@ def session_options(threads: int = 1, inter_threads: int = 1, spinning: bool = F
 
 def _session(manifest: Manifest, options: ort.SessionOptions, model_path: Path | None = None) -> ort.InferenceSession:
     path = model_path or manifest.model_path
+    if model_path is None and manifest.raw["model"].get("format", "onnx") in PRE_OPTIMIZED_FORMATS:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done at export
     try:
         sess = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models

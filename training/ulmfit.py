@@ -21,8 +21,8 @@ import pandas as pd
 import torch
 from fastai.text.all import (
     AWD_LSTM, ColReader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
-    awd_lstm_clas_config, awd_lstm_lm_config, language_model_learner, make_vocab, noop,
-    text_classifier_learner, tokenize_df,
+    SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
+    make_vocab, text_classifier_learner, tokenize_df,
 )
 
 from .config import TrainConfig
@@ -74,6 +74,13 @@ def _fit(learn: Any, epochs: int, lr: float | slice) -> None:
             learn.fit_one_cycle(epochs, lr, moms=MOMS)
 
 
+def _text_tokenizer() -> Tokenizer:
+    """fastai's default tokenizer as the learners' text transform. Training items are already
+    tokenized (lists pass through it unchanged), but an exported learner's `predict(text)` must
+    tokenize raw strings exactly as the training data was."""
+    return Tokenizer(SpacyTokenizer(), rules=defaults.text_proc_rules)
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
 
@@ -102,7 +109,7 @@ def train_lm(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
     _write_json(out / "vocab.json", vocab)
 
     block = DataBlock(
-        blocks=TextBlock(noop, vocab=vocab, is_lm=True, seq_len=cfg.bptt),
+        blocks=TextBlock(_text_tokenizer(), vocab=vocab, is_lm=True, seq_len=cfg.bptt),
         get_x=ColReader("text"),
         splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
     )
@@ -152,7 +159,7 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, A
     t_tok = time.perf_counter() - t0
     df = pd.DataFrame({"text": tokens, "label": train["label"].tolist()})
     block = DataBlock(
-        blocks=(TextBlock(noop, vocab=vocab, seq_len=cfg.bptt), CategoryBlock),
+        blocks=(TextBlock(_text_tokenizer(), vocab=vocab, seq_len=cfg.bptt), CategoryBlock),
         get_x=ColReader("text"), get_y=ColReader("label"),
         splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
     )

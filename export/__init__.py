@@ -1,0 +1,1 @@
+"""fastai learner -> plain torch -> ONNX -> int8 -> verified bundle."""

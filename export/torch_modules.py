@@ -1,0 +1,105 @@
+"""Plain, eval-mode torch versions of fastai's ULMFiT models, built for ONNX export.
+
+fastai wraps its AWD-LSTM in WeightDropout / RNNDropout / EmbeddingDropout and keeps the LSTM
+state inside the module. For export we copy the weights into stock `nn.LSTM`s (no dropout: it is
+identity in eval mode anyway) and make the state an explicit input and output, so the ONNX graph
+holds real `LSTM` nodes that `quantize_dynamic` can turn into `DynamicQuantizeLSTM`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _plain_lstms(awd: Any) -> nn.ModuleList:
+    """Copy each WeightDropout(nn.LSTM) layer of a fastai AWD_LSTM into a stock nn.LSTM."""
+    lstms = nn.ModuleList()
+    for wd in awd.rnns:
+        src = wd.module
+        lstm = nn.LSTM(src.input_size, src.hidden_size, num_layers=1, batch_first=True)
+        with torch.no_grad():
+            lstm.weight_ih_l0.copy_(src.weight_ih_l0)
+            lstm.weight_hh_l0.copy_(wd.weight_hh_l0_raw)  # WeightDropout's raw weight = eval weight
+            lstm.bias_ih_l0.copy_(src.bias_ih_l0)
+            lstm.bias_hh_l0.copy_(src.bias_hh_l0)
+        lstms.append(lstm)
+    return lstms
+
+
+def layer_sizes(awd: Any) -> list[int]:
+    return [int(wd.module.hidden_size) for wd in awd.rnns]
+
+
+class LanguageModelGraph(nn.Module):
+    """(input_ids, h0, c0, h1, c1, ...) -> (logits of the last position, h0', c0', ...).
+
+    The embedding and the decoder share ONE tensor, stored transposed as `emb_t` [emb, vocab]:
+    the embedding is a column gather, the decoder a MatMul with it as the right operand. The
+    weight tie survives export and int8 quantization as a single initializer.
+    """
+
+    def __init__(self, fastai_lm: nn.Module) -> None:
+        super().__init__()
+        awd, decoder = fastai_lm[0], fastai_lm[1]
+        if decoder.decoder.weight.data_ptr() != awd.encoder.weight.data_ptr():
+            raise ValueError("the fastai LM's decoder is not tied to its embedding; export expects tie_weights=True")
+        self.emb_t = nn.Parameter(awd.encoder.weight.detach().t().contiguous())
+        bias = decoder.decoder.bias
+        self.decoder_bias = nn.Parameter(bias.detach().clone() if bias is not None else torch.zeros(self.emb_t.shape[1]))
+        self.lstms = _plain_lstms(awd)
+        self.eval()
+
+    def forward(self, input_ids: torch.Tensor, *states: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = torch.index_select(self.emb_t, 1, input_ids.reshape(-1))  # [emb, batch*seq]
+        x = x.t().reshape(input_ids.shape[0], input_ids.shape[1], -1)
+        new_states: list[torch.Tensor] = []
+        for i, lstm in enumerate(self.lstms):
+            x, (h, c) = lstm(x, (states[2 * i], states[2 * i + 1]))
+            new_states += [h, c]
+        logits = torch.matmul(x[:, -1], self.emb_t) + self.decoder_bias
+        return (logits, *new_states)
+
+
+class ClassifierGraph(nn.Module):
+    """(input_ids right-padded, lengths) -> probabilities; fastai's SentenceEncoder + masked
+    concat pooling + PoolingLinearClassifier head, without the bptt loop.
+
+    Exactness: the LSTM is unidirectional, so right padding cannot change outputs at real
+    positions; pooling covers what fastai keeps: non-pad positions from the first bptt chunk
+    that lies within the last `max_len` tokens (all of them for reviews up to max_len).
+    """
+
+    def __init__(self, fastai_clf: nn.Module) -> None:
+        super().__init__()
+        encoder, head = fastai_clf[0], fastai_clf[1]
+        awd = encoder.module
+        self.bptt = int(encoder.bptt)
+        self.max_len = int(encoder.max_len) if encoder.max_len is not None else 0  # 0: no limit
+        self.pad_id = int(encoder.pad_idx)
+        self.embedding = nn.Embedding.from_pretrained(awd.encoder.weight.detach().clone(), freeze=True)
+        self.lstms = _plain_lstms(awd)
+        self.head = head.layers  # LinBnDrop stack: plain BatchNorm/Dropout/Linear/ReLU in eval mode
+        self.eval()
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        batch, seq = input_ids.shape
+        x = self.embedding(input_ids)
+        for lstm in self.lstms:
+            x, _ = lstm(x)
+        positions = torch.arange(seq, device=input_ids.device).unsqueeze(0)
+        if self.max_len:
+            overflow = torch.clamp(lengths - self.max_len, min=0)
+            start = torch.div(overflow + self.bptt - 1, self.bptt, rounding_mode="floor") * self.bptt
+        else:
+            start = torch.zeros_like(lengths)
+        keep = (positions < lengths.unsqueeze(1)) & (positions >= start.unsqueeze(1)) & (input_ids != self.pad_id)
+        keep_f = keep.unsqueeze(2).to(x.dtype)
+        last_idx = (lengths - 1).view(batch, 1, 1).expand(batch, 1, x.shape[2])
+        last = torch.gather(x, 1, last_idx).squeeze(1)
+        max_pool = x.masked_fill(~keep.unsqueeze(2), float("-inf")).max(dim=1).values
+        avg_pool = (x * keep_f).sum(dim=1) / keep_f.sum(dim=1)
+        logits = self.head(torch.cat([last, max_pool, avg_pool], dim=1))
+        return F.softmax(logits, dim=-1)

@@ -13,7 +13,7 @@ from typing import Any
 
 import falcon
 
-from server.errors import BodyTooLarge, MalformedJSON, NotJSON
+from server.errors import BodyTooLarge, MalformedJSON, NotJSON, UnreadableBody
 
 _READ_CHUNK = 64 * 1024
 
@@ -39,7 +39,10 @@ def read_limited(stream: Any, declared_length: int | None, limit: int) -> bytes:
     chunks: list[bytes] = []
     total = 0
     while True:
-        chunk = stream.read(min(_READ_CHUNK, limit + 1 - total))
+        try:
+            chunk = stream.read(min(_READ_CHUNK, limit + 1 - total))
+        except Exception:  # the WSGI server's framing errors (its own classes): the client's fault
+            raise UnreadableBody() from None
         if not chunk:
             break
         chunks.append(chunk)
@@ -92,5 +95,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 def read_json_object(req: falcon.Request, limit: int) -> dict[str, Any]:
     """Content-Type, size (declared and read) and syntax checks, in that order."""
     check_json_content_type(req.content_type)
-    raw = read_limited(req.bounded_stream, req.content_length, limit)
+    # Falcon's bounded_stream reads nothing without a Content-Length; a chunked body is read from
+    # the server's input stream, which ends at the last chunk (the limit still applies).
+    declared = req.content_length
+    stream = req.bounded_stream if declared is not None else req.stream
+    raw = read_limited(stream, declared, limit)
     return parse_json_object(raw)

@@ -109,7 +109,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "onnxruntime intra-op threads per session (1 on a one-vCPU instance; spinning is off)."),
     EnvVar("ORT_INTER_OP_THREADS", "ort_inter_op_threads", _int_in(1, 64), 1,
            "onnxruntime inter-op threads per session (only used by parallel execution)."),
-    EnvVar("GRACEFUL_TIMEOUT_S", "graceful_timeout_s", _float_in(0.0, 9.5), 8.0,
+    EnvVar("GRACEFUL_TIMEOUT_S", "graceful_timeout_s", _int_in(0, 9), 8,
            "Seconds in-flight requests get after SIGTERM; below Cloud Run's 10 s window."),
     EnvVar("MAX_BODY_BYTES", "max_body_bytes", _int_in(64, 64 * 1024 * 1024), 1024 * 1024,
            "Largest request body accepted; larger bodies get 413."),
@@ -140,7 +140,7 @@ class Settings:
     web_threads: int = 8
     ort_intra_op_threads: int = 1
     ort_inter_op_threads: int = 1
-    graceful_timeout_s: float = 8.0
+    graceful_timeout_s: int = 8
     max_body_bytes: int = 1024 * 1024
     max_text_chars: int = 20_000
     max_batch_texts: int = 64

@@ -34,6 +34,14 @@ class MalformedJSON(falcon.HTTPBadRequest):
         super().__init__(title="Malformed JSON", description=description)
 
 
+class UnreadableBody(falcon.HTTPBadRequest):
+    """The body could not be read as sent (bad chunked framing, short body, dropped connection)."""
+
+    def __init__(self) -> None:
+        super().__init__(title="Unreadable body",
+                         description="The request body could not be read as framed.")
+
+
 class BodyTooLarge(falcon.HTTPContentTooLarge):
     """The body (declared or actually sent) is over MAX_BODY_BYTES."""
 

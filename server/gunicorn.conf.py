@@ -23,6 +23,9 @@ graceful_timeout = _settings.graceful_timeout_s
 keepalive = 5
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
 accesslog = "-" if _settings.access_log else None
+# The gunicornc control socket lives at one fixed path per user: off, so instances never collide
+# (tests run several; Cloud Run has no use for it).
+control_socket_disable = True
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 loglevel = _settings.log_level
 logconfig_dict = {
@@ -31,10 +34,14 @@ logconfig_dict = {
     "formatters": {"json": {"()": "server.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
                             "stream": "ext://sys.stderr"}},
+    "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
         "gunicorn.error": {"handlers": ["stderr"], "level": _settings.log_level.upper(),
                            "propagate": False},
-        "gunicorn.access": {"handlers": ["stderr"], "level": "INFO", "propagate": False},
+        # With a logconfig gunicorn always emits access lines (INFO); the level switches them.
+        "gunicorn.access": {"handlers": ["stderr"],
+                            "level": "INFO" if _settings.access_log else "WARNING",
+                            "propagate": False},
     },
 }
 

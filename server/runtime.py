@@ -40,6 +40,13 @@ class LoadedModels:
     language_model: "LanguageModel | None"
 
 
+def load_failures() -> tuple[type[Exception], ...]:
+    """What a bad MODEL_DIR raises: refuse to start on these, with their message, no traceback."""
+    from bundle import BundleError
+
+    return (ModelDirError, BundleError)
+
+
 def bundle_dirs(model_dir: Path) -> list[Path]:
     """Sub-directories holding a manifest.json, in name order."""
     if not model_dir.is_dir():

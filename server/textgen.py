@@ -62,11 +62,9 @@ def stream_pieces(model: "LanguageModel", request: GenerationRequest,
     Each sample has its own StreamDecoder, primed with the prompt so spacing and capitalisation
     of the first new word are right; what the prompt itself produces is not re-sent.
     """
-    from bundle.tokenizer import StreamDecoder
-
     prompt = prompt_ids(model, request.prompt)
     tokens = model.tokenizer.ids_to_tokens(prompt)
-    decoders = [StreamDecoder() for _ in range(request.n_samples)]
+    decoders = [model.tokenizer.stream_decoder() for _ in range(request.n_samples)]
     for decoder in decoders:
         for token in tokens:
             decoder.push(token)

@@ -3,16 +3,29 @@
 With preload_app this module runs once in the gunicorn master: bundles are verified and loaded
 before the port opens and before any worker forks. The worker starts the warm-up itself
 (`post_worker_init` in gunicorn.conf.py), so no onnxruntime call is ever in flight across a fork.
+A missing, corrupt or mismatched bundle stops the process here: one JSON log line, exit 3,
+never a half-loaded server.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+
 from server import logs
 from server.app import create_app
 from server.config import Settings
-from server.runtime import ServerRuntime
+from server.runtime import ServerRuntime, load_failures
+
+EXIT_BAD_BUNDLES = 3  # gunicorn's own "worker failed to boot" code, so both paths agree
 
 settings = Settings.from_env()
 logs.configure(settings.log_level)
-runtime = ServerRuntime.load(settings)
+try:
+    runtime = ServerRuntime.load(settings)
+except load_failures() as exc:
+    logging.getLogger("server").critical("cannot load the bundles; not starting",
+                                         extra={"error": str(exc),
+                                                "model_dir": str(settings.model_dir)})
+    sys.exit(EXIT_BAD_BUNDLES)
 app = create_app(settings, runtime)

@@ -1,0 +1,328 @@
+"""The HTTP contract, over real HTTP against `python -m server` (gunicorn) on the tiny bundles.
+
+One server serves the whole module (starting one costs about a second); tests that need other
+settings start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from server_harness import (RunningServer, SchemaChecker, assert_json_error,
+                            assert_no_traceback, parse_sse, start_server)
+
+PROMPT = "My favorite part was when"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    running = start_server(tiny_bundles, tmp_path_factory.mktemp("server-logs"),
+                           MAX_BODY_BYTES="65536", MAX_TEXT_CHARS="5000", MAX_BATCH_TEXTS="16",
+                           MAX_N_WORDS="60", MAX_N_SAMPLES="6")
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture(scope="module")
+def spec(server: RunningServer) -> SchemaChecker:
+    response = server.get("/openapi.json")
+    assert response.status_code == 200
+    return SchemaChecker(response.json())
+
+
+@pytest.fixture(scope="module")
+def manifests(tiny_bundles: Path) -> dict[str, dict[str, Any]]:
+    found = {}
+    for path in sorted(tiny_bundles.glob("*/manifest.json")):
+        manifest = json.loads(path.read_text())
+        found[manifest["task"]] = manifest
+    assert set(found) == {"classify", "generate"}
+    return found
+
+
+def assert_matches_spec(spec: SchemaChecker, path: str, method: str,
+                        response: requests.Response) -> None:
+    schema = spec.response_schema(path, method, response.status_code)
+    assert schema is not None, f"{method} {path} -> {response.status_code} is not documented"
+    problems = spec.errors(response.json(), schema)
+    assert not problems, problems
+
+
+def post_json(server: RunningServer, path: str, body: Any) -> requests.Response:
+    return server.post(path, json=body)
+
+
+# ------------------------------------------------------------------------------ happy paths
+def test_health_and_readiness(server: RunningServer, spec: SchemaChecker) -> None:
+    for path in ("/healthz", "/readyz"):
+        response = server.get(path)
+        assert response.status_code == 200
+        assert_matches_spec(spec, path, "get", response)
+
+
+def test_classify_single(server: RunningServer, spec: SchemaChecker,
+                         manifests: dict[str, dict[str, Any]]) -> None:
+    response = post_json(server, "/classify", {"text": "I loved this movie, the acting was great"})
+    assert response.status_code == 200, response.text
+    assert_matches_spec(spec, "/classify", "post", response)
+    body = response.json()
+    manifest = manifests["classify"]
+    assert body["model"] == f"{manifest['name']}@{manifest['version']}"
+    assert list(body["probabilities"]) == manifest["labels"]
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
+
+
+def test_classify_batch_equals_singles(server: RunningServer, spec: SchemaChecker) -> None:
+    texts = ["Great film.", "Terrible, boring and far too long. I want my money back!",
+             "An average movie with a few good moments, " * 20, "meh"]
+    response = post_json(server, "/classify", {"texts": texts})
+    assert response.status_code == 200, response.text
+    assert_matches_spec(spec, "/classify", "post", response)
+    results = response.json()["results"]
+    assert len(results) == len(texts)
+    # Right padding is exact, but int8 dynamic quantization scales activations per batch, so a
+    # batch may differ from single requests by about 1e-3 (export measures int8 vs fp32 < 0.01).
+    for text, result in zip(texts, results):
+        single = post_json(server, "/classify", {"text": text}).json()
+        for label, p in single["probabilities"].items():
+            assert result["probabilities"][label] == pytest.approx(p, abs=0.01)
+        if max(single["probabilities"].values()) > 0.52:
+            assert single["label"] == result["label"]
+
+
+def test_generate_shape_and_prompt(server: RunningServer, spec: SchemaChecker) -> None:
+    response = post_json(server, "/generate", {"prompt": PROMPT, "n_words": 12, "n_samples": 3,
+                                               "seed": 1})
+    assert response.status_code == 200, response.text
+    assert_matches_spec(spec, "/generate", "post", response)
+    samples = response.json()["samples"]
+    assert len(samples) == 3
+    for sample in samples:
+        assert sample.startswith(PROMPT)  # fastai's predict returns the prompt and what follows
+        assert len(sample) > len(PROMPT)
+        for hidden in ("xxbos", "xxmaj", "xxunk", "xxpad", "xxup"):
+            assert hidden not in sample
+
+
+def test_generate_seed_reproduces(server: RunningServer) -> None:
+    body = {"prompt": PROMPT, "n_words": 20, "n_samples": 2, "temperature": 1.2, "top_k": 50,
+            "top_p": 0.95}
+    first = post_json(server, "/generate", {**body, "seed": 123}).json()["samples"]
+    again = post_json(server, "/generate", {**body, "seed": 123}).json()["samples"]
+    other = post_json(server, "/generate", {**body, "seed": 124}).json()["samples"]
+    assert first == again
+    assert first != other
+
+
+def test_generate_greedy_is_deterministic_without_seed(server: RunningServer) -> None:
+    body = {"prompt": PROMPT, "n_words": 15, "n_samples": 2, "temperature": 0}
+    first = post_json(server, "/generate", body).json()["samples"]
+    assert first[0] == first[1]
+    assert post_json(server, "/generate", body).json()["samples"] == first
+
+
+def test_generate_stream_events(server: RunningServer) -> None:
+    body = {"prompt": PROMPT, "n_words": 25, "n_samples": 2, "seed": 7}
+    with server.post("/generate", json={**body, "stream": True}, stream=True) as response:
+        assert response.status_code == 200
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        text = response.content.decode("utf-8")
+    events = parse_sse(text)
+    kinds = [kind for kind, _ in events]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"word"}
+    assert len(kinds) > 2
+    done = events[-1][1]
+    plain = post_json(server, "/generate", body).json()
+    assert done == plain  # same seed: streaming changes the transport, not the samples
+    for index, sample in enumerate(done["samples"]):
+        words = "".join(data["text"] for kind, data in events[:-1] if data["sample"] == index)
+        assert words.strip() and sample.endswith(words)
+
+
+def test_tokenize(server: RunningServer, spec: SchemaChecker) -> None:
+    response = post_json(server, "/tokenize", {"text": "Hello WORLD, isn't it zzyzxqwv?"})
+    assert response.status_code == 200, response.text
+    assert_matches_spec(spec, "/tokenize", "post", response)
+    body = response.json()
+    assert body["tokens"][0] == "xxbos" and len(body["tokens"]) == len(body["ids"])
+    assert "xxmaj" in body["tokens"] and "xxup" in body["tokens"]
+    assert "xxunk" in body["tokens"]  # the made-up word is not in any vocabulary
+
+
+def test_models_lists_manifests(server: RunningServer, spec: SchemaChecker,
+                                manifests: dict[str, dict[str, Any]]) -> None:
+    response = server.get("/models")
+    assert response.status_code == 200
+    assert_matches_spec(spec, "/models", "get", response)
+    listed = {entry["task"]: entry for entry in response.json()["models"]}
+    for task, manifest in manifests.items():
+        entry = listed[task]
+        assert (entry["name"], entry["version"]) == (manifest["name"], manifest["version"])
+        assert entry["labels"] == manifest.get("labels", [])
+        assert entry["metrics"] == json.loads(json.dumps(manifest.get("metrics", {})))
+
+
+def test_index_page(server: RunningServer) -> None:
+    response = server.get("/")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/html")
+    page = response.text
+    assert page.count("<li>") == 5 and page.count(PROMPT) >= 6
+    assert 'id="classify-form"' in page and 'id="generate-form"' in page
+
+
+def test_every_documented_operation_exists(server: RunningServer, spec: SchemaChecker) -> None:
+    for path, operations in spec.spec["paths"].items():
+        for method in operations:
+            kwargs = {"json": {"text": "ok", "prompt": "ok"}} if method == "post" else {}
+            response = requests.request(method, server.url(path), timeout=60, **kwargs)
+            assert response.status_code not in (404, 405), (method, path)
+            assert str(response.status_code) in operations[method]["responses"], (method, path)
+
+
+# ------------------------------------------------------------------------------ errors
+LONG = "x" * 5001
+ERROR_CASES: list[tuple[str, str, Any, int]] = [
+    # path, description, JSON body (or raw bytes), expected status
+    ("/classify", "missing field", {}, 400),
+    ("/classify", "unknown field", {"text": "a", "lang": "en"}, 400),
+    ("/classify", "text and texts", {"text": "a", "texts": ["b"]}, 400),
+    ("/classify", "text not a string", {"text": 5}, 400),
+    ("/classify", "text null", {"text": None}, 400),
+    ("/classify", "empty text", {"text": ""}, 400),
+    ("/classify", "whitespace text", {"text": " \n\t "}, 400),
+    ("/classify", "text too long", {"text": LONG}, 400),
+    ("/classify", "texts not a list", {"texts": "abc"}, 400),
+    ("/classify", "texts empty", {"texts": []}, 400),
+    ("/classify", "too many texts", {"texts": ["a"] * 17}, 400),
+    ("/classify", "a text in the batch empty", {"texts": ["good", ""]}, 400),
+    ("/classify", "array body", ["a"], 400),
+    ("/classify", "lone surrogate", b'{"text": "a\\ud800"}', 400),
+    ("/generate", "missing prompt", {"n_words": 3}, 400),
+    ("/generate", "n_words zero", {"prompt": "a", "n_words": 0}, 400),
+    ("/generate", "n_words over the limit", {"prompt": "a", "n_words": 61}, 400),
+    ("/generate", "n_words float", {"prompt": "a", "n_words": 2.0}, 400),
+    ("/generate", "n_words bool", {"prompt": "a", "n_words": True}, 400),
+    ("/generate", "n_words string", {"prompt": "a", "n_words": "5"}, 400),
+    ("/generate", "n_samples over the limit", {"prompt": "a", "n_samples": 7}, 400),
+    ("/generate", "negative temperature", {"prompt": "a", "temperature": -1}, 400),
+    ("/generate", "huge temperature", {"prompt": "a", "temperature": 1e300}, 400),
+    ("/generate", "top_p zero", {"prompt": "a", "top_p": 0}, 400),
+    ("/generate", "top_p above one", {"prompt": "a", "top_p": 1.01}, 400),
+    ("/generate", "top_k zero", {"prompt": "a", "top_k": 0}, 400),
+    ("/generate", "negative seed", {"prompt": "a", "seed": -1}, 400),
+    ("/generate", "huge seed", {"prompt": "a", "seed": 2**64}, 400),
+    ("/generate", "no_unk not a bool", {"prompt": "a", "no_unk": "yes"}, 400),
+    ("/generate", "stream not a bool", {"prompt": "a", "stream": 1}, 400),
+    ("/generate", "prompt too long", {"prompt": LONG}, 400),
+    ("/generate", "NaN", b'{"prompt": "a", "temperature": NaN}', 400),
+    ("/generate", "Infinity", b'{"prompt": "a", "temperature": Infinity}', 400),
+    ("/generate", "overflowing float", b'{"prompt": "a", "temperature": 1e999}', 400),
+    ("/generate", "huge integer", b'{"prompt": "a", "n_words": 1' + b"0" * 5000 + b"}", 400),
+    ("/generate", "duplicate key", b'{"prompt": "a", "prompt": "b"}', 400),
+    ("/tokenize", "unknown model", {"text": "a", "model": "nope"}, 400),
+    ("/tokenize", "missing text", {"model": None}, 400),
+    ("/classify", "syntax error", b'{"text": "a",}', 400),
+    ("/classify", "truncated", b'{"text": "a', 400),
+    ("/classify", "empty body", b"", 400),
+    ("/classify", "not UTF-8", b'{"text": "caf\xe9"}', 400),
+    ("/classify", "deep nesting", b'{"text": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400),
+    ("/classify", "single quotes", b"{'text': 'a'}", 400),
+]
+
+
+@pytest.mark.parametrize("path,case,body,status", ERROR_CASES,
+                         ids=[f"{path}-{case}" for path, case, _, _ in ERROR_CASES])
+def test_invalid_input_is_400_json(server: RunningServer, spec: SchemaChecker, path: str, case: str,
+                                   body: Any, status: int) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    response = server.post(path, data=data, headers={"Content-Type": "application/json"})
+    assert_json_error(response, status)
+    assert_matches_spec(spec, path, "post", response)
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "application/json; charset=latin-1"])
+def test_non_json_is_415(server: RunningServer, content_type: str | None) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = requests.post(server.url("/classify"), data=b'{"text": "good"}', headers=headers,
+                             timeout=30)
+    assert_json_error(response, 415)
+
+
+def test_body_over_limit_is_413(server: RunningServer) -> None:
+    body = json.dumps({"texts": ["word " * 1000] * 14}).encode()  # 70 KB > 64 KiB
+    response = server.post("/classify", data=body, headers={"Content-Type": "application/json"})
+    assert_json_error(response, 413)
+
+
+def test_chunked_body_over_limit_is_413(server: RunningServer) -> None:
+    """No Content-Length: the limit is enforced on the bytes actually read."""
+    def chunks() -> Iterator[bytes]:
+        yield b'{"text": "'
+        for _ in range(100):
+            yield b"a" * 1000
+        yield b'"}'
+
+    response = server.post("/classify", data=chunks(), headers={"Content-Type": "application/json"})
+    assert "Content-Length" not in response.request.headers
+    assert_json_error(response, 413)
+
+
+def test_lying_content_length_is_not_a_500(server: RunningServer) -> None:
+    """A Content-Length larger than the bytes sent, then the client closes: no crash, no 500."""
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 1000\r\nConnection: close\r\n\r\n{\"text\": \"a\"}")
+        sock.shutdown(socket.SHUT_WR)
+        reply = sock.recv(65536).decode("latin-1")
+    assert reply == "" or not reply.startswith("HTTP/1.1 5"), reply[:200]
+    assert server.get("/healthz").status_code == 200
+
+
+def test_broken_chunked_framing_is_not_a_500(server: RunningServer) -> None:
+    host, port = server.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                     b"5\r\n{\"tex\r\nzz\r\nnot hex\r\n\r\n")
+        reply = sock.recv(65536).decode("latin-1")
+    status_line = reply.split("\r\n", 1)[0]
+    assert status_line.startswith("HTTP/1.1 4"), reply[:300]
+    assert_no_traceback(reply)
+
+
+def test_unknown_route_is_404_json(server: RunningServer) -> None:
+    for path in ("/nope", "/classify/extra", "/v1/generate"):
+        assert_json_error(server.get(path), 404)
+        assert_json_error(server.post(path, json={"text": "a"}), 404)
+
+
+@pytest.mark.parametrize("method,path", [("GET", "/classify"), ("GET", "/generate"),
+                                         ("PUT", "/classify"), ("DELETE", "/tokenize"),
+                                         ("POST", "/healthz"), ("POST", "/models")])
+def test_wrong_method_is_405_json(server: RunningServer, method: str, path: str) -> None:
+    response = requests.request(method, server.url(path), timeout=30)
+    assert_json_error(response, 405)
+    assert "Allow" in response.headers
+
+
+def test_errors_are_json_whatever_the_client_accepts(server: RunningServer) -> None:
+    response = server.get("/nope", headers={"Accept": "application/xml"})
+    assert_json_error(response, 404)
+
+
+def test_server_survived_the_abuse(server: RunningServer) -> None:
+    """Runs after the error cases: the worker is the same, alive, and logged no traceback."""
+    assert server.get("/readyz").status_code == 200
+    assert post_json(server, "/classify", {"text": "still fine"}).status_code == 200
+    assert "Traceback" not in server.log()
+    assert_no_traceback(post_json(server, "/generate", {"prompt": "a", "n_words": 2}).text)

@@ -164,6 +164,9 @@ class AffixTokenizer:
     def _infixes(self, text: str) -> list[re.Match[str]]:
         return list(self._infix(text)) if self._infix is not None else []
 
+    def _has_infix(self, text: str) -> bool:
+        return self._infix is not None and next(self._infix(text), None) is not None
+
     def _final_pass_patterns(self, faster_heuristics: bool) -> dict[str, list[tuple[str, ...]]]:
         """Special cases that whole-chunk lookup can miss because affix splitting cuts them up
         (e.g. emoticons): spaCy re-finds them as token sequences after tokenizing the document.
@@ -171,7 +174,7 @@ class AffixTokenizer:
         index: dict[str, set[tuple[str, ...]]] = {}
         for key in self._specials:
             if (not faster_heuristics or self._prefix_len(key) or self._suffix_len(key)
-                    or self._infixes(key) or " " in key):
+                    or " " in key or self._has_infix(key)):
                 pattern = tuple(self._tokenize_chunks(key, with_specials=False)[0])
                 index.setdefault(pattern[0], set()).add(pattern)
         return {first: sorted(patterns) for first, patterns in index.items()}
@@ -237,57 +240,52 @@ class AffixTokenizer:
         return out
 
     def _chunk(self, chunk: str, with_specials: bool) -> tuple[str, ...]:
-        if with_specials:
-            cached = self._specials.get(chunk) or self._cache.get(chunk)
-            if cached is not None:
-                return cached
+        """Tokens of one whitespace-delimited chunk (no cache)."""
+        if with_specials and chunk in self._specials:
+            return self._specials[chunk]
         prefixes: list[str] = []
         suffixes: list[str] = []
         core = self._split_affixes(chunk, prefixes, suffixes, with_specials)
         pieces = prefixes + (self._core_tokens(core, with_specials) if core else []) + suffixes[::-1]
-        result = tuple(pieces)
-        if with_specials:
-            if len(self._cache) >= _MAX_CHUNK_CACHE:
-                self._cache.clear()
-            self._cache[chunk] = result
-        return result
+        return tuple(pieces)
 
-    def _tokenize_chunks(self, text: str, with_specials: bool) -> tuple[list[str], list[bool]]:
-        """Tokens and, for each, whether a single ' ' followed it (spaCy's `whitespace_`).
+    def _tokenize_chunks(self, text: str, with_specials: bool) -> tuple[list[str], set[int]]:
+        """Tokens, and the indices of those followed by a single ' ' (spaCy's `whitespace_`).
 
-        Text is cut into runs of whitespace and non-whitespace. One ' ' after a word is that
-        word's trailing space; any other whitespace run (or what is left of it) is a token.
+        Text is cut into alternating runs of whitespace and non-whitespace. One ' ' after a word
+        is that word's trailing space; any other whitespace run (or what is left of it) is a
+        token. A chunk's tokens depend on the chunk alone, so they are cached.
         """
         tokens: list[str] = []
-        spaces: list[bool] = []
-        after_word = False
-        for m in _RUNS.finditer(text):
-            run = m.group()
-            is_space = run[0].isspace()
-            if is_space and after_word and run[0] == " ":
-                spaces[-1] = True
+        spaced: set[int] = set()
+        cache = self._cache if with_specials else {}
+        first = True
+        for run in _RUNS.findall(text):
+            if not first and run[0] == " ":  # runs alternate: a space run here follows a word
+                spaced.add(len(tokens) - 1)
+                if len(run) == 1:
+                    continue
                 run = run[1:]
-            after_word = not is_space
-            if run:
+            first = False
+            pieces = cache.get(run)
+            if pieces is None:
                 pieces = self._chunk(run, with_specials)
-                tokens.extend(pieces)
-                spaces.extend([False] * len(pieces))
-        return tokens, spaces
+                if with_specials:
+                    if len(cache) >= _MAX_CHUNK_CACHE:
+                        cache.clear()
+                    cache[run] = pieces
+            tokens.extend(pieces)
+        return tokens, spaced
 
-    def _apply_final_pass(self, tokens: list[str], spaces: list[bool]) -> list[str]:
+    def _apply_final_pass(self, tokens: list[str], spaced: set[int]) -> list[str]:
         """Re-apply special cases found as token sequences: longest first, then leftmost; a
         candidate overlapping an earlier candidate's first or last token is dropped (even when
         that earlier one had no effect). Matches that span a space change nothing."""
         index = self._final_pass
-        found: list[tuple[int, int]] = []
         n = len(tokens)
-        for i, token in enumerate(tokens):
-            patterns = index.get(token)
-            if patterns:
-                for pattern in patterns:
-                    end = i + len(pattern)
-                    if end <= n and tuple(tokens[i:end]) == pattern:
-                        found.append((i, end))
+        found = [(i, i + len(pattern)) for i, token in enumerate(tokens) if token in index
+                 for pattern in index[token]
+                 if i + len(pattern) <= n and tuple(tokens[i:i + len(pattern)]) == pattern]
         if not found:
             return tokens
         found.sort(key=lambda span: (span[0] - span[1], span[0]))
@@ -300,7 +298,7 @@ class AffixTokenizer:
         out: list[str] = []
         pos = 0
         for start, end in sorted(accepted):
-            text = "".join(tokens[k] + (" " if spaces[k] else "") for k in range(start, end - 1))
+            text = "".join(tokens[k] + (" " if k in spaced else "") for k in range(start, end - 1))
             text += tokens[end - 1]
             replacement = self._specials.get(text)
             out.extend(tokens[pos:start])
@@ -310,8 +308,21 @@ class AffixTokenizer:
         return out
 
     def __call__(self, text: str) -> list[str]:
-        tokens, spaces = self._tokenize_chunks(text, with_specials=True)
-        return self._apply_final_pass(tokens, spaces) if self._final_pass else tokens
+        tokens, spaced = self._tokenize_chunks(text, with_specials=True)
+        return self._apply_final_pass(tokens, spaced) if self._final_pass else tokens
+
+
+_SHARED: dict[str, AffixTokenizer] = {}
+
+
+def shared_affix_tokenizer(tables: dict[str, Any]) -> AffixTokenizer:
+    """One AffixTokenizer per distinct spaCy table: a server's LM and classifier bundles carry the
+    same one, and building it (compiling ~35 kB of regex) is most of a tokenizer's load time."""
+    key = json.dumps(tables, sort_keys=True, ensure_ascii=False)
+    found = _SHARED.get(key)
+    if found is None:
+        found = _SHARED[key] = AffixTokenizer(tables)
+    return found
 
 
 # --------------------------------------------------------------------------- the public tokenizer
@@ -333,7 +344,7 @@ class Tokenizer:
             self.fake_token: str = str(tables.get("fake_token", "xxfake"))
             self._rules = _build_rules(tables["text_rules"])
             self._post_rules = _build_post_rules(tables.get("post_rules", []))
-            self._spacy = AffixTokenizer(tables["spacy"])
+            self._spacy = shared_affix_tokenizer(tables["spacy"])
         except (KeyError, TypeError, re.error) as exc:
             raise TokenizerError(f"malformed tokenizer.json: {exc!r}") from exc
         self.vocab_size: int = len(self.vocab)

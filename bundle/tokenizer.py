@@ -25,7 +25,7 @@ FORMAT = "fastai-spacy-tokenizer"
 SCHEMA_VERSION = 1
 
 _RUNS = re.compile(r"\s+|\S+")  # alternating whitespace / non-whitespace runs, like spaCy's scan
-_MAX_CHUNK_CACHE = 100_000
+_MAX_CHUNK_CACHE = 50_000  # distinct chunks kept (~10 MB at most); cleared when full
 
 
 class TokenizerError(ValueError):
@@ -345,7 +345,7 @@ class Tokenizer:
             self._rules = _build_rules(tables["text_rules"])
             self._post_rules = _build_post_rules(tables.get("post_rules", []))
             self._spacy = shared_affix_tokenizer(tables["spacy"])
-        except (KeyError, TypeError, re.error) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
             raise TokenizerError(f"malformed tokenizer.json: {exc!r}") from exc
         self.vocab_size: int = len(self.vocab)
         for name, idx in (("unk_id", self.unk_id), ("pad_id", self.pad_id), ("bos_id", self.bos_id)):
@@ -568,6 +568,8 @@ class StreamDecoder:
         if raw.isspace():
             if "\n" in raw or "\r" in raw or "\u2028" in raw:
                 return self._emit("\n" * max(raw.count("\n"), 1), kind="newline")
+            if "\x85" in raw:  # IMDB's cp1252 ellipsis, decoded as U+0085 (a space to Python)
+                return self._emit("…", kind="punct", glue=True, raw="…")
             return ""  # stray spaces / tabs: ordinary spacing already separates words
         prev = self._prev
         after_word = prev[-1:].isalnum()

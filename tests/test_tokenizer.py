@@ -136,6 +136,7 @@ def test_import_and_use_without_spacy_fastai_torch(tokenizer_file: Path) -> None
     (["well", "-", "known", "and", "/", "or", "#", "tag", "e", "-", "mail"], "Well-known and/or #tag e-mail"),
     (["1", ",", "xxrep", "3", "0", "fans", "and", "10", "%", "..."], "1,000 fans and 10%..."),
     (["xxbos", "xxpad", "xxfake", "xxeos", "xxfld", "xxunk"], ""),
+    (["wait", "\x85", "what", "\t", "?"], "Wait… what?"),
     (["hello", "xxrep"], "Hello"),
     (["xxrep", "x", "y"], "X y"),
     (["what", "?", "!", "really", "…", "ok", ":", "fine", ";", "done", ":)"], "What?! Really… ok: fine; done :)"),

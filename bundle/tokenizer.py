@@ -345,6 +345,8 @@ class Tokenizer:
             self._rules = _build_rules(tables["text_rules"])
             self._post_rules = _build_post_rules(tables.get("post_rules", []))
             self._spacy = shared_affix_tokenizer(tables["spacy"])
+        except TokenizerError:
+            raise
         except (KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
             raise TokenizerError(f"malformed tokenizer.json: {exc!r}") from exc
         self.vocab_size: int = len(self.vocab)

@@ -51,3 +51,24 @@ def post_worker_init(worker):  # noqa: ANN001 (gunicorn hook signature)
     import server.wsgi
 
     server.wsgi.runtime.start_warm_up(exec_pid=os.getppid())
+
+
+def worker_exit(server, worker):  # noqa: ANN001 (gunicorn hook signature)
+    """End a preloaded worker with os._exit once it has finished serving.
+
+    The onnxruntime sessions were created in the master; in the forked worker the C++ static
+    destructors that a normal interpreter exit runs abort or hang (measured: SIGABRT
+    "std::system_error", or a futex wait forever). Requests are done by now, so skip them.
+    """
+    import logging
+    import sys
+
+    if not server.cfg.preload_app:
+        return
+    error = sys.exc_info()[1]
+    code = error.code if isinstance(error, SystemExit) else (1 if error else 0)
+    code = code if isinstance(code, int) else (0 if code is None else 1)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

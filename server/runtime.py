@@ -43,8 +43,9 @@ class LoadedModels:
 def load_failures() -> tuple[type[Exception], ...]:
     """What a bad MODEL_DIR raises: refuse to start on these, with their message, no traceback."""
     from bundle import BundleError
+    from bundle.tokenizer import TokenizerError
 
-    return (ModelDirError, BundleError)
+    return (ModelDirError, BundleError, TokenizerError)
 
 
 def bundle_dirs(model_dir: Path) -> list[Path]:

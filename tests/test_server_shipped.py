@@ -1,0 +1,62 @@
+"""Key functionality on the shipped bundles in models/ (skipped while none are shipped).
+
+These are the product's promises: a clearly positive review is `pos`, clearly negative ones are
+`neg`, and the demo prompt continues in readable English. They run the real server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from server_harness import REPO_ROOT, RunningServer, start_server
+
+SHIPPED = REPO_ROOT / "models"
+HAS_BUNDLES = (SHIPPED / "imdb-sentiment" / "manifest.json").is_file() and (
+    SHIPPED / "imdb-lm" / "manifest.json").is_file()
+
+pytestmark = pytest.mark.skipif(not HAS_BUNDLES,
+                                reason="models/ holds no shipped bundles yet (python -m export)")
+
+EXAMPLES = [
+    ("I loved this movie, the acting was wonderful", "pos"),
+    ("Don't waste your time, it was dreadful", "neg"),
+    ("not good at all", "neg"),
+    ("One of the best films I have ever seen. A masterpiece.", "pos"),
+    ("Boring, badly acted and far too long. The worst film of the year.", "neg"),
+]
+
+
+@pytest.fixture(scope="module")
+def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    server = start_server(SHIPPED, tmp_path_factory.mktemp("shipped-logs"))
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("text,label", EXAMPLES)
+def test_clear_reviews_get_the_right_label(shipped_server: RunningServer, text: str,
+                                           label: str) -> None:
+    body = shipped_server.post("/classify", json={"text": text}).json()
+    assert body["label"] == label, body
+    assert body["probabilities"][label] > 0.5
+
+
+def test_batch_agrees_with_the_examples(shipped_server: RunningServer) -> None:
+    results = shipped_server.post("/classify", json={"texts": [t for t, _ in EXAMPLES]}).json()
+    assert [r["label"] for r in results["results"]] == [label for _, label in EXAMPLES]
+
+
+def test_demo_prompt_continues_in_english(shipped_server: RunningServer) -> None:
+    prompt = "My favorite part was when"
+    body = shipped_server.post("/generate", json={"prompt": prompt, "n_words": 40,
+                                                  "n_samples": 3, "temperature": 0.75,
+                                                  "seed": 0}).json()
+    common = {"the", "a", "and", "to", "of", "was", "is", "he", "she", "it", "in", "i"}
+    for sample in body["samples"]:
+        assert sample.startswith(prompt)
+        words = sample[len(prompt):].lower().split()
+        assert len(words) >= 15  # 40 tokens: words plus punctuation
+        assert sum(word.strip(".,!?\"'") in common for word in words) >= 3, sample

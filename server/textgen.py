@@ -47,37 +47,46 @@ def _token_steps(model: "LanguageModel", request: GenerationRequest,
                         model.unk_id, make_rng(request.seed))
 
 
-def generate_texts(model: "LanguageModel", request: GenerationRequest) -> list[str]:
-    """Each sample as fastai's predict returns it: the prompt and its continuation, decoded."""
-    prompt = prompt_ids(model, request.prompt)
-    steps = list(_token_steps(model, request, prompt))
-    generated = np.stack(steps, axis=1) if steps else np.zeros((request.n_samples, 0), np.int64)
-    return [model.tokenizer.decode(prompt + row.tolist()) for row in generated]
+def join_prompt(prompt: str, continuation: str) -> str:
+    """The prompt as sent, then the continuation (one space between them, not two)."""
+    if prompt[-1:].isspace():
+        return prompt + continuation.lstrip(" ")
+    return prompt + continuation
 
 
 def stream_pieces(model: "LanguageModel", request: GenerationRequest,
                   samples_out: list[str]) -> Iterator[Piece]:
     """Yield the new text of each sample as each word completes; fill `samples_out` at the end.
 
-    Each sample has its own StreamDecoder, primed with the prompt so spacing and capitalisation
-    of the first new word are right; what the prompt itself produces is not re-sent.
+    Each sample has its own StreamDecoder, primed with the prompt's tokens so spacing and
+    capitalisation of the first new word are right; what the prompt itself decodes to is not
+    re-sent. A sample is the prompt *as sent* followed by its continuation: decoding the prompt's
+    ids instead would drop its out-of-vocabulary words (xxunk is never shown).
     """
     prompt = prompt_ids(model, request.prompt)
-    tokens = model.tokenizer.ids_to_tokens(prompt)
+    prompt_tokens = model.tokenizer.ids_to_tokens(prompt)
     decoders = [model.tokenizer.stream_decoder() for _ in range(request.n_samples)]
     for decoder in decoders:
-        for token in tokens:
+        for token in prompt_tokens:
             decoder.push(token)
-    histories: list[list[int]] = [list(prompt) for _ in range(request.n_samples)]
+    continuations = [""] * request.n_samples
     for step in _token_steps(model, request, prompt):
-        step_tokens = model.tokenizer.ids_to_tokens(step.tolist())
-        for sample, (token_id, token) in enumerate(zip(step.tolist(), step_tokens)):
-            histories[sample].append(int(token_id))
+        for sample, token in enumerate(model.tokenizer.ids_to_tokens(step.tolist())):
             text = decoders[sample].push(token)
             if text:
+                continuations[sample] += text
                 yield Piece(sample, text)
     for sample, decoder in enumerate(decoders):
         text = decoder.flush()
         if text:
+            continuations[sample] += text
             yield Piece(sample, text)
-    samples_out[:] = [model.tokenizer.decode(history) for history in histories]
+    samples_out[:] = [join_prompt(request.prompt, text) for text in continuations]
+
+
+def generate_texts(model: "LanguageModel", request: GenerationRequest) -> list[str]:
+    """The samples in one piece: the streaming path, drained (so both answers are identical)."""
+    samples: list[str] = []
+    for _ in stream_pieces(model, request, samples):
+        pass
+    return samples

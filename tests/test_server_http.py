@@ -79,22 +79,30 @@ def test_classify_single(server: RunningServer, spec: SchemaChecker,
     assert body["label"] == max(body["probabilities"], key=body["probabilities"].get)
 
 
-def test_classify_batch_equals_singles(server: RunningServer, spec: SchemaChecker) -> None:
+def test_classify_batch_keeps_order_and_matches_singles(
+        server: RunningServer, spec: SchemaChecker, manifests: dict[str, dict[str, Any]]) -> None:
     texts = ["Great film.", "Terrible, boring and far too long. I want my money back!",
-             "An average movie with a few good moments, " * 20, "meh"]
+             "An average movie with a few good moments, " * 20, "meh", "Great film."]
     response = post_json(server, "/classify", {"texts": texts})
     assert response.status_code == 200, response.text
     assert_matches_spec(spec, "/classify", "post", response)
     results = response.json()["results"]
     assert len(results) == len(texts)
-    # Right padding is exact, but int8 dynamic quantization scales activations per batch, so a
-    # batch may differ from single requests by about 1e-3 (export measures int8 vs fp32 < 0.01).
+    assert results[0] == results[4]  # same text, same batch: identical
+    # Permuting the batch permutes the answers exactly (same padded tensor values, same scales).
+    reversed_results = post_json(server, "/classify", {"texts": texts[::-1]}).json()["results"]
+    for result, mirrored in zip(results, reversed_results[::-1]):
+        for label, p in result["probabilities"].items():
+            assert mirrored["probabilities"][label] == pytest.approx(p, abs=2e-6)
+    # Against single requests: int8 dynamic quantization scales activations per call, so each
+    # answer may move by the int8-vs-fp32 error the export measured, in both directions.
+    measured = manifests["classify"]["metrics"]["quantization"][
+        "max_abs_diff_probabilities_int8_vs_fp32"]
+    tolerance = 2 * measured + 0.01
     for text, result in zip(texts, results):
         single = post_json(server, "/classify", {"text": text}).json()
         for label, p in single["probabilities"].items():
-            assert result["probabilities"][label] == pytest.approx(p, abs=0.01)
-        if max(single["probabilities"].values()) > 0.52:
-            assert single["label"] == result["label"]
+            assert result["probabilities"][label] == pytest.approx(p, abs=tolerance)
 
 
 def test_generate_shape_and_prompt(server: RunningServer, spec: SchemaChecker) -> None:

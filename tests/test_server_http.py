@@ -13,6 +13,8 @@ from typing import Any, Iterator
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server_harness import (RunningServer, SchemaChecker, assert_json_error,
                             assert_no_traceback, parse_sse, start_server)
@@ -326,6 +328,38 @@ def test_wrong_method_is_405_json(server: RunningServer, method: str, path: str)
 def test_errors_are_json_whatever_the_client_accepts(server: RunningServer) -> None:
     response = server.get("/nope", headers={"Accept": "application/xml"})
     assert_json_error(response, 404)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=40)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6),
+                                                                      children, max_size=3),
+    max_leaves=6)
+FIELDS = ["text", "texts", "prompt", "n_words", "n_samples", "temperature", "top_k", "top_p",
+          "seed", "no_unk", "stream", "model", "extra"]
+SMALL_VALUES = {"n_words": st.integers(-3, 70), "n_samples": st.integers(-1, 8),
+                "temperature": st.floats(-1, 12), "top_p": st.floats(-0.5, 1.5),
+                "top_k": st.none() | st.integers(-1, 3000), "texts": st.lists(st.text(max_size=30),
+                                                                              max_size=20)}
+
+
+@st.composite
+def request_bodies(draw: st.DrawFn) -> dict[str, Any]:
+    names = draw(st.lists(st.sampled_from(FIELDS), max_size=6, unique=True))
+    return {name: draw(st.one_of(SMALL_VALUES[name], JSON_VALUES) if name in SMALL_VALUES
+                       else JSON_VALUES) for name in names}
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=st.sampled_from(["/classify", "/generate", "/tokenize"]), body=request_bodies())
+def test_generated_bodies_never_cause_a_5xx(server: RunningServer, spec: SchemaChecker, path: str,
+                                            body: dict[str, Any]) -> None:
+    response = server.post(path, json=body)
+    assert response.status_code in (200, 400), (body, response.status_code, response.text[:200])
+    assert_no_traceback(response.text)
+    if response.headers["Content-Type"].startswith("application/json"):
+        assert_matches_spec(spec, path, "post", response)
 
 
 def test_server_survived_the_abuse(server: RunningServer) -> None:

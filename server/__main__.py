@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from server.config import ConfigError, Settings
+from server.config import ConfigError, process_settings
 
 CONFIG_PATH = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        Settings.from_env()
+        process_settings()
     except ConfigError as exc:
         print(f"server: {exc}", file=sys.stderr)
         return 2

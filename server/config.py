@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -173,3 +174,10 @@ class Settings:
         """Settings as JSON-friendly values, for the startup log line."""
         return {f.name: str(getattr(self, f.name)) if f.name == "model_dir"
                 else getattr(self, f.name) for f in fields(self)}
+
+
+@lru_cache(maxsize=1)
+def process_settings() -> Settings:
+    """This process's Settings: the environment is read once, however many modules ask
+    (`python -m server`, gunicorn.conf.py and server.wsgi all run in the gunicorn master)."""
+    return Settings.from_env()

@@ -6,10 +6,10 @@ enforces the request timeout), and a graceful timeout inside its 10 s SIGTERM wi
 
 import os
 
-from server.config import Settings
+from server.config import process_settings
 from server.logs import JsonFormatter  # noqa: F401  (named in logconfig_dict below)
 
-_settings = Settings.from_env()
+_settings = process_settings()
 
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.web_workers

@@ -14,12 +14,12 @@ import sys
 
 from server import logs
 from server.app import create_app
-from server.config import Settings
+from server.config import process_settings
 from server.runtime import ServerRuntime, load_failures
 
 EXIT_BAD_BUNDLES = 3  # gunicorn's own "worker failed to boot" code, so both paths agree
 
-settings = Settings.from_env()
+settings = process_settings()
 logs.configure(settings.log_level)
 try:
     runtime = ServerRuntime.load(settings)

@@ -135,8 +135,10 @@ def _build_post_rules(specs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
 class AffixTokenizer:
     """spaCy's rule-based tokenizer, replayed from its exported tables.
 
-    Written from spaCy's documented algorithm ("Tokenizer algorithm", `Tokenizer.explain`) and
-    checked token for token against spaCy itself (tests/test_tokenizer_parity.py).
+    Written from spaCy's documented algorithm ("Tokenizer algorithm", `Tokenizer.explain`); the
+    details the docs leave open (which special cases the final pass re-finds and how it resolves
+    overlaps) follow spaCy's observed behaviour, and every path is checked token for token
+    against spaCy itself (tests/test_tokenizer_parity.py).
     """
 
     def __init__(self, tables: dict[str, Any]) -> None:

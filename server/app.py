@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import falcon
 
 from server import errors
@@ -17,7 +19,7 @@ from server.runtime import ServerRuntime
 
 
 def create_app(settings: Settings, runtime: ServerRuntime | None = None,
-               middleware: list[object] | None = None) -> falcon.App:
+               middleware: list[Any] | None = None) -> falcon.App:
     """Build the app. Without `runtime` the bundles are loaded here and warmed in the background;
     a caller passing its own runtime (gunicorn's preload, see server/wsgi.py) starts warm-up itself.
     `middleware` is where cross-cutting layers (limits, metrics, auth) plug in.

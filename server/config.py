@@ -11,7 +11,8 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -152,7 +153,7 @@ class Settings:
     warmup_delay_s: float = 0.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every variable of `ENV_VARS`; raise ConfigError naming all bad ones at once."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

@@ -100,11 +100,9 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
                       params: dict[str, Any]) -> None:
     """Catch-all: log the traceback for us, answer 500 JSON without it for the client."""
     log.error("unhandled error on %s %s", req.method, req.path, exc_info=ex)
-    error = falcon.HTTPInternalServerError(title="Internal server error",
-                                           description=_DEFAULT_DESCRIPTIONS[500])
-    resp.status = error.status
+    resp.status = falcon.HTTP_500
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_body(error.title, error.description)
+    resp.data = error_body("Internal server error", _DEFAULT_DESCRIPTIONS[500])
 
 
 def install(app: falcon.App) -> None:

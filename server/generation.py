@@ -11,7 +11,8 @@ from the numpy Generator passed in, so a seed reproduces a result exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

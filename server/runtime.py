@@ -35,9 +35,9 @@ class ModelDirError(Exception):
 class LoadedModels:
     """Every bundle of MODEL_DIR by name, plus the one serving each task."""
 
-    by_name: dict[str, "Model"]
-    classifier: "ClassifierModel | None"
-    language_model: "LanguageModel | None"
+    by_name: dict[str, Model]
+    classifier: ClassifierModel | None
+    language_model: LanguageModel | None
 
 
 def load_failures() -> tuple[type[Exception], ...]:
@@ -121,7 +121,7 @@ class ServerRuntime:
         self._warm_up_lock = threading.Lock()
 
     @classmethod
-    def load(cls, settings: Settings) -> "ServerRuntime":
+    def load(cls, settings: Settings) -> ServerRuntime:
         started = time.perf_counter()
         models = load_models(settings)
         log.info("models loaded", extra={

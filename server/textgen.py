@@ -6,7 +6,8 @@ Kept apart from the HTTP resource so the demo page and /generate share one code 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -33,7 +34,7 @@ class Piece:
     text: str
 
 
-def prompt_ids(model: "LanguageModel", prompt: str) -> list[int]:
+def prompt_ids(model: LanguageModel, prompt: str) -> list[int]:
     """fastai's predict feeds the prompt as a document: it starts with xxbos."""
     ids = [int(i) for i in model.tokenizer.encode(prompt)]
     if not ids or ids[0] != model.bos_id:
@@ -41,7 +42,7 @@ def prompt_ids(model: "LanguageModel", prompt: str) -> list[int]:
     return ids
 
 
-def _token_steps(model: "LanguageModel", request: GenerationRequest,
+def _token_steps(model: LanguageModel, request: GenerationRequest,
                  prompt: list[int]) -> Iterator[np.ndarray]:
     return generate_ids(model, prompt, request.n_words, request.n_samples, request.sampling,
                         model.unk_id, make_rng(request.seed))
@@ -54,7 +55,7 @@ def join_prompt(prompt: str, continuation: str) -> str:
     return prompt + continuation
 
 
-def stream_pieces(model: "LanguageModel", request: GenerationRequest,
+def stream_pieces(model: LanguageModel, request: GenerationRequest,
                   samples_out: list[str]) -> Iterator[Piece]:
     """Yield the new text of each sample as each word completes; fill `samples_out` at the end.
 
@@ -84,7 +85,7 @@ def stream_pieces(model: "LanguageModel", request: GenerationRequest,
     samples_out[:] = [join_prompt(request.prompt, text) for text in continuations]
 
 
-def generate_texts(model: "LanguageModel", request: GenerationRequest) -> list[str]:
+def generate_texts(model: LanguageModel, request: GenerationRequest) -> list[str]:
     """The samples in one piece: the streaming path, drained (so both answers are identical)."""
     samples: list[str] = []
     for _ in stream_pieces(model, request, samples):

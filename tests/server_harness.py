@@ -204,7 +204,8 @@ class SchemaChecker:
                 problems.append(f"{where}: does not match {schema['pattern']!r}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             low, high = schema.get("minimum"), schema.get("maximum")
-            if low is not None and (value <= low if schema.get("exclusiveMinimum") else value < low):
+            exclusive = schema.get("exclusiveMinimum", False)
+            if low is not None and (value <= low if exclusive else value < low):
                 problems.append(f"{where}: {value} below {low}")
             if high is not None and value > high:
                 problems.append(f"{where}: {value} above {high}")

@@ -65,7 +65,7 @@ def test_greedy_is_argmax_of_allowed(logits: np.ndarray) -> None:
 @pytest.mark.parametrize("k", [1, 2, 5, 49])
 def test_top_k_keeps_exactly_the_k_most_likely(logits: np.ndarray, k: int) -> None:
     probs = next_token_probabilities(logits, SamplingParams(1.0, top_k=k), UNK)
-    for row_logits, row in zip(logits, probs):
+    for row_logits, row in zip(logits, probs, strict=True):
         allowed = row_logits.copy()
         allowed[UNK] = -np.inf
         best = set(np.argsort(-allowed)[:k].tolist())
@@ -77,7 +77,7 @@ def test_top_k_keeps_exactly_the_k_most_likely(logits: np.ndarray, k: int) -> No
 def test_top_p_keeps_the_smallest_nucleus(logits: np.ndarray, p: float) -> None:
     full = next_token_probabilities(logits, SamplingParams(1.0), UNK)
     cut = next_token_probabilities(logits, SamplingParams(1.0, top_p=p), UNK)
-    for full_row, cut_row in zip(full, cut):
+    for full_row, cut_row in zip(full, cut, strict=True):
         kept = np.flatnonzero(cut_row)
         order = np.argsort(-full_row)
         n = len(kept)

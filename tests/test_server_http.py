@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -93,7 +94,7 @@ def test_classify_batch_keeps_order_and_matches_singles(
     assert results[0] == results[4]  # same text, same batch: identical
     # Permuting the batch permutes the answers exactly (same padded tensor values, same scales).
     reversed_results = post_json(server, "/classify", {"texts": texts[::-1]}).json()["results"]
-    for result, mirrored in zip(results, reversed_results[::-1]):
+    for result, mirrored in zip(results, reversed_results[::-1], strict=True):
         for label, p in result["probabilities"].items():
             assert mirrored["probabilities"][label] == pytest.approx(p, abs=2e-6)
     # Against single requests: int8 dynamic quantization scales activations per call, so each
@@ -101,7 +102,7 @@ def test_classify_batch_keeps_order_and_matches_singles(
     measured = manifests["classify"]["metrics"]["quantization"][
         "max_abs_diff_probabilities_int8_vs_fp32"]
     tolerance = 2 * measured + 0.01
-    for text, result in zip(texts, results):
+    for text, result in zip(texts, results, strict=True):
         single = post_json(server, "/classify", {"text": text}).json()
         for label, p in single["probabilities"].items():
             assert result["probabilities"][label] == pytest.approx(p, abs=tolerance)

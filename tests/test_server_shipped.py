@@ -6,8 +6,7 @@ These are the product's promises: a clearly positive review is `pos`, clearly ne
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 

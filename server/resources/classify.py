@@ -17,7 +17,8 @@ PROBABILITY_DECIMALS = 6
 
 def label_result(labels: list[str], row: Any) -> dict[str, Any]:
     """{label, probabilities} for one row of the model's softmax output."""
-    probabilities = {label: round(float(p), PROBABILITY_DECIMALS) for label, p in zip(labels, row)}
+    probabilities = {label: round(float(p), PROBABILITY_DECIMALS)
+                     for label, p in zip(labels, row, strict=True)}
     return {"label": labels[int(row.argmax())], "probabilities": probabilities}
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import falcon
 
@@ -45,7 +46,7 @@ def parse_request(body: dict[str, Any], settings: Settings) -> tuple[GenerationR
 
 
 def sse_event(event: str, data: dict[str, Any]) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode("utf-8")
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
 class GenerateResource:

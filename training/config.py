@@ -43,9 +43,9 @@ class TrainConfig:
 CONFIGS: dict[str, TrainConfig] = {
     # For tests: trains in seconds on a few hundred short documents.
     "tiny": TrainConfig(
-        name="tiny", emb_sz=16, n_hid=32, n_layers=2, max_vocab=2000, min_freq=2,
-        lm_docs=None, clf_docs=None, valid_pct=0.2, bptt=24, lm_bs=8, lm_epochs=2, lm_lr=1e-2,
-        lm_drop_mult=0.3, clf_bs=16, clf_lr=1e-2, clf_drop_mult=0.3, clf_epochs=(2, 0, 0, 1),
+        name="tiny", emb_sz=32, n_hid=64, n_layers=2, max_vocab=2000, min_freq=2,
+        lm_docs=None, clf_docs=None, valid_pct=0.2, bptt=24, lm_bs=8, lm_epochs=1, lm_lr=3e-3,
+        lm_drop_mult=0.3, clf_bs=16, clf_lr=5e-2, clf_drop_mult=0.1, clf_epochs=(1, 0, 0, 4),
         max_len=24 * 20, n_workers=1,
     ),
     # The CPU recipe for the shipped models: sized to train in ~1.5 h on 2 cores.

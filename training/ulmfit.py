@@ -81,6 +81,13 @@ def _text_tokenizer() -> Tokenizer:
     return Tokenizer(SpacyTokenizer(), rules=defaults.text_proc_rules)
 
 
+def _loss_trend(learn: Any, window: int = 10) -> dict[str, float]:
+    """Mean training loss over the first and last batches: the training-system test reads it."""
+    losses = [float(v) for v in learn.recorder.losses]
+    w = max(1, min(window, len(losses) // 4))
+    return {"train_loss_start": sum(losses[:w]) / w, "train_loss_end": sum(losses[-w:]) / w, "steps": len(losses)}
+
+
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
 
@@ -121,6 +128,7 @@ def train_lm(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
     t1 = time.perf_counter()
     _fit(learn, cfg.lm_epochs, cfg.lm_lr)
     t_train = time.perf_counter() - t1
+    trend = _loss_trend(learn)  # before validate(), which resets the recorder
     with learn.no_bar():
         valid_loss, valid_acc, valid_ppl = (float(v) for v in learn.validate())
     learn.save_encoder("encoder")
@@ -129,6 +137,7 @@ def train_lm(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
     metrics = {
         "docs": len(tokens), "tokens": n_tokens, "vocab_size": len(vocab),
         "valid_loss": valid_loss, "valid_accuracy": valid_acc, "valid_perplexity": valid_ppl,
+        **trend,
         "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),
         "train_tokens_per_second": round(n_tokens * (1 - cfg.valid_pct) * cfg.lm_epochs / t_train, 1),
         "hardware": hardware(),

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The serve command (README): a slim runtime venv (only the `serve` extra: onnxruntime, numpy,
+# falcon, gunicorn) and the production server on the shipped bundles in models/.
+#   bash scripts/serve.sh            # http://localhost:8080 (PORT, MODEL_DIR, ... see docs/configuration.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv-serve/bin/python ]; then
+  "$PYTHON" -m venv .venv-serve
+fi
+.venv-serve/bin/python -m pip install -q --upgrade pip
+.venv-serve/bin/python -m pip install -q '.[serve]'
+exec .venv-serve/bin/python -m server

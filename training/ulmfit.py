@@ -191,6 +191,8 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, A
         history.append({"stage": i, "freeze_to": freeze_to, "epochs": epochs, "valid_accuracy": acc,
                         "seconds": round(time.perf_counter() - t1, 1)})
         learn.save(f"classifier-stage{i}")  # checkpoint: a long CPU run can be resumed by hand
+        learn.export(out / "classifier.pkl")  # after every stage: an interrupted run still exports
+        _update_metrics(out, "classifier_progress", {"stages": history})
     t_train = time.perf_counter() - t1
     with learn.no_bar():
         valid_loss, valid_acc = (float(v) for v in learn.validate())

@@ -18,22 +18,29 @@ RUN python serve_requirements.py pyproject.toml > requirements-serve.txt
 FROM python:3.11-slim
 
 # PYTHONDONTWRITEBYTECODE: the app user cannot write into /app anyway; the bytecode is compiled
-# at build time below. PYTHONUNBUFFERED: log lines reach Cloud Logging as they are written.
+# at build time (pip compiles the dependencies, compileall the app below).
+# PYTHONUNBUFFERED: log lines reach Cloud Logging as they are written.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONPATH=/app \
-    PORT=8080 \
-    MODEL_DIR=/app/models
-
-WORKDIR /app
+    PIP_ROOT_USER_ACTION=ignore
 
 # Binary wheels only: no compiler is installed, and none is needed or left behind.
 COPY --from=requirements /src/requirements-serve.txt /tmp/requirements-serve.txt
 RUN pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements-serve.txt \
     && rm -f /tmp/requirements-serve.txt \
-    && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin app
+    && groupadd --gid 10001 app \
+    && useradd --uid 10001 --gid app --no-create-home --no-log-init --shell /usr/sbin/nologin app
+
+# Runtime settings after the dependency layer, so changing one does not reinstall the deps.
+# ORT_DISABLE_TELEMETRY: onnxruntime would otherwise try to persist a telemetry device id in a
+# home directory the app user does not have (a non-JSON warning on every start) and send events.
+ENV ORT_DISABLE_TELEMETRY=1 \
+    PYTHONPATH=/app \
+    PORT=8080 \
+    MODEL_DIR=/app/models
+WORKDIR /app
 
 # Bundles: replaced on every export, so they sit above the dependencies and below the code.
 COPY models/ /app/models/

@@ -1,7 +1,6 @@
 """`python -m bundle.verify`: the gate Cloud Build runs before any image is built.
 
-Real bundles (the `tiny_bundles` fixture of conftest.py, or a directory named by
-$DEPLOY_TEST_BUNDLES), real onnxruntime sessions, run as the CLI the pipeline calls. Each broken
+Real bundles ($DEPLOY_TEST_BUNDLES when set, else the `tiny_bundles` fixture of conftest.py), real onnxruntime sessions, run as the CLI the pipeline calls. Each broken
 case is made from a copy of a good bundle, so a gate that lets anything through fails here.
 """
 
@@ -22,15 +21,16 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def bundle_source(request: pytest.FixtureRequest) -> Path:
-    """Directory holding imdb-lm/ and imdb-sentiment/."""
+    """Directory holding imdb-lm/ and imdb-sentiment/: $DEPLOY_TEST_BUNDLES when set, else the
+    tiny_bundles fixture."""
+    named = os.environ.get("DEPLOY_TEST_BUNDLES")
+    if named:
+        assert Path(named, "imdb-lm", "manifest.json").is_file(), f"DEPLOY_TEST_BUNDLES={named} holds no imdb-lm/"
+        return Path(named)
     try:
         return Path(request.getfixturevalue("tiny_bundles"))
     except pytest.FixtureLookupError:
-        pass
-    named = os.environ.get("DEPLOY_TEST_BUNDLES")
-    if named and Path(named, "imdb-lm", "manifest.json").is_file():
-        return Path(named)
-    pytest.skip("no bundles: needs the tiny_bundles fixture (tests/conftest.py) or $DEPLOY_TEST_BUNDLES")
+        pytest.skip("no bundles: needs the tiny_bundles fixture (tests/conftest.py) or $DEPLOY_TEST_BUNDLES")
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ the doc lists exactly these names, so the two cannot drift apart.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-from collections.abc import Callable, Mapping
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")

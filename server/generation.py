@@ -10,9 +10,9 @@ from the numpy Generator passed in, so a seed reproduces a result exactly.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from collections.abc import Iterator, Sequence
 
 import numpy as np
 

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import time
-from datetime import datetime, UTC
+from datetime import UTC, datetime
 from typing import Any
 
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message",

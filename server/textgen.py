@@ -5,9 +5,9 @@ Kept apart from the HTTP resource so the demo page and /generate share one code 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from collections.abc import Iterator
 
 import numpy as np
 

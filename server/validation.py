@@ -7,8 +7,8 @@ the server's behaviour against it.
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Iterable
+from typing import Any
 
 from server.errors import InvalidRequest
 

@@ -14,8 +14,14 @@ from hypothesis import strategies as st
 
 from server.body import check_json_content_type, parse_json_object, read_limited
 from server.errors import BodyTooLarge, InvalidRequest, MalformedJSON, NotJSON
-from server.validation import (check_text, optional_bool, optional_int, optional_number,
-                               reject_unknown_fields, text_list)
+from server.validation import (
+    check_text,
+    optional_bool,
+    optional_int,
+    optional_number,
+    reject_unknown_fields,
+    text_list,
+)
 
 
 @pytest.mark.parametrize("content_type", [

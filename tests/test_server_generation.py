@@ -12,8 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from server.generation import (SamplingParams, choose_next, generate_ids, make_rng,
-                               next_token_probabilities, sample_from)
+from server.generation import (
+    SamplingParams,
+    choose_next,
+    generate_ids,
+    make_rng,
+    next_token_probabilities,
+    sample_from,
+)
 
 UNK = 0
 

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator
 
 import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from server_harness import (RunningServer, SchemaChecker, assert_json_error,
-                            assert_no_traceback, parse_sse, start_server)
+from server_harness import (
+    RunningServer,
+    SchemaChecker,
+    assert_json_error,
+    assert_no_traceback,
+    parse_sse,
+    start_server,
+)
 
 PROMPT = "My favorite part was when"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-
 from server_harness import REPO_ROOT, RunningServer, start_server
 
 SHIPPED = REPO_ROOT / "models"

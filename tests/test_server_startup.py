@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from server_harness import REPO_ROOT, assert_json_error, free_port, server_env, start_server
 
 

@@ -12,7 +12,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from server_harness import REPO_ROOT, start_server
 
 pytestmark = pytest.mark.slow

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 from collections.abc import Iterator
+from typing import Any
 
 import falcon
 
@@ -16,8 +16,13 @@ from server.generation import SamplingParams
 from server.responses import send_json
 from server.runtime import ServerRuntime
 from server.textgen import GenerationRequest, generate_texts, stream_pieces
-from server.validation import (optional_bool, optional_int, optional_number,
-                               reject_unknown_fields, required_text)
+from server.validation import (
+    optional_bool,
+    optional_int,
+    optional_number,
+    reject_unknown_fields,
+    required_text,
+)
 
 log = logging.getLogger("server.generate")
 

@@ -1,0 +1,292 @@
+"""One benchmark run: both servers, side by side, every section, into one results dict.
+
+Order: cold starts (interleaved ours/naive), then each server alone under load (ours, then
+naive), then the in-process timings, footprint and image record. The servers run pinned to
+`server_cpu`; this process (the load generator) pins itself to `client_cpu` when the machine has
+a second core, so the client never competes with the server for its core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from benchmarks import footprint
+from benchmarks.coldstart import ColdProbe, run_cold_starts
+from benchmarks.inputs import Inputs, default_imdb_dir, pick_inputs
+from benchmarks.loadgen import Workload, run_load
+from benchmarks.memory import MemorySampler
+from benchmarks.servers import NAIVE, ONE_THREAD, OURS, REPO, base_env, launch, pinned, wait_ready
+
+DEFAULT_IMAGE_RECORD = Path(os.environ.get("CONTAINER_STATE", "/var/tmp/fastai-onnx-serve-podman")) \
+    / "last-container-test.json"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every knob of a run. Defaults finish well inside 15 minutes on a 2-core machine."""
+
+    run_dir: Path
+    models: Path
+    imdb_dir: Path = field(default_factory=default_imdb_dir)
+    results_dir: Path = REPO / "benchmarks" / "results"
+    report_path: Path = REPO / "BENCHMARKS.md"
+    quick: bool = False
+    cold_runs: int = 5
+    concurrency: tuple[int, ...] = (1, 4, 8)
+    classify_requests: int = 200  # per cell, upper bound (the time budget usually ends naive cells)
+    generate_requests: int = 40
+    cell_seconds: float = 20.0  # no new request starts after this (in-flight ones finish)
+    reviews_per_band: int = 20
+    prompts: int = 8
+    n_words: int = 40
+    generate_samples: tuple[int, ...] = (1, 5)
+    raw_repeats: int = 5
+    server_cpu: int | None = 0
+    client_cpu: int | None = 1
+    fresh_venv: bool = True
+    image_record: Path = DEFAULT_IMAGE_RECORD
+    ready_timeout_s: float = 300.0
+    command: str = ""
+
+    @classmethod
+    def quick_defaults(cls) -> dict[str, Any]:
+        """Small counts for the harness test: every section, minimal statistics."""
+        return {"quick": True, "cold_runs": 2, "classify_requests": 8, "generate_requests": 3,
+                "cell_seconds": 3.0, "reviews_per_band": 4, "prompts": 2, "n_words": 10,
+                "raw_repeats": 2, "fresh_venv": False}
+
+
+def log(message: str) -> None:
+    print(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- machine facts
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _version(name: str) -> str | None:
+    import importlib.metadata as metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(),
+        "memory_gib": _mem_total_gib(), "kernel": platform.release(),
+        "platform": platform.platform(), "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "versions": {n: _version(n) for n in ("onnxruntime", "numpy", "falcon", "gunicorn", "torch",
+                                              "fastai", "spacy")},
+        "git_commit": _git("rev-parse", "--short", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def bundles(models: Path) -> dict[str, Any]:
+    out = {}
+    for path in sorted(models.glob("*/manifest.json")):
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        arch = raw.get("architecture", {})
+        out[raw["name"]] = {
+            "version": raw.get("version"), "task": raw.get("task"),
+            "quantization": raw.get("model", {}).get("quantization"),
+            "format": raw.get("model", {}).get("format", "onnx"),
+            "model_bytes": (path.parent / raw["model"]["file"]).stat().st_size,
+            **{k: arch.get(k) for k in ("vocab_size", "emb_size", "hidden_size", "n_layers",
+                                        "max_len")}}
+    return out
+
+
+# ----------------------------------------------------------------------------- workloads
+FLOOR = Workload("readyz (no model)", "/readyz", [None], "status")
+
+
+def classify_workloads(inputs: Inputs) -> list[Workload]:
+    return [Workload(f"classify {band}", "/classify", [{"text": t} for t in texts], "label")
+            for band, texts in inputs.reviews.items()]
+
+
+def generate_workloads(inputs: Inputs, cfg: BenchConfig) -> list[Workload]:
+    return [Workload(f"generate {k}x{cfg.n_words}", "/generate",
+                     [{"prompt": p, "n_words": cfg.n_words, "n_samples": k, "seed": i}
+                      for i, p in enumerate(inputs.prompts)], "samples")
+            for k in cfg.generate_samples]
+
+
+def cold_probes(inputs: Inputs, cfg: BenchConfig) -> list[ColdProbe]:
+    return [ColdProbe("classify", "/classify", {"text": inputs.reviews["median"][0]}, "label"),
+            ColdProbe("generate", "/generate", {"prompt": inputs.prompts[0], "n_words": cfg.n_words,
+                                                "n_samples": 1, "seed": 0}, "samples")]
+
+
+# ----------------------------------------------------------------------------- load phase
+def serve_under_load(name: str, cfg: BenchConfig, workloads: list[Workload],
+                     log_dir: Path) -> dict[str, Any]:
+    """Start one server, warm each workload, run every concurrency level, read its memory."""
+    server = launch(name, cfg.run_dir, cfg.models, log_dir, cfg.server_cpu)
+    cells: list[dict[str, Any]] = []
+    answers: dict[str, dict[int, Any]] = {}
+    try:
+        ready_s = wait_ready(server, cfg.ready_timeout_s)
+        log(f"{name} ready after {ready_s:.2f} s")
+        with MemorySampler(server.pid) as sampler:
+            for workload in workloads:
+                warm = run_load(server.base_url, workload, 1, min(2, len(workload.bodies)), 600)
+                if warm.errors:
+                    raise server.failure(f"warm-up of {workload.name} failed: {warm.error_examples}")
+                budget = cfg.generate_requests if workload.path == "/generate" \
+                    else cfg.classify_requests
+                # The floor (a GET that does no model work) only matters one request at a time.
+                levels = (min(cfg.concurrency),) if workload is FLOOR else cfg.concurrency
+                for concurrency in levels:
+                    keep = workload.path == "/classify" and concurrency == min(cfg.concurrency)
+                    result = run_load(server.base_url, workload, concurrency, budget,
+                                      cfg.cell_seconds, keep_answers=keep)
+                    if keep:
+                        answers[workload.name] = dict(zip(result.body_index, result.answers))
+                    summary = result.summary()
+                    summary["samples_ms"] = [round(x, 3) for x in result.latencies_ms]
+                    cells.append(summary)
+                    log(f"  {name:5s} {workload.name:18s} c={concurrency}: n={summary['n']} "
+                        f"p50={summary['p50_ms']} ms p95={summary['p95_ms']} ms "
+                        f"{summary['throughput_rps']} req/s errors={summary['errors']}")
+        memory = sampler.finish()
+    finally:
+        exit_code = server.stop()
+    return {"ready_s": round(ready_s, 3), "cells": cells, "memory": memory,
+            "labels": {w: {str(i): a for i, a in sorted(v.items())} for w, v in answers.items()},
+            "exit_code": exit_code}
+
+
+# ----------------------------------------------------------------------------- in-process
+def run_inprocess(cfg: BenchConfig, inputs: Inputs, workloads: list[Workload],
+                  work: Path) -> dict[str, Any]:
+    spec = {"reviews": inputs.reviews,
+            "generate_bodies": {w.name: list(w.bodies) for w in workloads if w.path == "/generate"}}
+    spec_path = work / "inprocess-inputs.json"
+    spec_path.write_text(json.dumps(spec), encoding="utf-8")
+    env = base_env()
+
+    def module(*args: str) -> dict[str, Any]:
+        argv = pinned([sys.executable, "-m", "benchmarks.inprocess", *args,
+                       "--models", str(cfg.models)], cfg.server_cpu)
+        out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        if out.returncode != 0:
+            raise RuntimeError(f"benchmarks.inprocess {args[0]} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    raw = module("raw", str(spec_path), "--repeats", str(cfg.raw_repeats))
+    startups = [module("startup") for _ in range(max(1, cfg.cold_runs))]
+    return {"raw": raw, "startup_probes": startups}
+
+
+def image_record(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {"measured": False, "record": str(path),
+                "note": "not measured in this run: no record from tests/test_container.py"}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {"measured": False, "record": str(path), "note": f"unreadable record: {exc}"}
+    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    return {"measured": "image_bytes" in data, "record": str(path), "written_at": written, **data}
+
+
+# ----------------------------------------------------------------------------- the run
+def pin_client(cpu: int | None) -> int | None:
+    """Pin this process (the load generator) to `cpu` if it exists and differs from the server's."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    if cpu not in os.sched_getaffinity(0):
+        return None
+    os.sched_setaffinity(0, {cpu})
+    return cpu
+
+
+def check_paths(cfg: BenchConfig) -> None:
+    problems = [f"{p} not found" for p in (cfg.run_dir / "classifier.pkl", cfg.run_dir / "lm.pkl")
+                if not p.is_file()]
+    tasks = {json.loads(p.read_text())["task"] for p in cfg.models.glob("*/manifest.json")}
+    if tasks != {"classify", "generate"}:
+        problems.append(f"{cfg.models} must hold one classify and one generate bundle (has {sorted(tasks)})")
+    if problems:
+        raise SystemExit("benchmarks: " + "; ".join(problems))
+
+
+def run(cfg: BenchConfig) -> dict[str, Any]:
+    check_paths(cfg)
+    started = time.perf_counter()
+    started_at = datetime.now(UTC)
+    client_cpu = pin_client(cfg.client_cpu if cfg.client_cpu != cfg.server_cpu else None)
+    results: dict[str, Any] = {
+        "schema": 1, "command": cfg.command, "started_at": started_at.isoformat(timespec="seconds"),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "machine": machine(), "pinning": {"server_cpu": cfg.server_cpu, "client_cpu": client_cpu,
+                                          "threads_env": ONE_THREAD},
+        "bundles": bundles(cfg.models),
+    }
+    log(f"inputs from {cfg.imdb_dir}")
+    inputs = pick_inputs(cfg.imdb_dir, cfg.reviews_per_band, cfg.prompts)
+    results["inputs"] = {"source": inputs.source, "test_reviews": inputs.test_reviews,
+                         "band_chars": inputs.band_chars,
+                         "reviews_per_band": {b: len(t) for b, t in inputs.reviews.items()},
+                         "prompts": inputs.prompts}
+    workloads = [FLOOR] + classify_workloads(inputs) + generate_workloads(inputs, cfg)
+    with tempfile.TemporaryDirectory(prefix="benchmarks-") as tmp:
+        work = Path(tmp)
+        log(f"cold starts: {cfg.cold_runs} runs x 2 probes x 2 servers")
+        results["cold_start"] = run_cold_starts(cold_probes(inputs, cfg), cfg.cold_runs,
+                                                cfg.run_dir, cfg.models, work / "logs",
+                                                cfg.server_cpu, cfg.ready_timeout_s, progress=log)
+        results["latency"] = {}
+        for name in (OURS, NAIVE):
+            log(f"latency: {name}")
+            results["latency"][name] = serve_under_load(name, cfg, workloads, work / "logs")
+        log("in-process timings (raw onnxruntime session, startup probes)")
+        results["in_process"] = run_inprocess(cfg, inputs, workloads, work)
+    log("footprint" + (" (fresh venv install of the serve extra)" if cfg.fresh_venv else ""))
+    results["footprint"] = footprint.measure(cfg.fresh_venv)
+    results["artifacts"] = footprint.artifacts(cfg.run_dir, cfg.models)
+    results["image"] = image_record(cfg.image_record)
+    results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    return results

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -130,3 +131,24 @@ def test_a_graph_that_is_not_a_softmax_fails_the_inference_check(models: Path) -
     result = verify(clf)
     assert result.returncode == 1
     assert "outside [0, 1]" in result.stderr or "do not sum to 1" in result.stderr, result.stderr
+
+
+def test_deploy_script_dry_run_verifies_uploads_and_stages_only_build_inputs(models: Path, tmp_path: Path) -> None:
+    """scripts/deploy.sh up to the gcloud calls (printed, not run: gcloud is not installed here)."""
+    stage = tmp_path / "stage"
+    env = {**os.environ, "DRY_RUN": "1", "GCP_PROJECT": "test-project", "MODEL_BUCKET": "test-bucket",
+           "ALLOW_DIRTY": "1", "LOCAL_MODELS": str(models), "STAGE_DIR": str(stage), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", "scripts/deploy.sh"], capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    commands = [line for line in result.stdout.splitlines() if line.startswith("DRY_RUN gcloud")]
+    assert len(commands) == 2
+    upload, submit = commands
+    prefix = re.search(r"gs://test-bucket/(bundles/\d{8}T\d{6}Z-[0-9a-f]+)", upload)
+    assert "storage rsync" in upload and str(models) in upload and prefix
+    assert "builds submit" in submit and f"_BUNDLE_PREFIX={prefix.group(1)}" in submit.replace("\\", "")
+    staged = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()}
+    assert {"cloudbuild.yaml", "Dockerfile", ".dockerignore", "pyproject.toml", "scripts/serve_requirements.py",
+            "bundle/verify.py", "server/__main__.py"} <= staged
+    assert not [p for p in staged if p.split("/")[0] in ("training", "export", "tests", "models", ".git")
+                or "__pycache__" in p], "only the build inputs are uploaded; bundles come from the bucket"

@@ -561,3 +561,21 @@ def test_deploy_sh_passes_only_declared_substitutions() -> None:
     passed = set(re.findall(r"(_[A-Z_]+)=", re.search(r"--substitutions=\"([^\"]*)\"", text).group(1)))
     assert passed and passed <= set(load_cloudbuild()["substitutions"])
     assert {"_MODEL_BUCKET", "_BUNDLE_PREFIX"} <= passed
+
+
+def test_deploy_sh_stops_before_any_upload_when_bundles_fail(tmp_path: Path) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    env = {**os.environ, "DRY_RUN": "1", "GCP_PROJECT": "p", "MODEL_BUCKET": "b", "ALLOW_DIRTY": "1",
+           "LOCAL_MODELS": str(empty), "STAGE_DIR": str(tmp_path / "stage"), "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(DEPLOY_SH)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert result.returncode != 0
+    assert "holds no bundle" in result.stderr
+    assert "gcloud" not in result.stdout and not (tmp_path / "stage").exists()
+
+
+def test_deploy_sh_needs_a_bucket(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "MODEL_BUCKET"}
+    result = subprocess.run(["bash", str(DEPLOY_SH)], capture_output=True, text=True, cwd=REPO, timeout=60,
+                            env={**env, "DRY_RUN": "1", "GCP_PROJECT": "p"})
+    assert result.returncode != 0 and "MODEL_BUCKET" in result.stderr

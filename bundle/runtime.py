@@ -67,7 +67,9 @@ class ClassifierModel(_Model):
     def labels(self) -> list[str]:
         return self.manifest.labels
 
-    def predict_ids(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
+    def predict_ids(self, batch: Sequence[Sequence[int]],
+                    run_options: ort.RunOptions | None = None) -> np.ndarray:
+        """`run_options` lets a caller stop a run from another thread (its `terminate` flag)."""
         if not batch:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         lengths = np.array([len(ids) for ids in batch], dtype=np.int64)
@@ -76,7 +78,8 @@ class ClassifierModel(_Model):
         ids = np.full((len(batch), int(lengths.max())), self.pad_id, dtype=np.int64)
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = seq
-        return self.session.run(["probabilities"], {"input_ids": ids, "lengths": lengths})[0]
+        return self.session.run(["probabilities"], {"input_ids": ids, "lengths": lengths},
+                                run_options)[0]
 
     def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.predict_ids([self.tokenizer.encode(t) for t in texts])

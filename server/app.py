@@ -7,7 +7,9 @@ from typing import Any
 import falcon
 
 from server import errors
+from server.auth import BearerAuthMiddleware
 from server.config import Settings
+from server.limits import AdmissionMiddleware
 from server.resources.classify import ClassifyResource
 from server.resources.generate import GenerateResource
 from server.resources.health import HealthResource, ReadinessResource
@@ -27,7 +29,12 @@ def create_app(settings: Settings, runtime: ServerRuntime | None = None,
     if runtime is None:
         runtime = ServerRuntime.load(settings)
         runtime.start_warm_up()
-    app = falcon.App(middleware=middleware or [])
+    # Auth before admission: an unauthenticated request must not take a slot.
+    layers: list[Any] = list(middleware or [])
+    if settings.auth_token_hash:
+        layers.append(BearerAuthMiddleware(settings.auth_token_hash))
+    layers.append(AdmissionMiddleware(runtime.admission))
+    app = falcon.App(middleware=layers)
     errors.install(app)
     app.add_route("/", IndexResource(runtime))
     app.add_route("/healthz", HealthResource())

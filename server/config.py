@@ -91,6 +91,15 @@ def _host(raw: str) -> str:
     return value
 
 
+def _sha256_hex(raw: str) -> str | None:
+    value = raw.strip().lower()
+    if not value:
+        return None
+    if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+        raise ValueError("must be empty or 64 hex digits (the sha256 of the token)")
+    return value
+
+
 def _path(raw: str) -> Path:
     if not raw.strip():
         raise ValueError("must not be empty")
@@ -106,7 +115,7 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("WEB_WORKERS", "web_workers", _int_in(1, 64), 1,
            "gunicorn worker processes. One per vCPU; each holds its own copy of the models."),
     EnvVar("WEB_THREADS", "web_threads", _int_in(1, 256), 8,
-           "gthread threads per worker (concurrent requests per worker)."),
+           "Requests per worker admitted at once; past it POSTs get 503 + Retry-After at once."),
     EnvVar("ORT_INTRA_OP_THREADS", "ort_intra_op_threads", _int_in(1, 64), 1,
            "onnxruntime intra-op threads per session (1 on a one-vCPU instance; spinning is off)."),
     EnvVar("ORT_INTER_OP_THREADS", "ort_inter_op_threads", _int_in(1, 64), 1,
@@ -126,6 +135,17 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "info", "Log level of the JSON logs."),
     EnvVar("ACCESS_LOG", "access_log", _bool, False,
            "Write one gunicorn access-log line per request (Cloud Run logs requests already)."),
+    EnvVar("REQUEST_TIMEOUT_S", "request_timeout_s", _float_in(0.1, 3600.0), 30.0,
+           "Deadline of one request's model work; past it the work stops and the answer is 504."),
+    EnvVar("MICROBATCH", "microbatch", _bool, True,
+           "Coalesce concurrent /classify requests into one onnxruntime call."),
+    EnvVar("MICROBATCH_MAX_TEXTS", "microbatch_max_texts", _int_in(1, 10_000), 64,
+           "Most texts in one coalesced /classify call."),
+    EnvVar("MICROBATCH_WAIT_MS", "microbatch_wait_ms", _float_in(0.0, 1000.0), 0.0,
+           "How long a coalesced call waits for more requests (0: only those already waiting)."),
+    EnvVar("AUTH_TOKEN_HASH", "auth_token_hash", _sha256_hex, None,
+           "sha256 (hex) of the bearer token required on every route but the health probes; "
+           "empty: no auth (Cloud Run IAM)."),
     EnvVar("WARMUP_DELAY_S", "warmup_delay_s", _float_in(0.0, 600.0), 0.0,
            "Seconds to wait before the warm-up inference (testing /readyz; keep 0 in production)."),
 )
@@ -150,6 +170,11 @@ class Settings:
     max_n_samples: int = 10
     log_level: str = "info"
     access_log: bool = False
+    request_timeout_s: float = 30.0
+    microbatch: bool = True
+    microbatch_max_texts: int = 64
+    microbatch_wait_ms: float = 0.0
+    auth_token_hash: str | None = None
     warmup_delay_s: float = 0.0
 
     @classmethod
@@ -173,8 +198,10 @@ class Settings:
 
     def public(self) -> dict[str, Any]:
         """Settings as JSON-friendly values, for the startup log line."""
-        return {f.name: str(getattr(self, f.name)) if f.name == "model_dir"
-                else getattr(self, f.name) for f in fields(self)}
+        shown = {f.name: str(getattr(self, f.name)) if f.name == "model_dir"
+                 else getattr(self, f.name) for f in fields(self)}
+        shown["auth_token_hash"] = "set" if self.auth_token_hash else None  # not even a hash
+        return shown
 
 
 @lru_cache(maxsize=1)

@@ -75,6 +75,34 @@ class NotReady(falcon.HTTPServiceUnavailable):
                          headers={"Retry-After": "1"})
 
 
+class Overloaded(falcon.HTTPServiceUnavailable):
+    """More requests than WEB_THREADS at once: shed now rather than queue without bound."""
+
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        super().__init__(title="Overloaded",
+                         description=f"The server is already working on {limit} requests; "
+                                     f"retry after {retry_after_s} s.",
+                         headers={"Retry-After": str(retry_after_s)})
+
+
+class DeadlineExceeded(falcon.HTTPGatewayTimeout):
+    """The request's work ran past REQUEST_TIMEOUT_S and was stopped."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(title="Deadline exceeded",
+                         description=f"The request did not finish within {timeout_s:g} s "
+                                     "(REQUEST_TIMEOUT_S); its work was stopped.")
+
+
+class Unauthorized(falcon.HTTPUnauthorized):
+    """AUTH_TOKEN_HASH is set and the request has no (or a wrong) bearer token."""
+
+    def __init__(self) -> None:
+        super().__init__(title="Unauthorized",
+                         description="Send 'Authorization: Bearer <token>'.",
+                         challenges=['Bearer realm="fastai-onnx-serve"'])
+
+
 _DEFAULT_DESCRIPTIONS = {
     404: "No such route. See GET /openapi.json for the API.",
     405: "This route does not accept that method; see the Allow header.",

@@ -10,11 +10,14 @@ from server.config import process_settings
 from server.logs import JsonFormatter  # noqa: F401  (named in logconfig_dict below)
 
 _settings = process_settings()
+# Threads beyond WEB_THREADS (the admission limit, server/limits.py): they answer probes and
+# /metrics and shed the excess POSTs with 503 while the admitted requests compute.
+CONTROL_THREADS = 4
 
 bind = [f"{_settings.host}:{_settings.port}"]
 workers = _settings.web_workers
 worker_class = "gthread"
-threads = _settings.web_threads
+threads = _settings.web_threads + CONTROL_THREADS
 # Loading in the master means a worker (re)start is a fork, not a reload. onnxruntime thread
 # pools do not survive fork, so with more than one ORT thread each worker loads its own bundles.
 preload_app = _settings.ort_intra_op_threads == 1 and _settings.ort_inter_op_threads == 1
@@ -47,10 +50,13 @@ logconfig_dict = {
 
 
 def post_worker_init(worker):  # noqa: ANN001 (gunicorn hook signature)
-    """Warm the sessions inside the worker that will serve; /readyz turns 200 when done."""
+    """Warm the sessions inside the worker that will serve; /readyz turns 200 when done.
+    SIGTERM first drains (server/shutdown.py), then runs gunicorn's own handler."""
     import server.wsgi
+    from server.shutdown import install_sigterm_drain
 
     server.wsgi.runtime.start_warm_up(exec_pid=os.getppid())
+    install_sigterm_drain(worker, server.wsgi.runtime)
 
 
 def worker_exit(server, worker):  # noqa: ANN001 (gunicorn hook signature)

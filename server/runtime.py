@@ -114,9 +114,20 @@ class ServerRuntime:
     """Settings + loaded bundles + readiness: built once per process, shared by resources."""
 
     def __init__(self, settings: Settings, models: LoadedModels) -> None:
+        from server.batching import ClassifyBatcher, classifier_runner
+        from server.limits import AdmissionGate
+
         self.settings = settings
         self.models = models
         self.readiness = Readiness()
+        # Issue 6: at most WEB_THREADS requests admitted, each with a deadline (server/limits.py);
+        # concurrent /classify requests share onnxruntime calls (server/batching.py).
+        self.admission = AdmissionGate(settings.web_threads, settings.request_timeout_s)
+        self.classify_batcher: ClassifyBatcher | None = None
+        if settings.microbatch and models.classifier is not None:
+            self.classify_batcher = ClassifyBatcher(
+                classifier_runner(models.classifier), settings.microbatch_max_texts,
+                settings.microbatch_wait_ms / 1000)
         self._warm_up_started = False
         self._warm_up_lock = threading.Lock()
 

@@ -5,7 +5,7 @@ Kept apart from the HTTP resource so the demo page and /generate share one code 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -55,14 +55,15 @@ def join_prompt(prompt: str, continuation: str) -> str:
     return prompt + continuation
 
 
-def stream_pieces(model: LanguageModel, request: GenerationRequest,
-                  samples_out: list[str]) -> Iterator[Piece]:
+def stream_pieces(model: LanguageModel, request: GenerationRequest, samples_out: list[str],
+                  check: Callable[[], None] | None = None) -> Iterator[Piece]:
     """Yield the new text of each sample as each word completes; fill `samples_out` at the end.
 
     Each sample has its own StreamDecoder, primed with the prompt's tokens so spacing and
     capitalisation of the first new word are right; what the prompt itself decodes to is not
     re-sent. A sample is the prompt *as sent* followed by its continuation: decoding the prompt's
-    ids instead would drop its out-of-vocabulary words (xxunk is never shown).
+    ids instead would drop its out-of-vocabulary words (xxunk is never shown). `check` runs
+    before every step and raises to stop the work (the request's deadline, server/limits.py).
     """
     prompt = prompt_ids(model, request.prompt)
     prompt_tokens = model.tokenizer.ids_to_tokens(prompt)
@@ -71,7 +72,11 @@ def stream_pieces(model: LanguageModel, request: GenerationRequest,
         for token in prompt_tokens:
             decoder.push(token)
     continuations = [""] * request.n_samples
+    if check is not None:
+        check()
     for step in _token_steps(model, request, prompt):
+        if check is not None:
+            check()
         for sample, token in enumerate(model.tokenizer.ids_to_tokens(step.tolist())):
             text = decoders[sample].push(token)
             if text:
@@ -85,9 +90,10 @@ def stream_pieces(model: LanguageModel, request: GenerationRequest,
     samples_out[:] = [join_prompt(request.prompt, text) for text in continuations]
 
 
-def generate_texts(model: LanguageModel, request: GenerationRequest) -> list[str]:
+def generate_texts(model: LanguageModel, request: GenerationRequest,
+                   check: Callable[[], None] | None = None) -> list[str]:
     """The samples in one piece: the streaming path, drained (so both answers are identical)."""
     samples: list[str] = []
-    for _ in stream_pieces(model, request, samples):
+    for _ in stream_pieces(model, request, samples, check):
         pass
     return samples

@@ -1,4 +1,5 @@
-"""POST /classify: one review or a batch, always one onnxruntime call."""
+"""POST /classify: one review or a batch, always one onnxruntime call (shared with concurrent
+requests when micro-batching is on), stopped at the request's deadline."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from typing import Any
 import falcon
 
 from server.body import read_json_object
+from server.batching import classifier_runner
 from server.errors import InvalidRequest, NoModelForTask
+from server.limits import request_budget
 from server.responses import send_json
 from server.runtime import ServerRuntime
 from server.validation import reject_unknown_fields, required_text, text_list
@@ -26,6 +29,8 @@ class ClassifyResource:
     def __init__(self, runtime: ServerRuntime) -> None:
         self._settings = runtime.settings
         self._model = runtime.models.classifier
+        self._batcher = runtime.classify_batcher
+        self._run = classifier_runner(self._model) if self._model is not None else None
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         settings = self._settings
@@ -39,7 +44,14 @@ class ClassifyResource:
             texts = text_list(body, "texts", settings.max_batch_texts, settings.max_text_chars)
         if self._model is None:
             raise NoModelForTask("classify")
-        probabilities = self._model.predict_texts(texts)
+        ids = [self._model.tokenizer.encode(text) for text in texts]
+        budget = request_budget(req)
+        budget.check()
+        if self._batcher is not None:
+            probabilities = self._batcher.predict(ids, budget)
+        else:
+            assert self._run is not None
+            probabilities = self._run(ids, budget.deadline, budget.timeout_s)
         labels = self._model.labels
         results = [label_result(labels, row) for row in probabilities]
         model_id = self._model.manifest.model_id

@@ -11,8 +11,9 @@ import falcon
 
 from server.body import read_json_object
 from server.config import Settings
-from server.errors import NoModelForTask
+from server.errors import DeadlineExceeded, NoModelForTask
 from server.generation import SamplingParams
+from server.limits import RequestBudget, request_budget
 from server.responses import send_json
 from server.runtime import ServerRuntime
 from server.textgen import GenerationRequest, generate_texts, stream_pieces
@@ -65,15 +66,18 @@ class GenerateResource:
         if self._model is None:
             raise NoModelForTask("generate")
         model_id = self._model.manifest.model_id
+        budget = request_budget(req)
         if stream:
             resp.content_type = "text/event-stream; charset=utf-8"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
-            resp.stream = self._events(request, model_id)
+            resp.stream = self._events(request, model_id, budget)
             return
-        send_json(resp, {"samples": generate_texts(self._model, request), "model": model_id})
+        samples = generate_texts(self._model, request, budget.check)
+        send_json(resp, {"samples": samples, "model": model_id})
 
-    def _events(self, request: GenerationRequest, model_id: str) -> Iterator[bytes]:
+    def _events(self, request: GenerationRequest, model_id: str,
+                budget: RequestBudget) -> Iterator[bytes]:
         """`word` events as words complete, then `done`; a fault mid-stream becomes `error`.
 
         The status line is already sent when generation runs, so a failure cannot be a 500:
@@ -82,8 +86,11 @@ class GenerateResource:
         assert self._model is not None
         samples: list[str] = []
         try:
-            for piece in stream_pieces(self._model, request, samples):
+            for piece in stream_pieces(self._model, request, samples, budget.check):
                 yield sse_event("word", {"sample": piece.sample, "text": piece.text})
+        except DeadlineExceeded as exc:
+            yield sse_event("error", {"title": exc.title, "description": exc.description})
+            return
         except Exception:
             log.exception("generation failed mid-stream")
             yield sse_event("error", {"title": "Internal server error",

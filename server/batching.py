@@ -1,0 +1,199 @@
+"""Micro-batching of /classify: requests that arrive together share one onnxruntime call.
+
+Why: on one core, one call over 8 reviews costs much less than 8 calls over one (the LSTM's
+matrix products get wider, the per-call overhead is paid once); BENCHMARKS.md has the figures.
+
+How, without a batching thread: the first request to arrive becomes the *leader* and runs the
+queue in the caller's own thread; requests arriving while it computes queue up and go into the
+next call together. With the queue empty a lone request runs at once (no timer, no hand-off),
+so latency at concurrency 1 is unchanged. A leader stops leading as soon as its own result is
+in and hands the queue to the oldest waiting request, so nobody works for others forever.
+A request whose deadline passes while queued leaves the queue (504) before any work is spent
+on it; a running call is terminated only when every request in it has expired.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from server.errors import DeadlineExceeded
+from server.limits import RequestBudget
+
+# run_batch(ids, deadline, timeout_s) -> probabilities, one row per sequence
+RunBatch = Callable[[list[Sequence[int]], float, float], np.ndarray]
+BatchObserver = Callable[[int, int, float], None]  # (requests, texts, seconds) per call
+
+_QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
+
+
+class _Job:
+    __slots__ = ("ids", "budget", "event", "state", "promoted", "result", "error")
+
+    def __init__(self, ids: list[Sequence[int]], budget: RequestBudget) -> None:
+        self.ids = ids
+        self.budget = budget
+        self.event = threading.Event()
+        self.state = _QUEUED
+        self.promoted = False
+        self.result: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+
+class BatchFailed(RuntimeError):
+    """The shared onnxruntime call failed; each request of it gets its own copy (-> 500)."""
+
+
+class ClassifyBatcher:
+    """Coalesces concurrent `predict` calls into calls of at most `max_texts` sequences."""
+
+    def __init__(self, run_batch: RunBatch, max_texts: int, wait_s: float = 0.0) -> None:
+        self._run_batch = run_batch
+        self.max_texts = max_texts
+        self.wait_s = wait_s
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._leading = False
+        self.observers: list[BatchObserver] = []
+
+    def predict(self, ids: list[Sequence[int]], budget: RequestBudget) -> np.ndarray:
+        """Probabilities for `ids`, computed in whichever call takes them (maybe with others)."""
+        job = _Job(ids, budget)
+        with self._cond:
+            self._queue.append(job)
+            lead = not self._leading
+            self._leading = True
+            self._cond.notify_all()  # a leader waiting out MICROBATCH_WAIT_MS sees the newcomer
+        if lead or self._follow(job):
+            self._lead(job)
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    # ------------------------------------------------------------------ follower
+    def _follow(self, job: _Job) -> bool:
+        """Wait for the result; True if promoted to leader before it came."""
+        while True:
+            job.event.wait(max(job.budget.remaining(), 0.0))
+            with self._cond:
+                if job.promoted:
+                    job.promoted = False
+                    job.event.clear()
+                    return True
+                if job.state == _DONE:
+                    return False
+                if job.budget.expired():
+                    if job.state == _QUEUED:
+                        self._queue.remove(job)
+                    job.state = _ABANDONED  # a running call's answer for it is dropped
+                    job.error = DeadlineExceeded(job.budget.timeout_s)
+                    return False
+
+    # ------------------------------------------------------------------ leader
+    def _lead(self, job: _Job) -> None:
+        try:
+            while True:
+                with self._cond:
+                    if job.state in (_DONE, _ABANDONED):
+                        return
+                    if job.budget.expired():  # still queued: leave before any work is spent
+                        self._queue.remove(job)
+                        job.state = _ABANDONED
+                        job.error = DeadlineExceeded(job.budget.timeout_s)
+                        return
+                    batch = self._take()
+                if batch:
+                    self._run(batch)
+        finally:
+            self._hand_over()
+
+    def _take(self) -> list[_Job]:
+        """Jobs for the next call, oldest first (caller holds the lock). Expired ones are told."""
+        if self.wait_s > 0:
+            until = time.monotonic() + self.wait_s
+            while self._queued_texts() < self.max_texts:
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        batch: list[_Job] = []
+        texts = 0
+        while self._queue:
+            nxt = self._queue[0]
+            if nxt.budget.expired():
+                self._queue.popleft()
+                nxt.state = _ABANDONED
+                nxt.error = DeadlineExceeded(nxt.budget.timeout_s)
+                nxt.event.set()
+                continue
+            if batch and texts + len(nxt.ids) > self.max_texts:
+                break
+            self._queue.popleft()
+            nxt.state = _RUNNING
+            batch.append(nxt)
+            texts += len(nxt.ids)
+        return batch
+
+    def _queued_texts(self) -> int:
+        return sum(len(job.ids) for job in self._queue)
+
+    def _run(self, batch: list[_Job]) -> None:
+        ids = [seq for job in batch for seq in job.ids]
+        latest = max(job.budget.deadline for job in batch)
+        timeout_s = max(job.budget.timeout_s for job in batch)
+        started = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            probabilities = self._run_batch(ids, latest, timeout_s)
+        except DeadlineExceeded:
+            error = DeadlineExceeded(timeout_s)
+        except Exception as exc:  # shared by every job: each raises its own wrapper
+            error = exc
+        seconds = time.perf_counter() - started
+        with self._cond:
+            row = 0
+            for job in batch:
+                if job.state == _RUNNING:
+                    if error is None:
+                        job.result = probabilities[row:row + len(job.ids)]
+                    elif isinstance(error, DeadlineExceeded):
+                        job.error = DeadlineExceeded(job.budget.timeout_s)
+                    else:
+                        job.error = BatchFailed("the coalesced classify call failed")
+                        job.error.__cause__ = error
+                    job.state = _DONE
+                job.event.set()
+                row += len(job.ids)
+        for observe in self.observers:
+            observe(len(batch), len(ids), seconds)
+
+    def _hand_over(self) -> None:
+        """Give the queue to its oldest request, or stop leading when it is empty."""
+        with self._cond:
+            if self._queue:
+                nxt = self._queue[0]
+                nxt.promoted = True
+                nxt.event.set()
+            else:
+                self._leading = False
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {"queued": len(self._queue), "leading": self._leading}
+
+
+def classifier_runner(model: Any) -> RunBatch:
+    """`run_batch` for a bundle.ClassifierModel: one onnxruntime call, stopped at the deadline."""
+    from server.limits import RUN_DEADLINES
+
+    def run(ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
+        with RUN_DEADLINES.guard(deadline, timeout_s) as options:
+            return model.predict_ids(ids, run_options=options)
+
+    return run

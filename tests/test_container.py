@@ -130,8 +130,10 @@ def podman() -> Podman:
     if os.geteuid() != 0:
         pytest.skip("needs root: the stand-in base is made with debootstrap + chroot")
     env = podman_environment()
-    subprocess.run([str(SCRIPTS / "make-base-image.sh")], check=True, env=env, timeout=900,
-                   capture_output=True)
+    base = subprocess.run([str(SCRIPTS / "make-base-image.sh")], env=env, timeout=900, capture_output=True, text=True)
+    if base.returncode != 0:
+        raise AssertionError(f"scripts/make-base-image.sh failed (debootstrap needs the Debian mirror):\n"
+                             f"{base.stdout[-2000:]}\n{base.stderr[-2000:]}")
     return Podman(env)
 
 

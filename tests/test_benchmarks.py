@@ -1,0 +1,131 @@
+"""`python -m benchmarks run --quick` end to end: the real harness on the tiny run and bundles.
+
+Both servers really start (ours: `python -m server`; naive: gunicorn + fastai `load_learner`),
+really get cold-started and loaded over HTTP, and the run really writes the JSON, the plots and
+the markdown report. The numbers are not checked against targets (quick mode counts are too
+small to mean anything); the structure, the bookkeeping and the internal consistency are.
+Slow (two fastai cold starts per probe): marked `slow`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SECTIONS = ("## Targets (issue 5)", "## Setup", "## Cold start", "## Latency and throughput over HTTP",
+            "## Where our time goes", "## Memory of the serving processes", "## Footprint",
+            "## Same answers")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tiny_run_and_bundles: tuple[Path, Path], imdb: Path,
+              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if not (imdb / "test.csv.gz").is_file():
+        pytest.skip(f"no IMDB test split at {imdb}")
+    run_dir, bundles = tiny_run_and_bundles
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["run", "--run", str(run_dir), "--models", str(bundles), "--quick", "--cold-runs", "1",
+            "--imdb", str(imdb), "--results", str(out / "results"), "--report",
+            str(out / "BENCHMARKS.md"), "--image-record", str(out / "no-container-record.json")]
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = json.loads((out / "results" / "benchmark.json").read_text(encoding="utf-8"))
+    return {"out": out, "results": results, "argv": argv, "stderr": proc.stderr,
+            "report": (out / "BENCHMARKS.md").read_text(encoding="utf-8")}
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_cold_starts_of_both_servers_with_phases_that_add_up(quick_run: dict[str, Any]) -> None:
+    rows = quick_run["results"]["cold_start"]
+    assert {(r["server"], r["kind"]) for r in rows} == {
+        (s, k) for s in ("ours", "naive") for k in ("classify", "generate")}
+    for row in rows:
+        assert row["total_s"] > 0
+        assert row["phases_s"] is not None, f"{row['server']}: startup log not parsed"
+        # Phases come from the server's own log (10 ms steps) and end at the client's clock.
+        assert sum(row["phases_s"].values()) == pytest.approx(row["total_s"], abs=0.15), row
+    ours = [r for r in rows if r["server"] == "ours"]
+    assert all(r["exit_code"] == 0 for r in ours)  # SIGTERM ends our server cleanly
+    naive = [r for r in rows if r["server"] == "naive"]
+    assert all(r["phases_s"]["import fastai + torch"] > 0 for r in naive)
+
+
+def test_every_latency_cell_ran_without_errors(quick_run: dict[str, Any]) -> None:
+    results = quick_run["results"]
+    cfg = results["config"]
+    expected = {"readyz (no model)", "classify short", "classify median", "classify long",
+                f"generate 1x{cfg['n_words']}", f"generate 5x{cfg['n_words']}"}
+    for server in ("ours", "naive"):
+        cells = results["latency"][server]["cells"]
+        assert {c["workload"] for c in cells} == expected
+        for cell in cells:
+            levels = [min(cfg["concurrency"])] if cell["workload"].startswith("readyz") \
+                else cfg["concurrency"]
+            assert cell["concurrency"] in levels
+            assert cell["errors"] == 0, cell["error_examples"]
+            assert cell["n"] == len(cell["samples_ms"]) >= cell["concurrency"]
+            assert cell["n"] <= max(cfg["classify_requests"], cfg["generate_requests"],
+                                    cell["concurrency"])
+            assert 0 < cell["min_ms"] <= cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"] \
+                <= cell["max_ms"]
+            assert cell["throughput_rps"] > 0
+        assert results["latency"][server]["memory"]["peak_tree_pss_mib"] > 10
+        assert results["latency"][server]["memory"]["processes"] == 2  # master + one worker
+    assert results["latency"]["ours"]["exit_code"] == 0
+
+
+def test_http_answers_match_the_in_process_path(quick_run: dict[str, Any]) -> None:
+    """The labels ours sent over HTTP are the labels the same bundle gives in process, review
+    by review: the load generator's bookkeeping (which body got which answer) is right."""
+    results = quick_run["results"]
+    raw = results["in_process"]["raw"]["classify"]
+    http = results["latency"]["ours"]["labels"]
+    for band in ("short", "median", "long"):
+        answers = http[f"classify {band}"]
+        assert answers, band
+        for index, label in answers.items():
+            assert label == raw[band]["labels"][int(index)], (band, index)
+        assert raw[band]["session"]["p50_ms"] > 0
+        assert raw[band]["in_process"]["n"] == len(raw[band]["labels"]) * \
+            results["config"]["raw_repeats"]
+    agreement = results["derived"]["label_agreement"]
+    assert agreement["compared"] == sum(len(v) for v in http.values())
+
+
+def test_footprint_and_missing_image_record(quick_run: dict[str, Any]) -> None:
+    results = quick_run["results"]
+    serve = results["footprint"]["serve_from_dev_venv"]
+    assert {"onnxruntime", "numpy", "falcon", "gunicorn"} <= set(serve["distributions"])
+    assert not {"torch", "fastai", "spacy"} & set(serve["distributions"])
+    naive = results["footprint"]["naive_stack"]
+    assert {"torch", "fastai", "spacy", "falcon", "gunicorn"} <= set(naive["distributions"])
+    assert naive["bytes"] > serve["bytes"] > 0
+    assert results["footprint"]["serve_fresh_venv"] is None  # quick mode weighs the dev venv
+    assert results["image"]["measured"] is False
+    assert "not measured in this run" in quick_run["report"]
+
+
+def test_report_and_plots(quick_run: dict[str, Any]) -> None:
+    report, out = quick_run["report"], quick_run["out"]
+    for section in SECTIONS:
+        assert section in report, section
+    assert "python -m benchmarks " + " ".join(quick_run["argv"][:2]) in report
+    assert "Quick mode" in report
+    targets = quick_run["results"]["derived"]["targets"]
+    assert len(targets) == 8 and all(t["name"] in report for t in targets)
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+    assert len(images) == 3
+    for image in images:
+        path = (out / image).resolve()
+        assert path.read_bytes()[:8] == PNG_SIGNATURE, image

@@ -1,0 +1,180 @@
+"""The benchmark harness's parts, each against the real thing it measures (fast).
+
+The load generator against a real HTTP server on loopback, /proc readings against real child
+processes, the dependency closure against the installed distributions, the CLI's config, the
+IMDB input picker against the real test split (skipped without it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from benchmarks import footprint, procfs
+from benchmarks.__main__ import config_from, parser
+from benchmarks.inputs import PROMPT_WORDS, pick_inputs
+from benchmarks.loadgen import Workload, latency_stats, run_load
+from benchmarks.runner import BenchConfig, image_record
+
+
+class EchoHandler(BaseHTTPRequestHandler):
+    """POST /echo answers {"echo": body}; POST /slow sleeps 50 ms; anything else is a 500."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn's gthread worker
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/slow":
+            time.sleep(0.05)
+        status, answer = (200, {"echo": body}) if self.path in ("/echo", "/slow") \
+            else (500, {"title": "boom"})
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def echo_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_load_generator_counts_times_and_keeps_answers_in_order(echo_url: str) -> None:
+    bodies = [{"i": i} for i in range(5)]
+    result = run_load(echo_url, Workload("echo", "/echo", bodies, "echo"), concurrency=3,
+                      max_requests=20, max_seconds=60, keep_answers=True)
+    assert result.errors == 0 and result.completed == 20
+    assert all(ms > 0 for ms in result.latencies_ms)
+    # Request k carried body k % 5; each answer must be the echo of the body it was sent.
+    assert sorted(result.body_index) == sorted(k % 5 for k in range(20))
+    assert all(answer == bodies[i] for i, answer in zip(result.body_index, result.answers))
+    summary = result.summary()
+    assert summary["n"] == 20 and summary["throughput_rps"] > 0
+
+
+def test_load_generator_stops_at_its_time_budget(echo_url: str) -> None:
+    started = time.perf_counter()
+    result = run_load(echo_url, Workload("slow", "/slow", [{"x": 1}], "echo"), concurrency=2,
+                      max_requests=10_000, max_seconds=0.3)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0
+    assert 2 <= result.completed < 40  # ~50 ms each, two at a time, for ~0.3 s
+
+
+def test_load_generator_counts_failures_instead_of_timing_them(echo_url: str) -> None:
+    result = run_load(echo_url, Workload("bad", "/missing", [{"x": 1}], "echo"), concurrency=2,
+                      max_requests=6, max_seconds=30)
+    assert result.completed == 0 and result.errors == 6
+    assert "HTTP 500" in result.error_examples[0]
+    wrong_key = run_load(echo_url, Workload("key", "/echo", [{"x": 1}], "label"), 1, 2, 30)
+    assert wrong_key.errors == 2 and "no 'label'" in wrong_key.error_examples[0]
+    refused = run_load("http://127.0.0.1:9", Workload("off", "/echo", [{"x": 1}], "echo"), 1, 2, 30)
+    assert refused.errors == 2 and refused.completed == 0
+
+
+def test_load_generator_only_targets_loopback() -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        run_load("http://example.com", Workload("x", "/", [{}], "x"), 1, 1, 1)
+
+
+def test_latency_stats() -> None:
+    stats = latency_stats([float(x) for x in range(1, 101)])
+    assert stats["n"] == 100 and stats["min_ms"] == 1 and stats["max_ms"] == 100
+    assert stats["p50_ms"] == pytest.approx(50.5)
+    assert stats["p95_ms"] == pytest.approx(95.05) and stats["p99_ms"] == pytest.approx(99.01)
+    assert latency_stats([])["p50_ms"] is None
+
+
+def test_procfs_reads_real_processes() -> None:
+    shell = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    children: list[int] = []
+    try:
+        deadline = time.monotonic() + 10
+        while len(procfs.descendants(shell.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        children = procfs.descendants(shell.pid)
+        assert len(children) == 2
+        assert all(procfs.parent_pid(c) == shell.pid for c in children)
+        age = procfs.seconds_since_exec(shell.pid)
+        assert age is not None and 0 <= age < 10
+        peaks = procfs.tree_peak_rss_kib(shell.pid)
+        assert set(peaks) == {shell.pid, *children} and all(kib > 0 for kib in peaks.values())
+        assert procfs.tree_pss_kib(shell.pid) > 0
+    finally:
+        shell.kill()
+        shell.wait()
+        for child in children:
+            subprocess.run(["kill", str(child)], check=False)
+    assert procfs.status_kib(shell.pid, "VmHWM") is None  # gone: no reading, no exception
+    own = procfs.status_kib(os.getpid(), "VmHWM")
+    assert own is not None and own > 10_000  # this interpreter holds numpy and pytest
+
+
+def test_dependency_closure_follows_requirements_not_extras() -> None:
+    dists = footprint.installed()
+    names, missing = footprint.closure(["onnxruntime"], dists)
+    assert {"onnxruntime", "numpy", "protobuf", "flatbuffers", "packaging"} <= set(names)
+    assert "sympy" not in names  # only behind onnxruntime's "symbolic" extra
+    assert missing == []
+    names, missing = footprint.closure(["no-such-distribution-here"], dists)
+    assert names == [] and missing == ["no-such-distribution-here"]
+    weight = footprint.weigh(["numpy"], dists)
+    assert weight["bytes"] > 1_000_000 and weight["cuda_bytes"] == 0
+
+
+def test_image_record_is_read_when_the_container_test_left_one(tmp_path: Path) -> None:
+    missing = image_record(tmp_path / "absent.json")
+    assert missing["measured"] is False and "not measured in this run" in missing["note"]
+    record = tmp_path / "last-container-test.json"
+    record.write_text(json.dumps({"build_s": 12.5, "image_bytes": 123_456_789}))
+    found = image_record(record)
+    assert found["measured"] is True and found["image_bytes"] == 123_456_789
+    record.write_text("{not json")
+    assert image_record(record)["measured"] is False
+
+
+def test_cli_quick_defaults_flags_and_unpinned(tmp_path: Path) -> None:
+    argv = ["run", "--run", str(tmp_path), "--models", str(tmp_path), "--quick",
+            "--cold-runs", "3", "--server-cpu", "none"]
+    cfg = config_from(parser().parse_args(argv), argv)
+    assert cfg.quick and cfg.cold_runs == 3  # an explicit flag beats the quick preset
+    assert cfg.classify_requests == BenchConfig.quick_defaults()["classify_requests"]
+    assert cfg.server_cpu is None and cfg.client_cpu == 1
+    assert cfg.fresh_venv is False and cfg.command.startswith("python -m benchmarks run --run")
+    full = ["run", "--run", "r", "--models", "m", "--concurrency", "2,6", "--fresh-venv"]
+    cfg = config_from(parser().parse_args(full), full)
+    assert (cfg.cold_runs, cfg.concurrency, cfg.fresh_venv, cfg.server_cpu) == (5, (2, 6), True, 0)
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", "--run", "r", "--models", "m", "--concurrency", "0"])
+
+
+def test_inputs_are_real_reviews_by_length_band(imdb: Path) -> None:
+    if not (imdb / "test.csv.gz").is_file():
+        pytest.skip(f"no IMDB test split at {imdb}")
+    inputs = pick_inputs(imdb, per_band=5, n_prompts=4)
+    assert inputs.test_reviews == 25_000
+    assert [len(v) for v in inputs.reviews.values()] == [5, 5, 5]
+    short, median, long = (inputs.reviews[b] for b in ("short", "median", "long"))
+    assert max(map(len, short)) <= min(map(len, median)) <= max(map(len, median)) <= \
+        min(map(len, long))
+    assert len(inputs.prompts) == 4
+    assert all(len(p.split()) == PROMPT_WORDS for p in inputs.prompts)
+    assert pick_inputs(imdb, per_band=5, n_prompts=4) == inputs  # the same every run

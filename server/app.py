@@ -14,9 +14,11 @@ from server.resources.classify import ClassifyResource
 from server.resources.generate import GenerateResource
 from server.resources.health import HealthResource, ReadinessResource
 from server.resources.index import IndexResource
+from server.resources.metrics import MetricsResource
 from server.resources.models import ModelsResource
 from server.resources.openapi import OpenAPIResource
 from server.resources.tokenize import TokenizeResource
+from server.resources.v2 import add_v2_routes
 from server.runtime import ServerRuntime
 
 
@@ -30,18 +32,22 @@ def create_app(settings: Settings, runtime: ServerRuntime | None = None,
         runtime = ServerRuntime.load(settings)
         runtime.start_warm_up()
     # Auth before admission: an unauthenticated request must not take a slot.
-    layers: list[Any] = list(middleware or [])
+    # Request metrics and logs first: requests a later layer refuses are counted too.
+    layers: list[Any] = [runtime.monitoring.middleware, *(middleware or [])]
     if settings.auth_token_hash:
         layers.append(BearerAuthMiddleware(settings.auth_token_hash))
     layers.append(AdmissionMiddleware(runtime.admission))
     app = falcon.App(middleware=layers)
     errors.install(app)
+    runtime.monitoring.middleware.bind_router(app)
     app.add_route("/", IndexResource(runtime))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadinessResource(runtime))
     app.add_route("/models", ModelsResource(runtime))
-    app.add_route("/openapi.json", OpenAPIResource(settings))
+    app.add_route("/openapi.json", OpenAPIResource(settings, runtime.models))
     app.add_route("/classify", ClassifyResource(runtime))
     app.add_route("/generate", GenerateResource(runtime))
     app.add_route("/tokenize", TokenizeResource(runtime))
+    app.add_route("/metrics", MetricsResource(runtime.monitoring.metrics))
+    add_v2_routes(app, runtime)
     return app

@@ -106,6 +106,11 @@ def _path(raw: str) -> Path:
     return Path(raw.strip()).expanduser()
 
 
+def _optional_path(raw: str) -> Path | None:
+    """Empty means "off" (e.g. no shadow model)."""
+    return Path(raw.strip()).expanduser() if raw.strip() else None
+
+
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("HOST", "host", _host, "0.0.0.0", "Address gunicorn binds to."),
     EnvVar("PORT", "port", _int_in(1, 65535), 8080, "TCP port (Cloud Run sets it)."),
@@ -146,6 +151,18 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("AUTH_TOKEN_HASH", "auth_token_hash", _sha256_hex, None,
            "sha256 (hex) of the bearer token required on every route but the health probes; "
            "empty: no auth (Cloud Run IAM)."),
+    EnvVar("REQUEST_LOG", "request_log", _bool, True,
+           "One JSON log line per request: severity, request id, latency, model (never the text)."),
+    EnvVar("DRIFT_WINDOW", "drift_window", _int_in(10, 1_000_000), 1000,
+           "Drift compares the last this-many classified texts with the bundle's reference."),
+    EnvVar("DRIFT_MIN_DOCUMENTS", "drift_min_documents", _int_in(1, 1_000_000), 100,
+           "Texts the drift window needs before a score is reported."),
+    EnvVar("SHADOW_MODEL_DIR", "shadow_model_dir", _optional_path, None,
+           "A candidate classify bundle run in shadow on /classify traffic; empty: off."),
+    EnvVar("SHADOW_FRACTION", "shadow_fraction", _float_in(0.0, 1.0), 0.1,
+           "Share of /classify requests also sent to the shadow candidate."),
+    EnvVar("SHADOW_QUEUE", "shadow_queue", _int_in(1, 10_000), 16,
+           "Shadow jobs waiting at most; more are dropped (counted), never queued."),
     EnvVar("WARMUP_DELAY_S", "warmup_delay_s", _float_in(0.0, 600.0), 0.0,
            "Seconds to wait before the warm-up inference (testing /readyz; keep 0 in production)."),
 )
@@ -175,6 +192,12 @@ class Settings:
     microbatch_max_texts: int = 64
     microbatch_wait_ms: float = 0.0
     auth_token_hash: str | None = None
+    request_log: bool = True
+    drift_window: int = 1000
+    drift_min_documents: int = 100
+    shadow_model_dir: Path | None = None
+    shadow_fraction: float = 0.1
+    shadow_queue: int = 16
     warmup_delay_s: float = 0.0
 
     @classmethod

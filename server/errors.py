@@ -114,6 +114,17 @@ def error_body(title: str, description: str) -> bytes:
     return json.dumps({"title": title, "description": description}).encode()
 
 
+V2_PREFIX = "/v2"
+
+
+def error_body_for(req: falcon.Request, title: str, description: str) -> bytes:
+    """Under /v2 the Open Inference Protocol's `{"error": ...}` (what v2 clients read);
+    everywhere else `{title, description}`."""
+    if req.path == V2_PREFIX or req.path.startswith(V2_PREFIX + "/"):
+        return json.dumps({"error": f"{title}: {description}"}).encode()
+    return error_body(title, description)
+
+
 def serialize_error(req: falcon.Request, resp: falcon.Response,
                     exception: falcon.HTTPError) -> None:
     """Falcon's error serializer, replaced so every error is JSON whatever the Accept header."""
@@ -121,7 +132,7 @@ def serialize_error(req: falcon.Request, resp: falcon.Response,
     title = exception.title or falcon.code_to_http_status(status_code)[4:]
     description = exception.description or _DEFAULT_DESCRIPTIONS.get(status_code, title + ".")
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_body(title, description)
+    resp.data = error_body_for(req, title, description)
 
 
 def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
@@ -130,7 +141,7 @@ def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
     log.error("unhandled error on %s %s", req.method, req.path, exc_info=ex)
     resp.status = falcon.HTTP_500
     resp.content_type = falcon.MEDIA_JSON
-    resp.data = error_body("Internal server error", _DEFAULT_DESCRIPTIONS[500])
+    resp.data = error_body_for(req, "Internal server error", _DEFAULT_DESCRIPTIONS[500])
 
 
 def install(app: falcon.App) -> None:

@@ -118,7 +118,12 @@ class ServerRuntime:
         from server.limits import AdmissionGate
 
         self.settings = settings
-        self.models = models
+        # Issue 6 monitoring (server/monitoring.py): the models are swapped for instrumented ones
+        # (metrics, drift window, shadow) before anything else keeps a reference to them.
+        from server.monitoring import Monitoring
+
+        self.monitoring = Monitoring(settings, models)
+        self.models = models = self.monitoring.models
         self.readiness = Readiness()
         # Issue 6: at most WEB_THREADS requests admitted, each with a deadline (server/limits.py);
         # concurrent /classify requests share onnxruntime calls (server/batching.py).

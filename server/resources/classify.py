@@ -29,6 +29,7 @@ class ClassifyResource:
     def __init__(self, runtime: ServerRuntime) -> None:
         self._settings = runtime.settings
         self._model = runtime.models.classifier
+        self._monitoring = runtime.monitoring
         self._batcher = runtime.classify_batcher
         self._run = classifier_runner(self._model) if self._model is not None else None
 
@@ -53,6 +54,7 @@ class ClassifyResource:
             assert self._run is not None
             probabilities = self._run(ids, budget.deadline, budget.timeout_s)
         labels = self._model.labels
+        self._monitoring.classified(texts, labels, probabilities)  # shadow candidate, if any
         results = [label_result(labels, row) for row in probabilities]
         model_id = self._model.manifest.model_id
         if "text" in body:

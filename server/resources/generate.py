@@ -59,6 +59,7 @@ class GenerateResource:
     def __init__(self, runtime: ServerRuntime) -> None:
         self._settings = runtime.settings
         self._model = runtime.models.language_model
+        self._monitoring = runtime.monitoring
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json_object(req, self._settings.max_body_bytes)
@@ -74,6 +75,7 @@ class GenerateResource:
             resp.stream = self._events(request, model_id, budget)
             return
         samples = generate_texts(self._model, request, budget.check)
+        self._monitoring.generated(model_id, request.n_words * request.n_samples)
         send_json(resp, {"samples": samples, "model": model_id})
 
     def _events(self, request: GenerationRequest, model_id: str,
@@ -96,4 +98,5 @@ class GenerateResource:
             yield sse_event("error", {"title": "Internal server error",
                                       "description": "Generation failed; it has been logged."})
             return
+        self._monitoring.generated(model_id, request.n_words * request.n_samples)
         yield sse_event("done", {"samples": samples, "model": model_id})

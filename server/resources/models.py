@@ -1,4 +1,5 @@
-"""GET /models: what is loaded, from the manifests (the same metrics export measured)."""
+"""GET /models: what is loaded, from the manifests (the same metrics export measured), plus what
+only the running process knows: drift scores and the shadow comparison (server/monitoring.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,10 @@ def describe(manifest: Any) -> dict[str, Any]:
 
 class ModelsResource:
     def __init__(self, runtime: ServerRuntime) -> None:
-        models = runtime.models.by_name.values()
-        self._body = {"models": [describe(model.manifest) for model in models]}
+        self._entries = [(name, describe(model.manifest))
+                         for name, model in runtime.models.by_name.items()]
+        self._monitoring = runtime.monitoring
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        send_json(resp, self._body)
+        send_json(resp, {"models": [{**entry, **finite(self._monitoring.model_status(name))}
+                                    for name, entry in self._entries]})

@@ -1,7 +1,8 @@
 """GET /openapi.json: the hand-written spec (server/openapi.json) with this deployment's limits.
 
 The limits are env vars, so the documented maxima are filled in from Settings at start-up:
-the spec a client (or a fuzzer) reads is the contract this process actually enforces.
+the spec a client (or a fuzzer) reads is the contract this process actually enforces. So are the
+names and versions of the loaded models, the only values the /v2/models/{name} routes accept.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from server.responses import dumps
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 
 
-def build_spec(settings: Settings) -> dict[str, Any]:
+def build_spec(settings: Settings, models: Any = None) -> dict[str, Any]:
     spec = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
     schemas = spec["components"]["schemas"]
     schemas["Text"]["maxLength"] = settings.max_text_chars
@@ -26,12 +27,18 @@ def build_spec(settings: Settings) -> dict[str, Any]:
     generate = schemas["GenerateRequest"]["properties"]
     generate["n_words"]["maximum"] = settings.max_n_words
     generate["n_samples"]["maximum"] = settings.max_n_samples
+    parameters = spec["components"].get("parameters", {})
+    if models is not None and "ModelName" in parameters:
+        loaded = sorted(models.by_name.values(), key=lambda m: m.manifest.name)
+        parameters["ModelName"]["schema"]["enum"] = [m.manifest.name for m in loaded]
+        parameters["ModelVersion"]["schema"]["enum"] = sorted(
+            {m.manifest.version for m in loaded})
     return spec
 
 
 class OpenAPIResource:
-    def __init__(self, settings: Settings) -> None:
-        self._spec = dumps(build_spec(settings))
+    def __init__(self, settings: Settings, models: Any = None) -> None:
+        self._spec = dumps(build_spec(settings, models))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.content_type = falcon.MEDIA_JSON

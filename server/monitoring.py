@@ -1,0 +1,232 @@
+"""What the server tells its operators: request metrics and logs (a Falcon middleware), the
+instrumented models, drift monitors and the optional shadow candidate, built once per process
+(`ServerRuntime.monitoring`); `GET /metrics` renders them, `GET /models` adds drift and shadow.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import falcon
+
+from server.config import Settings
+from server.drift import DriftMonitor
+from server.metrics import ServerMetrics
+from server.runtime import LoadedModels
+
+request_log = logging.getLogger("server.requests")
+
+# Probes and scrapes arrive every few seconds: logged at DEBUG so they do not drown the rest.
+QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
+                             "/v2/health/ready"})
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/|$)")
+UNMATCHED = "unmatched"
+
+
+def request_id_of(req: falcon.Request) -> tuple[str, str | None]:
+    """(request id, Cloud Trace id): the caller's X-Request-ID if sane, else the trace id Cloud
+    Run's front end sends (X-Cloud-Trace-Context), else a fresh one."""
+    trace_header = req.get_header("X-Cloud-Trace-Context") or ""
+    match = _TRACE.match(trace_header)
+    trace_id = match.group(1).lower() if match else None
+    given = req.get_header("X-Request-ID") or ""
+    if _REQUEST_ID.match(given):
+        return given, trace_id
+    return trace_id or uuid.uuid4().hex, trace_id
+
+
+class _ObservedStream:
+    """A streamed body that reports when the last byte went out (the WSGI server calls close)."""
+
+    def __init__(self, stream: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self._stream = stream
+        self._iterator: Iterator[bytes] = iter(stream)
+        self._on_close: Callable[[], None] | None = on_close
+
+    def __iter__(self) -> _ObservedStream:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            done, self._on_close = self._on_close, None
+            if done is not None:
+                done()
+
+
+class RequestMonitor:
+    """Falcon middleware: request counts, latency and in-flight gauge, and one JSON log line per
+    request (severity, request id, latency, model version; never the request's text).
+
+    It must be the first middleware, so requests that a later layer refuses (overload, auth)
+    are counted too.
+    """
+
+    def __init__(self, metrics: ServerMetrics, route_models: dict[str, str],
+                 log_requests: bool) -> None:
+        self._metrics = metrics
+        self._route_models = route_models
+        self._log_requests = log_requests
+        self._find_route: Callable[[str], str | None] = lambda path: None
+
+    def bind_router(self, app: falcon.App) -> None:
+        """Name requests that never reached routing (refused by an earlier layer) by route."""
+        router = app._router  # Falcon's router; find() is its documented custom-router method
+
+        def find(path: str) -> str | None:
+            try:
+                found = router.find(path)
+            except Exception:  # a malformed path: counted as unmatched
+                return None
+            return found[3] if found else None
+
+        self._find_route = find
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.monitor_started = time.perf_counter()
+        req.context.request_id, req.context.trace_id = request_id_of(req)
+        self._metrics.in_flight.inc()
+
+    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
+                         req_succeeded: bool) -> None:
+        started = req.context.get("monitor_started")
+        if started is None:  # process_request never ran for this request
+            return
+        resp.set_header("X-Request-ID", req.context.request_id)
+        if resp.stream is not None and resp.status_code < 300:
+            resp.stream = _ObservedStream(resp.stream, lambda: self._finish(req, resp, started))
+        else:
+            self._finish(req, resp, started)
+
+    def _finish(self, req: falcon.Request, resp: falcon.Response, started: float) -> None:
+        seconds = time.perf_counter() - started
+        self._metrics.in_flight.dec()
+        endpoint = req.uri_template or self._find_route(req.path) or UNMATCHED
+        status = str(resp.status_code)
+        self._metrics.requests.inc(endpoint=endpoint, method=req.method, status=status)
+        self._metrics.latency.observe(seconds, endpoint=endpoint, method=req.method,
+                                      status=status)
+        if not self._log_requests:
+            return
+        level = logging.ERROR if resp.status_code >= 500 else (
+            logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO)
+        if not request_log.isEnabledFor(level):
+            return
+        model = req.context.get("model_id") or self._route_models.get(endpoint)
+        entry: dict[str, Any] = {
+            "request_id": req.context.request_id,
+            "endpoint": endpoint,
+            "latency_s": round(seconds, 6),
+            "model": model,
+            # Cloud Logging's own request fields (the path only: a query could carry text).
+            "httpRequest": {"requestMethod": req.method, "requestUrl": req.path,
+                            "status": resp.status_code, "latency": f"{seconds:.6f}s",
+                            "protocol": req.env.get("SERVER_PROTOCOL")},
+        }
+        if req.context.trace_id:
+            entry["trace_id"] = req.context.trace_id
+        request_log.log(level, "request", extra=entry)
+
+
+class Monitoring:
+    """Metrics registry, observed models, drift monitors and the shadow candidate of one process.
+
+    Built by ServerRuntime before anything else takes a reference to the models (the
+    micro-batcher does), so every model call in the process is measured.
+    """
+
+    def __init__(self, settings: Settings, models: LoadedModels) -> None:
+        from server.observed import ObservedClassifier, ObservedLanguageModel
+
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.drift: dict[str, DriftMonitor] = {}
+        by_name: dict[str, Any] = {}
+        classifier = language_model = None
+        for name, model in models.by_name.items():
+            manifest = model.manifest
+            self.metrics.model_info.set(1, model=manifest.model_id, version=manifest.version,
+                                        task=manifest.task)
+            if model is models.classifier:
+                drift = DriftMonitor.for_manifest(manifest, settings.drift_window,
+                                                  settings.drift_min_documents)
+                if drift is not None:
+                    self.drift[name] = drift
+                by_name[name] = classifier = ObservedClassifier(model, self.metrics, drift)
+            elif model is models.language_model:
+                by_name[name] = language_model = ObservedLanguageModel(model, self.metrics)
+            else:
+                by_name[name] = model
+        self.models = LoadedModels(by_name, classifier, language_model)
+        self.metrics.registry.callback(
+            "drift_psi", "Population stability index of live traffic (last DRIFT_WINDOW texts) "
+            "against the bundle's reference_stats; absent until DRIFT_MIN_DOCUMENTS texts.",
+            ("model", "statistic"), self._drift_samples)
+        self.metrics.registry.callback(
+            "drift_window_documents", "Texts in the drift window.", ("model",),
+            lambda: [({"model": d.model_id}, float(d.documents())) for d in self.drift.values()])
+        self.shadow = self._load_shadow(settings, classifier)
+        route_models = {}
+        if classifier is not None:
+            route_models["/classify"] = classifier.manifest.model_id
+        if language_model is not None:
+            route_models["/generate"] = language_model.manifest.model_id
+            route_models["/"] = language_model.manifest.model_id
+        self.middleware = RequestMonitor(self.metrics, route_models, settings.request_log)
+
+    def _load_shadow(self, settings: Settings, primary: Any) -> Any:
+        if settings.shadow_model_dir is None:
+            return None
+        from server.shadow import ShadowConfigError, ShadowRunner, load_candidate
+
+        if primary is None:
+            raise ShadowConfigError("SHADOW_MODEL_DIR is set but MODEL_DIR has no classifier "
+                                    "to compare the candidate with")
+        candidate = load_candidate(settings.shadow_model_dir, settings.ort_intra_op_threads,
+                                   settings.ort_inter_op_threads)
+        logging.getLogger("server.shadow").info(
+            "shadow candidate loaded", extra={"candidate": candidate.manifest.model_id,
+                                              "primary": primary.manifest.model_id,
+                                              "fraction": settings.shadow_fraction})
+        return ShadowRunner(candidate, settings.shadow_fraction, settings.shadow_queue,
+                            self.metrics)
+
+    def _drift_samples(self) -> list[tuple[dict[str, str], float]]:
+        samples = []
+        for drift in self.drift.values():
+            for statistic, score in drift.scores().items():
+                if score is not None:
+                    samples.append(({"model": drift.model_id, "statistic": statistic}, score))
+        return samples
+
+    # ------------------------------------------------------------------ hooks for resources
+    def classified(self, texts: list[str], labels: list[str], probabilities: Any) -> None:
+        """After a classification was computed: hand it to the shadow candidate (if any)."""
+        if self.shadow is not None:
+            self.shadow.submit(texts, labels, probabilities)
+
+    def generated(self, model_id: str, tokens: int) -> None:
+        self.metrics.generated_tokens.inc(tokens, model=model_id)
+
+    def model_status(self, name: str) -> dict[str, Any]:
+        """Live additions to a model's entry in GET /models: drift scores, shadow comparison."""
+        status: dict[str, Any] = {}
+        drift = self.drift.get(name)
+        if drift is not None:
+            status["drift"] = drift.summary()
+        classifier = self.models.classifier
+        if self.shadow is not None and classifier is not None and name == classifier.manifest.name:
+            status["shadow"] = self.shadow.summary()
+        return status

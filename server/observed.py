@@ -1,0 +1,113 @@
+"""The loaded models, instrumented: every onnxruntime call reports its time and batch size, and
+every classified text its length, xxunk rate, label and confidence (metrics + drift window).
+
+Why wrap the models rather than the endpoints: whatever calls a model (/classify, the v2 infer
+endpoint, a micro-batcher that coalesces requests) is measured the same way, at the one place
+where the tokens and the probabilities exist together. The wrappers are subclasses sharing the
+original's manifest, tokenizer and onnxruntime session, so nothing is loaded twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from bundle import ClassifierModel, LanguageModel
+from bundle.runtime import State
+from server.drift import DriftMonitor, Observation
+from server.metrics import ServerMetrics
+
+_local = threading.local()
+
+
+@contextmanager
+def unrecorded() -> Iterator[None]:
+    """Model calls made by this thread inside the block are not traffic (warm-up)."""
+    previous = getattr(_local, "muted", False)
+    _local.muted = True
+    try:
+        yield
+    finally:
+        _local.muted = previous
+
+
+def _recording() -> bool:
+    return not getattr(_local, "muted", False)
+
+
+def unk_count(ids: Sequence[int], unk_id: int) -> int:
+    if isinstance(ids, list):
+        return ids.count(unk_id)  # C speed for the tokenizer's lists
+    return int(np.count_nonzero(np.asarray(ids) == unk_id))
+
+
+class ObservedClassifier(ClassifierModel):
+    """A ClassifierModel whose calls feed the metrics and the drift window."""
+
+    def __init__(self, model: ClassifierModel, metrics: ServerMetrics,
+                 drift: DriftMonitor | None) -> None:
+        super().__init__(model.manifest, model.tokenizer, model.session)
+        self._metrics = metrics
+        self.drift = drift
+        self._model_id = model.manifest.model_id
+
+    def predict_ids(self, batch: Sequence[Sequence[int]], *args: Any, **kwargs: Any) -> np.ndarray:
+        started = time.perf_counter()
+        probabilities = super().predict_ids(batch, *args, **kwargs)
+        seconds = time.perf_counter() - started
+        if len(batch) and _recording():
+            self._record(batch, probabilities, seconds)
+        return probabilities
+
+    def _record(self, batch: Sequence[Sequence[int]], probabilities: np.ndarray,
+                seconds: float) -> None:
+        metrics, model = self._metrics, self._model_id
+        lengths = [len(ids) for ids in batch]
+        unk_rates = [unk_count(ids, self.unk_id) / max(len(ids), 1) for ids in batch]
+        predicted = probabilities.argmax(axis=1)
+        confidences = probabilities.max(axis=1).astype(np.float64)
+        metrics.inference_seconds.observe(seconds, model=model)
+        metrics.batch_size.observe(len(batch), model=model)
+        metrics.input_tokens.observe_many(lengths, model=model)
+        metrics.unk_rate.observe_many(unk_rates, model=model)
+        metrics.confidence.observe_many(confidences.tolist(), model=model)
+        for index, count in enumerate(np.bincount(predicted, minlength=len(self.labels))):
+            if count:
+                metrics.predictions.inc(float(count), model=model, label=self.labels[index])
+        if self.drift is not None:
+            self.drift.observe([
+                Observation(length, rate, int(label), float(confidence))
+                for length, rate, label, confidence in zip(lengths, unk_rates, predicted,
+                                                           confidences, strict=True)])
+
+    def warm_up(self) -> None:
+        with unrecorded():
+            super().warm_up()
+
+
+class ObservedLanguageModel(LanguageModel):
+    """A LanguageModel whose steps report onnxruntime time and batch size (samples per step)."""
+
+    def __init__(self, model: LanguageModel, metrics: ServerMetrics) -> None:
+        super().__init__(model.manifest, model.tokenizer, model.session)
+        self._metrics = metrics
+        self._model_id = model.manifest.model_id
+
+    def step(self, ids: np.ndarray, state: State, *args: Any,
+             **kwargs: Any) -> tuple[np.ndarray, State]:
+        started = time.perf_counter()
+        result = super().step(ids, state, *args, **kwargs)
+        if _recording():
+            self._metrics.inference_seconds.observe(time.perf_counter() - started,
+                                                    model=self._model_id)
+            self._metrics.batch_size.observe(int(np.shape(ids)[0]), model=self._model_id)
+        return result
+
+    def warm_up(self) -> None:
+        with unrecorded():
+            super().warm_up()

@@ -48,11 +48,12 @@ CONFIGS: dict[str, TrainConfig] = {
         lm_drop_mult=0.3, clf_bs=16, clf_lr=5e-2, clf_drop_mult=0.1, clf_epochs=(1, 0, 0, 4),
         max_len=24 * 20, n_workers=1,
     ),
-    # The CPU recipe for the shipped models: sized to train in ~1.5 h on 2 cores.
+    # The CPU recipe of the shipped models, sized to the ~1 core-hour a shared 2-core machine
+    # gave it (docs/training.md): a small LM corpus, a subset of train for the classifier.
     "compact": TrainConfig(
         name="compact", emb_sz=200, n_hid=400, n_layers=3, max_vocab=15000, min_freq=3,
-        lm_docs=16000, clf_docs=None, valid_pct=0.1, bptt=72, lm_bs=64, lm_epochs=1, lm_lr=2e-2,
-        lm_drop_mult=0.5, clf_bs=64, clf_lr=2e-2, clf_drop_mult=0.5, clf_epochs=(1, 1, 0, 1),
+        lm_docs=5000, clf_docs=None, valid_pct=0.1, bptt=72, lm_bs=64, lm_epochs=1, lm_lr=2e-2,
+        lm_drop_mult=0.5, clf_bs=64, clf_lr=2e-2, clf_drop_mult=0.5, clf_epochs=(1, 0, 0, 1),
         max_len=72 * 20,
     ),
     # fastai's default AWD-LSTM (emb 400, hidden 1152, 3 layers), all of train + unsup: a GPU recipe.

@@ -162,6 +162,10 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, A
     """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier']."""
     torch.manual_seed(cfg.seed)
     vocab = json.loads((out / "vocab.json").read_text())
+    lm_cfg = json.loads((out / "config.json").read_text())
+    if any(lm_cfg[k] != getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "max_vocab", "bptt")):
+        raise ValueError(f"classifier config {cfg.name} does not match the LM's architecture in {out}/config.json")
+    _write_json(out / "config.json", {**cfg.to_dict(), "lm_docs": lm_cfg["lm_docs"]})  # what really ran
     train = data.train if cfg.clf_docs is None else data.train.sample(n=cfg.clf_docs, random_state=cfg.seed)
     t0 = time.perf_counter()
     tokens = _tokenize_cached(train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers)

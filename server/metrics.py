@@ -64,7 +64,7 @@ class Metric:
         self._lock = threading.Lock()
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
-        if len(labels) != len(self.labelnames):
+        if set(labels) != set(self.labelnames):
             raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
         return tuple(str(labels[name]) for name in self.labelnames)
 

@@ -85,7 +85,9 @@ class ClassifierModel(_Model):
         return self.predict_ids([self.tokenizer.encode(t) for t in texts])
 
     def warm_up(self) -> None:
-        self.predict_texts(["warm up"])
+        """First-run allocations, and proof that every id the tokenizer can produce has an
+        embedding row (a tokenizer bigger than the model fails here, not on some request)."""
+        self.predict_ids([self.tokenizer.encode("warm up"), [self.bos_id, self.vocab_size - 1]])
 
 
 class LanguageModel(_Model):
@@ -107,9 +109,10 @@ class LanguageModel(_Model):
         return logits, new_state
 
     def warm_up(self) -> None:
-        ids = np.array([[self.bos_id]], dtype=np.int64)
+        """As the classifier's: includes the highest token id, which must have an embedding row."""
+        ids = np.array([[self.bos_id, self.vocab_size - 1]], dtype=np.int64)
         logits, state = self.step(ids, self.initial_state(1))
-        self.step(ids, state)
+        self.step(ids[:, :1], state)
 
 
 Model = Union[ClassifierModel, LanguageModel]
@@ -127,5 +130,11 @@ def load_bundle(directory: str | Path, threads: int = 1, inter_threads: int = 1,
             f"model embedding has {manifest.architecture['vocab_size']} (mismatched tokenizer.json?)"
         )
     session = _session(manifest, session_options(threads, inter_threads), model_path)
+    if manifest.task == "generate":  # the LM's logits are over the embedding's vocabulary
+        logits_size = session.get_outputs()[0].shape[-1]
+        if isinstance(logits_size, int) and logits_size != tokenizer.vocab_size:
+            raise BundleError(
+                f"bundle {manifest.directory}: model predicts over {logits_size} tokens, "
+                f"tokenizer has {tokenizer.vocab_size} (mismatched tokenizer.json?)")
     cls = ClassifierModel if manifest.task == "classify" else LanguageModel
     return cls(manifest, tokenizer, session)

@@ -55,7 +55,8 @@ def post_worker_init(worker):  # noqa: ANN001 (gunicorn hook signature)
     import server.wsgi
     from server.shutdown import install_sigterm_drain
 
-    server.wsgi.runtime.start_warm_up(exec_pid=os.getppid())
+    server.wsgi.runtime.start_warm_up(exec_pid=os.getppid(),
+                                      exit_code_on_failure=server.wsgi.EXIT_BAD_BUNDLES)
     install_sigterm_drain(worker, server.wsgi.runtime)
 
 

@@ -147,10 +147,12 @@ class ServerRuntime:
         })
         return cls(settings, models)
 
-    def warm_up(self, exec_pid: int | None = None) -> None:
+    def warm_up(self, exec_pid: int | None = None, exit_code_on_failure: int | None = None) -> None:
         """One inference per session (first-run allocations happen here, not in a request).
 
         `exec_pid` is the process whose start counts as the cold start (the gunicorn master).
+        With `exit_code_on_failure` (the gunicorn worker) a failed warm-up ends the process with
+        that code, which stops the gunicorn master too: never a half-loaded server.
         """
         if self.settings.warmup_delay_s:
             time.sleep(self.settings.warmup_delay_s)
@@ -158,20 +160,27 @@ class ServerRuntime:
         try:
             for model in self.models.by_name.values():
                 model.warm_up()
-        except Exception:
-            log.exception("warm-up failed; /readyz stays 503")
+        except Exception as exc:
             self.readiness.mark_failed()
-            return
+            if exit_code_on_failure is None:
+                log.exception("warm-up failed; /readyz stays 503")
+                return
+            log.critical("warm-up failed; not serving these bundles",
+                         extra={"error": str(exc).splitlines()[0][:500]})
+            logging.shutdown()
+            os._exit(exit_code_on_failure)
         self.readiness.mark_ready()
         log.info("ready", extra={"warm_up_s": round(time.perf_counter() - started, 3),
                                  "since_exec_s": seconds_since_exec(exec_pid),
                                  "pid": os.getpid()})
 
-    def start_warm_up(self, exec_pid: int | None = None) -> None:
+    def start_warm_up(self, exec_pid: int | None = None,
+                      exit_code_on_failure: int | None = None) -> None:
         """Warm up in a background thread (once per process): the port is already serving."""
         with self._warm_up_lock:
             if self._warm_up_started:
                 return
             self._warm_up_started = True
-        threading.Thread(target=self.warm_up, args=(exec_pid,), name="warm-up", daemon=True).start()
+        threading.Thread(target=self.warm_up, args=(exec_pid, exit_code_on_failure),
+                         name="warm-up", daemon=True).start()
 

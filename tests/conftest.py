@@ -46,7 +46,8 @@ def build_tiny_bundles(work: Path, out: Path) -> Path:
     from corpus import write_corpus
 
     data = write_corpus(work / "data")
-    run_module("training", "all", "--config", "tiny", "--threads", "1", "--data", str(data), "--out", str(work / "run"))
+    # a relative --out, as users type it (fastai joins relative export names onto learn.path)
+    run_module("training", "all", "--config", "tiny", "--threads", "1", "--data", str(data), "--out", "run", cwd=work)
     run_module("export", "--run", str(work / "run"), "--out", str(out), "--data", str(data), "--lm-eval-docs", "20",
                "--keep-fp32", "--version", "tiny-test")
     return out

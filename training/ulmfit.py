@@ -106,6 +106,7 @@ def _arch_config(cfg: TrainConfig, base: dict[str, Any]) -> dict[str, Any]:
 def train_lm(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
     """Train the language model; writes vocab.json, lm.pkl, models/encoder.pth, metrics['lm']."""
     torch.manual_seed(cfg.seed)
+    out = out.resolve()  # fastai joins relative names onto learn.path
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", cfg.to_dict())
     t0 = time.perf_counter()
@@ -132,7 +133,7 @@ def train_lm(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
     with learn.no_bar():
         valid_loss, valid_acc, valid_ppl = (float(v) for v in learn.validate())
     learn.save_encoder("encoder")
-    learn.export(out / "lm.pkl")
+    learn.export("lm.pkl")  # relative to learn.path (= out)
     n_tokens = sum(len(d) for d in tokens)
     metrics = {
         "docs": len(tokens), "tokens": n_tokens, "vocab_size": len(vocab),
@@ -161,6 +162,7 @@ def _clf_stages(cfg: TrainConfig) -> list[tuple[int | None, int, float | slice]]
 def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
     """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier']."""
     torch.manual_seed(cfg.seed)
+    out = out.resolve()
     vocab = json.loads((out / "vocab.json").read_text())
     lm_cfg = json.loads((out / "config.json").read_text())
     if any(lm_cfg[k] != getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "max_vocab", "bptt")):
@@ -195,12 +197,12 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, A
         history.append({"stage": i, "freeze_to": freeze_to, "epochs": epochs, "valid_accuracy": acc,
                         "seconds": round(time.perf_counter() - t1, 1)})
         learn.save(f"classifier-stage{i}")  # checkpoint: a long CPU run can be resumed by hand
-        learn.export(out / "classifier.pkl")  # after every stage: an interrupted run still exports
+        learn.export("classifier.pkl")  # after every stage: an interrupted run still exports
         _update_metrics(out, "classifier_progress", {"stages": history})
     t_train = time.perf_counter() - t1
     with learn.no_bar():
         valid_loss, valid_acc = (float(v) for v in learn.validate())
-    learn.export(out / "classifier.pkl")
+    learn.export("classifier.pkl")
     metrics = {
         "docs": len(df), "labels": list(dls.vocab[1]), "valid_loss": valid_loss, "valid_accuracy": valid_acc,
         "stages": history, "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),

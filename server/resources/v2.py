@@ -21,8 +21,10 @@ from typing import Any
 import falcon
 import numpy as np
 
+from server.batching import classifier_runner
 from server.body import parse_json_object, read_limited
 from server.errors import InvalidRequest
+from server.limits import RequestBudget, request_budget
 from server.responses import dumps, send_json
 from server.runtime import ServerRuntime
 from server.textgen import GenerationRequest, generate_texts
@@ -308,10 +310,12 @@ class V2ModelResource:
         binary_default = request.parameters.get("binary_data_output", False)
         if not isinstance(binary_default, bool):
             raise InvalidRequest("'parameters.binary_data_output' must be a boolean.")
+        budget = request_budget(req)  # the admission gate's deadline (server/limits.py)
+        budget.check()
         if task == "classify":
-            tensors = self._classify(model, request)
+            tensors = self._classify(model, request, budget)
         else:
-            tensors = self._generate(model, request)
+            tensors = self._generate(model, request, budget)
         by_name = {tensor.name: tensor for tensor in tensors}
         wanted = request.outputs or [(tensor.name, None) for tensor in tensors]
         entries: list[dict[str, Any]] = []
@@ -351,8 +355,16 @@ class V2ModelResource:
         json_part, binary = split_binary(raw, req.get_header(BINARY_HEADER))
         return parse_json_object(json_part), binary
 
-    def _classify(self, model: Any, request: InferRequest) -> list[OutputTensor]:
-        probabilities = model.predict_texts(request.texts)
+    def _classify(self, model: Any, request: InferRequest,
+                  budget: RequestBudget) -> list[OutputTensor]:
+        """The same path as /classify: micro-batched with concurrent requests when it is on,
+        stopped at the deadline."""
+        ids = [model.tokenizer.encode(text) for text in request.texts]
+        batcher = self._runtime.classify_batcher
+        if batcher is not None:
+            probabilities = batcher.predict(ids, budget)
+        else:
+            probabilities = classifier_runner(model)(ids, budget.deadline, budget.timeout_s)
         labels = list(model.labels)
         if self._monitor is not None:
             self._monitor.classified(request.texts, labels, probabilities)
@@ -361,7 +373,8 @@ class V2ModelResource:
         return [OutputTensor("label", "BYTES", [n], predicted),
                 OutputTensor("probabilities", "FP32", [n, len(labels)], probabilities)]
 
-    def _generate(self, model: Any, request: InferRequest) -> list[OutputTensor]:
+    def _generate(self, model: Any, request: InferRequest,
+                  budget: RequestBudget) -> list[OutputTensor]:
         from server.resources.generate import parse_request
 
         fields = {key: request.parameters[key] for key in GENERATION_PARAMETERS
@@ -371,7 +384,7 @@ class V2ModelResource:
             generation, _ = parse_request({"prompt": text, **fields}, self._settings)
             single = GenerationRequest(generation.prompt, generation.n_words, 1,
                                        generation.sampling, generation.seed)
-            samples.extend(generate_texts(model, single))
+            samples.extend(generate_texts(model, single, budget.check))
             if self._monitor is not None:
                 self._monitor.generated(model.manifest.model_id, generation.n_words)
         return [OutputTensor(TEXT, "BYTES", [len(samples)], samples)]

@@ -40,6 +40,7 @@ def create_app(settings: Settings, runtime: ServerRuntime | None = None,
     app = falcon.App(middleware=layers)
     errors.install(app)
     runtime.monitoring.middleware.bind_router(app)
+    runtime.monitoring.watch_batcher(runtime.classify_batcher)
     app.add_route("/", IndexResource(runtime))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadinessResource(runtime))

@@ -30,7 +30,8 @@ STATISTICS = ("length", "unk_rate", "predicted_label", "confidence")
 PSI_MODERATE, PSI_MAJOR = 0.1, 0.25
 
 
-def psi(expected: Sequence[float], actual: Sequence[float], epsilon: float = EPSILON) -> float:
+def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,
+        epsilon: float = EPSILON) -> float:
     """sum((actual - expected) * ln(actual / expected)) over bins, each fraction floored."""
     e = np.maximum(np.asarray(expected, dtype=np.float64), epsilon)
     a = np.maximum(np.asarray(actual, dtype=np.float64), epsilon)
@@ -52,7 +53,7 @@ class BinnedReference:
         fractions = tuple(float(f) for f in raw["fractions"])
         if not edges or len(edges) != len(fractions):
             raise ValueError("edges and fractions differ in length")
-        if any(b <= a for a, b in zip(edges, edges[1:])):
+        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
             raise ValueError("edges must increase")
         if any(not math.isfinite(f) or f < 0 for f in fractions):
             raise ValueError("fractions must be finite and >= 0")

@@ -166,7 +166,8 @@ class Histogram(Metric):
     kind = "histogram"
 
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
-                 buckets: Sequence[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)) -> None:
+                 buckets: Sequence[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+                 ) -> None:
         super().__init__(name, help_text, labelnames)
         bounds = sorted(float(b) for b in buckets if not math.isinf(b))
         if len(set(bounds)) != len(bounds) or not bounds:
@@ -311,6 +312,9 @@ class ServerMetrics:
         self.batch_size = r.histogram(
             "model_batch_size", "Rows per onnxruntime call (texts of a /classify batch, samples "
             "of a generation step).", ("model",), BATCH_BUCKETS)
+        self.coalesced_requests = r.histogram(
+            "classify_coalesced_requests", "Requests sharing one micro-batched /classify call "
+            "(MICROBATCH).", ("model",), BATCH_BUCKETS)
         self.generated_tokens = r.counter(
             "model_generated_tokens_total", "Tokens sampled by the language model.", ("model",))
         self.input_tokens = r.histogram(

@@ -105,8 +105,9 @@ class RequestMonitor:
         if started is None:  # process_request never ran for this request
             return
         resp.set_header("X-Request-ID", req.context.request_id)
-        if resp.stream is not None and resp.status_code < 300:
-            resp.stream = _ObservedStream(resp.stream, lambda: self._finish(req, resp, started))
+        stream = resp.stream
+        if stream is not None and resp.status_code < 300 and not hasattr(stream, "read"):
+            resp.stream = _ObservedStream(stream, lambda: self._finish(req, resp, started))
         else:
             self._finish(req, resp, started)
 
@@ -153,6 +154,7 @@ class Monitoring:
         self.settings = settings
         self.metrics = ServerMetrics()
         self.drift: dict[str, DriftMonitor] = {}
+        self._watched: set[int] = set()
         by_name: dict[str, Any] = {}
         classifier = language_model = None
         for name, model in models.by_name.items():
@@ -210,6 +212,17 @@ class Monitoring:
                 if score is not None:
                     samples.append(({"model": drift.model_id, "statistic": statistic}, score))
         return samples
+
+    def watch_batcher(self, batcher: Any) -> None:
+        """Count how many requests each micro-batched call served (server/batching.py)."""
+        classifier = self.models.classifier
+        if batcher is None or classifier is None or id(batcher) in self._watched:
+            return
+        self._watched.add(id(batcher))
+        model_id = classifier.manifest.model_id
+        batcher.observers.append(
+            lambda requests, texts, seconds: self.metrics.coalesced_requests.observe(
+                requests, model=model_id))
 
     # ------------------------------------------------------------------ hooks for resources
     def classified(self, texts: list[str], labels: list[str], probabilities: Any) -> None:

@@ -93,7 +93,8 @@ def test_concurrent_updates_are_not_lost() -> None:
 
 
 @pytest.mark.parametrize("number,text", [(3.0, "3"), (0.25, "0.25"), (math.inf, "+Inf"),
-                                         (-math.inf, "-Inf"), (math.nan, "NaN"), (2**60, "1.152921504606847e+18")])
+                                         (-math.inf, "-Inf"), (math.nan, "NaN"),
+                                         (2**60, "1.152921504606847e+18")])
 def test_number_spelling(number: float, text: str) -> None:
     assert format_value(number) == text
 
@@ -213,3 +214,38 @@ def test_streamed_latency_covers_the_whole_stream(server: RunningServer) -> None
     assert delta("model_inference_seconds_count", model="imdb-lm@tiny-test") == 150
     assert delta("http_request_duration_seconds_sum", **labels) >= model_seconds > 0
     assert value(after, "http_requests_in_flight") == 1
+
+
+def test_micro_batched_calls_account_for_every_request(tiny_bundles: Path,
+                                                       tmp_path: Path) -> None:
+    """With MICROBATCH on, concurrent requests may share calls: whatever the grouping, the
+    calls' rows add up to the texts sent and their request counts to the requests sent."""
+    server = start_server(tiny_bundles, tmp_path, MICROBATCH="true")
+    model = "imdb-sentiment@tiny-test"
+    texts = [" ".join(BATCH) * 6 for _ in range(3)]
+    try:
+        _, before = scrape(server)
+        results: list[int] = []
+
+        def client() -> None:
+            for _ in range(4):
+                results.append(server.post("/classify", json={"texts": texts}).status_code)
+
+        threads = [threading.Thread(target=client) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        _, after = scrape(server)
+    finally:
+        assert server.stop() == 0
+    assert results == [200] * 24
+
+    def delta(name: str) -> float:
+        return value(after, name, model=model) - value(before, name, model=model)
+
+    calls = delta("model_batch_size_count")
+    assert delta("classify_coalesced_requests_count") == calls
+    assert delta("classify_coalesced_requests_sum") == 24
+    assert delta("model_batch_size_sum") == 24 * len(texts)
+    print(f"\n24 concurrent requests ran in {calls:.0f} onnxruntime calls")

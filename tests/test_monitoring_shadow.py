@@ -156,7 +156,7 @@ def test_primary_slowdown_is_bounded(tiny_bundles: Path, tmp_path: Path) -> None
         for server in (plain, shadowed):  # warm both paths
             for text in texts[:5]:
                 server.post("/classify", json={"text": text})
-        for round_ in range(3):
+        for _ in range(3):
             for text in texts:
                 for name, server in (("plain", plain), ("shadow", shadowed)):
                     started = time.perf_counter()

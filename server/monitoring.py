@@ -27,6 +27,10 @@ QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/|$)")
 UNMATCHED = "unmatched"
+# Methods become a label: anything outside HTTP's registered set is "other", so a client making
+# up method names cannot create series either.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+                           "CONNECT"})
 
 
 def request_id_of(req: falcon.Request) -> tuple[str, str | None]:
@@ -116,9 +120,9 @@ class RequestMonitor:
         self._metrics.in_flight.dec()
         endpoint = req.uri_template or self._find_route(req.path) or UNMATCHED
         status = str(resp.status_code)
-        self._metrics.requests.inc(endpoint=endpoint, method=req.method, status=status)
-        self._metrics.latency.observe(seconds, endpoint=endpoint, method=req.method,
-                                      status=status)
+        method = req.method if req.method in KNOWN_METHODS else "other"
+        self._metrics.requests.inc(endpoint=endpoint, method=method, status=status)
+        self._metrics.latency.observe(seconds, endpoint=endpoint, method=method, status=status)
         if not self._log_requests:
             return
         level = logging.ERROR if resp.status_code >= 500 else (

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from prometheus_client.parser import text_string_to_metric_families
 from server_harness import RunningServer, start_server
 
@@ -146,6 +147,8 @@ def test_metrics_count_the_traffic_we_sent(server: RunningServer) -> None:
     assert server.post("/classify", json={"text": ""}).status_code == 400
     assert server.post("/classify", json={"nope": 1}).status_code == 400
     assert server.get("/no/such/route").status_code == 404
+    assert requests.request("FROBNICATE", server.url("/classify"), timeout=30).status_code in (
+        400, 405, 501)
     assert server.post("/generate", json={"prompt": "The film", "n_words": 7,
                                           "n_samples": 3}).status_code == 200
     types, after = scrape(server)
@@ -159,6 +162,8 @@ def test_metrics_count_the_traffic_we_sent(server: RunningServer) -> None:
     assert delta("http_request_duration_seconds_count", **ok) == 4
     assert delta("http_requests_total", endpoint="/classify", method="POST", status="400") == 2
     assert delta("http_requests_total", endpoint="unmatched", method="GET", status="404") == 1
+    assert total(after, "http_requests_total", method="other") == 1
+    assert total(after, "http_requests_total", method="FROBNICATE") == 0
     assert delta("http_requests_total", endpoint="/generate", method="POST", status="200") == 2
     assert value(after, "http_requests_in_flight") == 1  # this scrape
     # Model calls: one onnxruntime call per request (micro-batching off), rows per call.

@@ -45,6 +45,16 @@ def request_id_of(req: falcon.Request) -> tuple[str, str | None]:
     return trace_id or uuid.uuid4().hex, trace_id
 
 
+def severity(status: int, endpoint: str) -> int:
+    """ERROR for our faults (500...), WARNING for expected refusals (503 shed or draining, 504
+    deadline), DEBUG for probes and scrapes, INFO for the rest."""
+    if status >= 500 and status not in (503, 504):
+        return logging.ERROR
+    if endpoint in QUIET_ENDPOINTS:
+        return logging.DEBUG
+    return logging.WARNING if status >= 500 else logging.INFO
+
+
 class _ObservedStream:
     """A streamed body that reports when the last byte went out (the WSGI server calls close)."""
 
@@ -125,8 +135,7 @@ class RequestMonitor:
         self._metrics.latency.observe(seconds, endpoint=endpoint, method=method, status=status)
         if not self._log_requests:
             return
-        level = logging.ERROR if resp.status_code >= 500 else (
-            logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO)
+        level = severity(resp.status_code, endpoint)
         if not request_log.isEnabledFor(level):
             return
         model = req.context.get("model_id") or self._route_models.get(endpoint)

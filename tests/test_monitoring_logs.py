@@ -4,11 +4,15 @@ message, request id, latency, model version, httpRequest), and never the request
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from server_harness import start_server
+
+from server.monitoring import severity
 
 TRACE_ID = "105445aa7843bc8bf206b12000100000"
 
@@ -78,3 +82,12 @@ def test_debug_level_logs_probes_too(tiny_bundles: Path, tmp_path: Path) -> None
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     probes = [e for e in lines if e["message"] == "request" and e["endpoint"] == "/healthz"]
     assert probes and all(e["severity"] == "DEBUG" for e in probes)
+
+
+@pytest.mark.parametrize("status,endpoint,level", [
+    (200, "/classify", "INFO"), (400, "/classify", "INFO"), (500, "/classify", "ERROR"),
+    (502, "/generate", "ERROR"), (503, "/classify", "WARNING"), (504, "/generate", "WARNING"),
+    (200, "/readyz", "DEBUG"), (503, "/readyz", "DEBUG"), (500, "/metrics", "ERROR"),
+])
+def test_severity_by_status_and_endpoint(status: int, endpoint: str, level: str) -> None:
+    assert logging.getLevelName(severity(status, endpoint)) == level

@@ -84,6 +84,9 @@ class ShadowRunner:
         self._start_lock = threading.Lock()
         self.candidate_id = candidate.manifest.model_id
         r = metrics.registry
+        self.sampled = r.counter(
+            "shadow_sampled_total", "Requests sampled for the candidate (SHADOW_FRACTION).",
+            ("candidate",))
         self.jobs = r.counter(
             "shadow_jobs_total", "Sampled /classify requests by what became of them in shadow: "
             "compared, dropped (queue full) or failed.", ("candidate", "outcome"))
@@ -114,6 +117,7 @@ class ShadowRunner:
         """Sample this request and queue it for the candidate; never blocks."""
         if self.fraction <= 0 or (self.fraction < 1 and self._rng.random() >= self.fraction):
             return False
+        self.sampled.inc(candidate=self.candidate_id)
         self._ensure_thread()
         job = ShadowJob(tuple(texts), tuple(primary_labels), np.array(primary_probabilities),
                         time.perf_counter())

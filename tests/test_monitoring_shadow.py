@@ -113,12 +113,14 @@ def test_fraction_samples_requests(tiny_bundles: Path, tmp_path: Path) -> None:
     server = start_server(tiny_bundles, tmp_path, SHADOW_MODEL_DIR=str(candidate),
                           SHADOW_FRACTION="0.25", SHADOW_QUEUE="1000")
     try:
-        for _ in range(200):
+        for _ in range(120):
             assert server.post("/classify", json={"text": "The plot was fine."}).status_code == 200
-        time.sleep(0.5)
         _, samples = parse(server.get("/metrics").text)
-        jobs = value(samples, "shadow_jobs_total", candidate=CANDIDATE, outcome="compared")
-        assert 20 <= jobs <= 80, jobs  # binomial(200, 0.25): mean 50, sd 6
+        sampled = value(samples, "shadow_sampled_total", candidate=CANDIDATE)
+        assert 10 <= sampled <= 50, sampled  # binomial(120, 0.25): mean 30, sd 4.7
+        samples = wait_for_jobs(server, CANDIDATE, int(sampled))
+        assert value(samples, "shadow_jobs_total", candidate=CANDIDATE,
+                     outcome="compared") == sampled
         assert value(samples, "shadow_fraction", candidate=CANDIDATE) == 0.25
     finally:
         assert server.stop() == 0

@@ -142,8 +142,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "Write one gunicorn access-log line per request (Cloud Run logs requests already)."),
     EnvVar("REQUEST_TIMEOUT_S", "request_timeout_s", _float_in(0.1, 3600.0), 30.0,
            "Deadline of one request's model work; past it the work stops and the answer is 504."),
-    EnvVar("MICROBATCH", "microbatch", _bool, True,
-           "Coalesce concurrent /classify requests into one onnxruntime call."),
+    EnvVar("MICROBATCH", "microbatch", _bool, False,
+           "Coalesce concurrent /classify requests into one onnxruntime call (off: measured not "
+           "to pay on one core, BENCHMARKS.md)."),
     EnvVar("MICROBATCH_MAX_TEXTS", "microbatch_max_texts", _int_in(1, 10_000), 64,
            "Most texts in one coalesced /classify call."),
     EnvVar("MICROBATCH_WAIT_MS", "microbatch_wait_ms", _float_in(0.0, 1000.0), 0.0,
@@ -188,7 +189,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = False
     request_timeout_s: float = 30.0
-    microbatch: bool = True
+    microbatch: bool = False
     microbatch_max_texts: int = 64
     microbatch_wait_ms: float = 0.0
     auth_token_hash: str | None = None

@@ -1,0 +1,262 @@
+"""server/limits.py and server/batching.py in-process, on the real tiny classifier (onnxruntime).
+
+The HTTP behaviour (503 under overload, 504 at the deadline) is in test_hardening_overload.py;
+these pin down the pieces: the gate's arithmetic, onnxruntime runs really being terminated, and
+the micro-batcher's coalescing, ordering, deadlines and hand-over between leaders.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bundle import ClassifierModel, load_bundle
+from server.batching import BatchFailed, ClassifyBatcher, classifier_runner
+from server.errors import DeadlineExceeded, Overloaded
+from server.limits import RUN_DEADLINES, AdmissionGate, RequestBudget
+
+LONG_IDS = 5000  # tokens per row of the "long" batch: ~1 s of tiny-model work per 64 rows
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_bundles: Path) -> ClassifierModel:
+    model = load_bundle(tiny_bundles / "imdb-sentiment")
+    assert isinstance(model, ClassifierModel)
+    return model
+
+
+def long_batch(model: ClassifierModel, rows: int = 64) -> list[list[int]]:
+    return [[model.bos_id] + [5 + (i % 40) for i in range(LONG_IDS)] for _ in range(rows)]
+
+
+# ------------------------------------------------------------------------------ the gate
+def test_gate_admits_up_to_the_limit_then_sheds_at_once() -> None:
+    gate = AdmissionGate(limit=3, timeout_s=5)
+    budgets = [gate.admit() for _ in range(3)]
+    started = time.perf_counter()
+    with pytest.raises(Overloaded) as shed:
+        gate.admit()
+    assert time.perf_counter() - started < 0.01  # never waits
+    assert shed.value.status_code == 503 and shed.value.headers["Retry-After"] == "1"
+    gate.release(budgets[0])
+    budgets[0] = gate.admit()  # a freed slot is reusable
+    assert (gate.in_flight, gate.admitted_total, gate.shed_total) == (3, 4, 1)
+
+
+def test_budget_expires_after_its_timeout() -> None:
+    budget = RequestBudget(0.05)
+    budget.check()
+    time.sleep(0.06)
+    assert budget.expired()
+    with pytest.raises(DeadlineExceeded) as late:
+        budget.check()
+    assert late.value.status_code == 504
+
+
+def test_drain_cuts_in_flight_and_later_deadlines() -> None:
+    gate = AdmissionGate(limit=4, timeout_s=60)
+    before = gate.admit()
+    until = time.monotonic() + 2
+    assert gate.shorten_deadlines(until) == 1
+    after = gate.admit()
+    assert before.deadline == until and after.deadline <= until
+    assert RequestBudget.unbounded().remaining() == float("inf")
+
+
+# ------------------------------------------------------------------ onnxruntime termination
+def test_a_run_past_its_deadline_is_terminated(classifier: ClassifierModel) -> None:
+    batch = long_batch(classifier)
+    run = classifier_runner(classifier)
+    started = time.perf_counter()
+    full = run(batch, time.monotonic() + 600, 600)  # the control: how long the work takes
+    full_s = time.perf_counter() - started
+    assert full.shape == (64, 2)
+    before = RUN_DEADLINES.terminated_total
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        run(batch, time.monotonic() + full_s / 20, 1.0)
+    stopped_s = time.perf_counter() - started
+    assert RUN_DEADLINES.terminated_total == before + 1
+    # The session is fine afterwards, and a second control run bounds the machine's noise.
+    started = time.perf_counter()
+    np.testing.assert_allclose(run(batch, time.monotonic() + 600, 600), full, atol=1e-6)
+    full_s = max(full_s, time.perf_counter() - started)
+    # onnxruntime checks the flag between nodes: the run stops after the LSTM layer it was in.
+    assert stopped_s < 0.8 * full_s, (stopped_s, full_s)
+
+
+def test_an_expired_budget_runs_nothing(classifier: ClassifierModel) -> None:
+    run = classifier_runner(classifier)
+    with pytest.raises(DeadlineExceeded):
+        run([[classifier.bos_id, 5]], time.monotonic() - 1, 1.0)
+
+
+# ------------------------------------------------------------------------------ batching
+class GatedRunner:
+    """The real runner, with the first call held until the test releases it (so the others
+    queue behind it deterministically) and every call's composition recorded."""
+
+    def __init__(self, model: ClassifierModel) -> None:
+        self._run = classifier_runner(model)
+        self.release_first = threading.Event()
+        self.first_started = threading.Event()
+        self.calls: list[tuple[int, list[Sequence[int]]]] = []  # (thread id, ids)
+        self._lock = threading.Lock()
+
+    def __call__(self, ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
+        with self._lock:
+            first = not self.calls
+            self.calls.append((threading.get_ident(), list(ids)))
+        if first:
+            self.first_started.set()
+            assert self.release_first.wait(30)
+        return self._run(ids, deadline, timeout_s)
+
+
+def ids_of(model: ClassifierModel, count: int) -> list[list[list[int]]]:
+    """`count` requests of one text each, of different lengths."""
+    return [[[model.bos_id] + [5 + (j % 30) for j in range(3 + 7 * i)]] for i in range(count)]
+
+
+def submit_all(batcher: ClassifyBatcher, requests: list[list[list[int]]],
+               timeout_s: float = 30) -> tuple[list[threading.Thread], dict[int, object]]:
+    answers: dict[int, object] = {}
+
+    def one(index: int) -> None:
+        try:
+            answers[index] = batcher.predict(requests[index], RequestBudget(timeout_s))
+        except Exception as exc:
+            answers[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(requests))]
+    return threads, answers
+
+
+def wait_queued(batcher: ClassifyBatcher, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while batcher.stats()["queued"] < count:
+        assert time.monotonic() < deadline, batcher.stats()
+        time.sleep(0.002)
+
+
+def test_a_lone_request_runs_at_once_in_its_own_thread(classifier: ClassifierModel) -> None:
+    runner = GatedRunner(classifier)
+    runner.release_first.set()
+    batcher = ClassifyBatcher(runner, max_texts=64)
+    request = ids_of(classifier, 1)[0]
+    result = batcher.predict(request, RequestBudget(5))
+    assert runner.calls == [(threading.get_ident(), request)]  # no hand-off to another thread
+    np.testing.assert_array_equal(result, classifier.predict_ids(request))
+
+
+def test_concurrent_requests_share_one_call_and_get_their_own_rows(
+        classifier: ClassifierModel) -> None:
+    runner = GatedRunner(classifier)
+    batcher = ClassifyBatcher(runner, max_texts=64)
+    observed: list[tuple[int, int]] = []
+    batcher.observers.append(lambda requests, texts, seconds: observed.append((requests, texts)))
+    requests = ids_of(classifier, 8)
+    threads, answers = submit_all(batcher, requests)
+    threads[0].start()
+    assert runner.first_started.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    wait_queued(batcher, 7)
+    runner.release_first.set()
+    for thread in threads:
+        thread.join(30)
+    assert observed == [(1, 1), (7, 7)]
+    second_call = runner.calls[1][1]
+    assert sorted(map(len, second_call)) == sorted(len(r[0]) for r in requests[1:])
+    together = classifier.predict_ids(second_call)  # the same call, made directly
+    for index, request in enumerate(requests):
+        answer = answers[index]
+        assert isinstance(answer, np.ndarray), answer
+        if index == 0:
+            np.testing.assert_array_equal(answer, classifier.predict_ids(request))
+            continue
+        row = second_call.index(request[0])
+        np.testing.assert_array_equal(answer, together[row:row + 1])
+
+
+def test_calls_never_exceed_max_texts_and_big_requests_run_alone(
+        classifier: ClassifierModel) -> None:
+    runner = GatedRunner(classifier)
+    batcher = ClassifyBatcher(runner, max_texts=4)
+    small = ids_of(classifier, 6)
+    big = [small[0][0]] * 9  # one request of 9 texts: larger than max_texts
+    requests = [small[0], big, *small[1:]]
+    threads, answers = submit_all(batcher, requests)
+    threads[0].start()
+    assert runner.first_started.wait(10)
+    for thread in threads[1:]:
+        thread.start()
+    wait_queued(batcher, len(requests) - 1)
+    runner.release_first.set()
+    for thread in threads:
+        thread.join(30)
+    sizes = [len(ids) for _, ids in runner.calls]
+    assert 9 in sizes and all(size <= 4 for size in sizes if size != 9)
+    assert sum(sizes) == 1 + 9 + 5
+    assert all(isinstance(answers[i], np.ndarray) for i in range(len(requests)))
+    assert answers[1].shape == (9, 2)  # type: ignore[union-attr]
+
+
+def test_a_request_that_expires_in_the_queue_costs_no_work(classifier: ClassifierModel) -> None:
+    runner = GatedRunner(classifier)
+    batcher = ClassifyBatcher(runner, max_texts=64)
+    first, late = ids_of(classifier, 2)
+    answers: dict[str, object] = {}
+
+    def leader() -> None:
+        answers["first"] = batcher.predict(first, RequestBudget(30))
+
+    lead = threading.Thread(target=leader)
+    lead.start()
+    assert runner.first_started.wait(10)
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):
+        batcher.predict(late, RequestBudget(0.1))  # queued behind the held call
+    assert time.perf_counter() - started < 5
+    runner.release_first.set()
+    lead.join(30)
+    assert isinstance(answers["first"], np.ndarray)
+    assert [ids for _, ids in runner.calls] == [first]  # the expired request never ran
+    assert batcher.stats() == {"queued": 0, "leading": False}
+
+
+def test_leadership_passes_on_and_everyone_is_answered(classifier: ClassifierModel) -> None:
+    """Many rounds of many threads: every request answered with its own rows, none stuck."""
+    runner = classifier_runner(classifier)
+    batcher = ClassifyBatcher(runner, max_texts=3)
+    requests = ids_of(classifier, 24)
+    expected = [classifier.predict_ids(r) for r in requests]
+    for _ in range(3):
+        threads, answers = submit_all(batcher, requests)
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not any(thread.is_alive() for thread in threads)
+        for index, want in enumerate(expected):
+            got = answers[index]
+            assert isinstance(got, np.ndarray), got
+            # Batched with others: same argmax, probabilities within the int8 per-call error.
+            np.testing.assert_allclose(got, want, atol=0.05)
+    assert batcher.stats() == {"queued": 0, "leading": False}
+
+
+def test_a_failed_call_fails_each_of_its_requests(classifier: ClassifierModel) -> None:
+    def broken(ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
+        raise RuntimeError("onnxruntime exploded")
+
+    batcher = ClassifyBatcher(broken, max_texts=8)
+    with pytest.raises(BatchFailed) as failed:
+        batcher.predict(ids_of(classifier, 1)[0], RequestBudget(5))
+    assert isinstance(failed.value.__cause__, RuntimeError)
+    assert batcher.stats() == {"queued": 0, "leading": False}  # the next request can lead

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", action="store_true", default=None,
                    help="start the LM from fastai's WikiText-103 weights (downloads; online only)")
     p.add_argument("--clf-lr", type=float, help="override: classifier base learning rate")
+    p.add_argument("--resume-after-stage", type=int, help="classifier: continue from checkpoint classifier-stageN")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     args = p.parse_args(argv)
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage in ("lm", "all"):
         print(json.dumps({"lm": train_lm(data, cfg, args.out)}, default=str), flush=True)
     if args.stage in ("classifier", "all"):
-        print(json.dumps({"classifier": train_classifier(data, cfg, args.out)}, default=str), flush=True)
+        print(json.dumps({"classifier": train_classifier(data, cfg, args.out, args.resume_after_stage)}, default=str), flush=True)
     return 0
 
 

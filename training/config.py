@@ -32,6 +32,7 @@ class TrainConfig:
     clf_drop_mult: float
     clf_epochs: tuple[int, ...]  # epochs per unfreezing stage: (-1, -2, -3, all); 0 skips a stage
     max_len: int  # classifier pools over at most the last max_len tokens (fastai's max_len)
+    clf_last_stage_fraction: float = 1.0  # run the final stage on this fraction of each epoch (CPU budget)
     pretrained: bool = False  # fastai's WikiText-103 weights: downloads, so off by default
     seed: int = 42
     n_workers: int = 2  # tokenization processes
@@ -54,7 +55,7 @@ CONFIGS: dict[str, TrainConfig] = {
         name="compact", emb_sz=200, n_hid=400, n_layers=3, max_vocab=15000, min_freq=3,
         lm_docs=5000, clf_docs=None, valid_pct=0.1, bptt=72, lm_bs=64, lm_epochs=1, lm_lr=2e-2,
         lm_drop_mult=0.5, clf_bs=64, clf_lr=2e-2, clf_drop_mult=0.5, clf_epochs=(1, 0, 0, 1),
-        max_len=72 * 20,
+        max_len=72 * 20, clf_last_stage_fraction=0.25,
     ),
     # fastai's default AWD-LSTM (emb 400, hidden 1152, 3 layers), all of train + unsup: a GPU recipe.
     "full": TrainConfig(

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 from fastai.text.all import (
     AWD_LSTM, ColReader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
-    SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
+    Callback, CancelTrainException, SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
     make_vocab, text_classifier_learner, tokenize_df,
 )
 
@@ -65,13 +65,33 @@ def _lm_corpus(data: ImdbData, cfg: TrainConfig) -> pd.Series:
     return texts if cfg.lm_docs is None else texts.iloc[: cfg.lm_docs]
 
 
-def _fit(learn: Any, epochs: int, lr: float | slice) -> None:
-    """One-cycle fit; progress bars only on a terminal (logs get one plain line per epoch)."""
+class PartialEpoch(Callback):
+    """Train on the first `fraction` of each epoch's batches with the one-cycle schedule compressed
+    to that length (ShortEpochCallback would stop at the schedule's peak learning rate)."""
+
+    order = -20  # before TrainEvalCallback and ParamScheduler read n_iter
+
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+
+    def before_batch(self) -> None:
+        if self.training and self.iter == 0:
+            self.learn.n_iter = max(1, int(len(self.dl) * self.fraction))
+
+    def after_batch(self) -> None:
+        if self.training and self.iter + 1 >= self.learn.n_iter:
+            raise CancelTrainException
+
+
+def _fit(learn: Any, epochs: int, lr: float | slice, fraction: float = 1.0) -> None:
+    """One-cycle fit; progress bars only on a terminal. `fraction` < 1 trains on part of each
+    epoch (PartialEpoch), validating on the whole validation set."""
+    cbs = [PartialEpoch(fraction)] if fraction < 1 else []
     if sys.stdout.isatty():
-        learn.fit_one_cycle(epochs, lr, moms=MOMS)
+        learn.fit_one_cycle(epochs, lr, moms=MOMS, cbs=cbs)
     else:
         with learn.no_bar():
-            learn.fit_one_cycle(epochs, lr, moms=MOMS)
+            learn.fit_one_cycle(epochs, lr, moms=MOMS, cbs=cbs)
 
 
 def _text_tokenizer() -> Tokenizer:
@@ -159,7 +179,7 @@ def _clf_stages(cfg: TrainConfig) -> list[tuple[int | None, int, float | slice]]
     return stages
 
 
-def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
+def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path, resume_after: int | None = None) -> dict[str, Any]:
     """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier']."""
     torch.manual_seed(cfg.seed)
     out = out.resolve()
@@ -186,15 +206,23 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, A
     learn.load_encoder("encoder")
     t1 = time.perf_counter()
     history = []
-    for i, (freeze_to, epochs, lr) in enumerate(_clf_stages(cfg)):
+    stages = _clf_stages(cfg)
+    if resume_after is not None:  # continue an interrupted run from its stage checkpoint
+        learn.load(f"classifier-stage{resume_after}")
+        previous = json.loads((out / "metrics.json").read_text()).get("classifier_progress", {})
+        history = [h for h in previous.get("stages", []) if h["stage"] <= resume_after]
+    for i, (freeze_to, epochs, lr) in enumerate(stages):
+        if resume_after is not None and i <= resume_after:
+            continue
+        fraction = cfg.clf_last_stage_fraction if i == len(stages) - 1 else 1.0
         if freeze_to is None:
             learn.unfreeze()
         else:
             learn.freeze_to(freeze_to)
-        _fit(learn, epochs, lr)
+        _fit(learn, epochs, lr, fraction)
         with learn.no_bar():
             loss, acc = (float(v) for v in learn.validate())
-        history.append({"stage": i, "freeze_to": freeze_to, "epochs": epochs, "valid_accuracy": acc,
+        history.append({"stage": i, "freeze_to": freeze_to, "epochs": epochs, "epoch_fraction": fraction, "valid_accuracy": acc,
                         "seconds": round(time.perf_counter() - t1, 1)})
         learn.save(f"classifier-stage{i}")  # checkpoint: a long CPU run can be resumed by hand
         learn.export("classifier.pkl")  # after every stage: an interrupted run still exports

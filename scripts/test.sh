@@ -12,7 +12,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q --no-compile -e '.[dev]'
 
 if [ "${SKIP_CONTAINER_TOOLS:-0}" != "1" ]; then
   bash scripts/install-container-tools.sh || echo "container tools unavailable: the image test will skip"

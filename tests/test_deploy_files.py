@@ -453,6 +453,9 @@ def test_deploy_step_runs_gcloud_with_the_documented_flags(tmp_path: Path) -> No
     env = dict(pair.split("=", 1) for pair in f["set-env-vars"].split(","))
     assert env["WEB_THREADS"] == f["concurrency"], "Cloud Run concurrency = gunicorn threads"
     assert env["WEB_WORKERS"] == "1" and env["ORT_INTRA_OP_THREADS"] == f["cpu"]
+    assert seconds(f["timeout"]) > float(env["REQUEST_TIMEOUT_S"]), \
+        "Cloud Run's timeout must leave room for the server's own 504 at REQUEST_TIMEOUT_S"
+    assert int(env["GRACEFUL_TIMEOUT_S"]) < 10, "drain inside Cloud Run's 10 s SIGTERM window"
 
 
 def test_canary_deploy_gets_no_traffic_and_a_tag(tmp_path: Path) -> None:

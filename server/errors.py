@@ -85,6 +85,15 @@ class Overloaded(falcon.HTTPServiceUnavailable):
                          headers={"Retry-After": str(retry_after_s)})
 
 
+class ShuttingDown(falcon.HTTPServiceUnavailable):
+    """SIGTERM arrived: requests in flight finish, new ones go elsewhere."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(title="Shutting down",
+                         description="This instance is draining; retry on another one.",
+                         headers={"Retry-After": str(retry_after_s), "Connection": "close"})
+
+
 class DeadlineExceeded(falcon.HTTPGatewayTimeout):
     """The request's work ran past REQUEST_TIMEOUT_S and was stopped."""
 

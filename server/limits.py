@@ -25,7 +25,7 @@ from typing import Any
 
 import falcon
 
-from server.errors import DeadlineExceeded, Overloaded
+from server.errors import DeadlineExceeded, Overloaded, ShuttingDown
 
 log = logging.getLogger("server.limits")
 
@@ -63,7 +63,8 @@ class RequestBudget:
 
 
 class AdmissionGate:
-    """At most `limit` requests admitted at once; `admit` never waits."""
+    """At most `limit` requests admitted at once; `admit` never waits. Once `close`d (SIGTERM)
+    it admits nothing: the requests in flight finish, new ones are told to go elsewhere."""
 
     def __init__(self, limit: int, timeout_s: float) -> None:
         if limit < 1:
@@ -72,7 +73,7 @@ class AdmissionGate:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._active: set[RequestBudget] = set()
-        self._drain_deadline: float | None = None
+        self.closed = False
         self.admitted_total = 0
         self.shed_total = 0
 
@@ -83,12 +84,13 @@ class AdmissionGate:
     def admit(self) -> RequestBudget:
         """A budget for the new request, or Overloaded (503) when `limit` are in flight."""
         with self._lock:
+            if self.closed:
+                self.shed_total += 1
+                raise ShuttingDown(RETRY_AFTER_S)
             if len(self._active) >= self.limit:
                 self.shed_total += 1
                 raise Overloaded(self.limit, RETRY_AFTER_S)
             budget = RequestBudget(self.timeout_s)
-            if self._drain_deadline is not None:
-                budget.shorten_to(self._drain_deadline)
             self._active.add(budget)
             self.admitted_total += 1
             return budget
@@ -97,11 +99,11 @@ class AdmissionGate:
         with self._lock:
             self._active.discard(budget)
 
-    def shorten_deadlines(self, deadline: float) -> int:
-        """Bring every in-flight (and later) deadline to `deadline` at the latest (SIGTERM drain:
-        in-flight work must answer before the process is killed). Returns how many were cut."""
+    def close(self, deadline: float) -> int:
+        """Admit no more, and bring every in-flight deadline to `deadline` at the latest (SIGTERM
+        drain: their work must answer before the process is killed). Returns how many were cut."""
         with self._lock:
-            self._drain_deadline = deadline
+            self.closed = True
             cut = sum(budget.deadline > deadline for budget in self._active)
             for budget in self._active:
                 budget.shorten_to(deadline)

@@ -2,9 +2,10 @@
 
 Cloud Run sends SIGTERM and kills the instance 10 s later. gunicorn's gthread worker already
 stops accepting and lets in-flight requests finish within GRACEFUL_TIMEOUT_S; this adds what it
-cannot know: /readyz turns 503 at once (a load balancer still probing stops sending), and every
-in-flight request's deadline is cut to the grace period minus a margin, so a long /generate
-answers 504 itself instead of being killed mid-response when the grace period ends.
+cannot know: /readyz turns 503 at once (a load balancer still probing stops sending); a request
+that still arrives on a kept-alive connection is answered 503 + Retry-After instead of starting
+work that could not finish; and every in-flight request's deadline is cut to the grace period
+minus a margin, so a long /generate answers 504 itself instead of being killed mid-response.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ ANSWER_MARGIN_S = 1.0  # time left after the cut deadline to write the 504 and e
 
 
 def begin_drain(runtime: ServerRuntime, grace_s: float) -> None:
-    """Readiness to 503 and every deadline within `grace_s - ANSWER_MARGIN_S` from now."""
+    """Readiness to 503, admit no more, and every deadline within `grace_s - ANSWER_MARGIN_S`."""
     runtime.readiness.begin_draining()
     until = time.monotonic() + max(grace_s - ANSWER_MARGIN_S, 0.0)
-    cut = runtime.admission.shorten_deadlines(until)
+    cut = runtime.admission.close(until)
     log.info("draining", extra={"in_flight": runtime.admission.in_flight,
                                 "deadlines_cut": cut, "grace_s": grace_s})
 

@@ -17,7 +17,7 @@ import pytest
 
 from bundle import ClassifierModel, load_bundle
 from server.batching import BatchFailed, ClassifyBatcher, classifier_runner
-from server.errors import DeadlineExceeded, Overloaded
+from server.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from server.limits import RUN_DEADLINES, AdmissionGate, RequestBudget
 
 LONG_IDS = 5000  # tokens per row of the "long" batch: ~1 s of tiny-model work per 64 rows
@@ -58,13 +58,17 @@ def test_budget_expires_after_its_timeout() -> None:
     assert late.value.status_code == 504
 
 
-def test_drain_cuts_in_flight_and_later_deadlines() -> None:
+def test_closing_cuts_in_flight_deadlines_and_admits_no_more() -> None:
     gate = AdmissionGate(limit=4, timeout_s=60)
     before = gate.admit()
     until = time.monotonic() + 2
-    assert gate.shorten_deadlines(until) == 1
-    after = gate.admit()
-    assert before.deadline == until and after.deadline <= until
+    assert gate.close(until) == 1
+    assert before.deadline == until
+    with pytest.raises(ShuttingDown) as refused:
+        gate.admit()
+    assert refused.value.status_code == 503 and refused.value.headers["Retry-After"] == "1"
+    gate.release(before)
+    assert gate.in_flight == 0
     assert RequestBudget.unbounded().remaining() == float("inf")
 
 

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pretrained", action="store_true", default=None,
                    help="start the LM from fastai's WikiText-103 weights (downloads; online only)")
     p.add_argument("--clf-lr", type=float, help="override: classifier base learning rate")
+    p.add_argument("--clf-init", choices=["lm", "scratch"], help="classifier start: the LM encoder (ULMFiT) or random")
     p.add_argument("--resume-after-stage", type=int, help="classifier: continue from checkpoint classifier-stageN")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     args = p.parse_args(argv)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = get_config(args.config, lm_docs=args.lm_docs, clf_docs=args.clf_docs,
-                     lm_epochs=args.lm_epochs, clf_epochs=args.clf_epochs, clf_lr=args.clf_lr, pretrained=args.pretrained)
+                     lm_epochs=args.lm_epochs, clf_epochs=args.clf_epochs, clf_lr=args.clf_lr, clf_init=args.clf_init, pretrained=args.pretrained)
     data = load_imdb(resolve_data_dir(args.data, args.download))
     if args.stage in ("lm", "all"):
         print(json.dumps({"lm": train_lm(data, cfg, args.out)}, default=str), flush=True)

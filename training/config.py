@@ -33,6 +33,7 @@ class TrainConfig:
     clf_epochs: tuple[int, ...]  # epochs per unfreezing stage: (-1, -2, -3, all); 0 skips a stage
     max_len: int  # classifier pools over at most the last max_len tokens (fastai's max_len)
     clf_last_stage_fraction: float = 1.0  # run the final stage on this fraction of each epoch (CPU budget)
+    clf_init: str = "lm"  # "lm": ULMFiT, start from the LM encoder; "scratch": random init, flat lr
     pretrained: bool = False  # fastai's WikiText-103 weights: downloads, so off by default
     seed: int = 42
     n_workers: int = 2  # tokenization processes

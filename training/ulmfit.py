@@ -203,10 +203,11 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path, resume_after: 
         dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_clas_config), drop_mult=cfg.clf_drop_mult,
         pretrained=False, seq_len=cfg.bptt, max_len=cfg.max_len, metrics=accuracy, path=out,
     )
-    learn.load_encoder("encoder")
+    if cfg.clf_init == "lm":
+        learn.load_encoder("encoder")
     t1 = time.perf_counter()
     history = []
-    stages = _clf_stages(cfg)
+    stages = _clf_stages(cfg) if cfg.clf_init == "lm" else [(None, sum(cfg.clf_epochs), cfg.clf_lr)]
     if resume_after is not None:  # continue an interrupted run from its stage checkpoint
         learn.load(f"classifier-stage{resume_after}")
         previous = json.loads((out / "metrics.json").read_text()).get("classifier_progress", {})

@@ -47,8 +47,11 @@ CONFIGS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(
         name="tiny", emb_sz=32, n_hid=64, n_layers=2, max_vocab=2000, min_freq=2,
         lm_docs=None, clf_docs=None, valid_pct=0.2, bptt=24, lm_bs=8, lm_epochs=1, lm_lr=3e-3,
-        lm_drop_mult=0.3, clf_bs=16, clf_lr=5e-2, clf_drop_mult=0.1, clf_epochs=(1, 0, 0, 4),
+        lm_drop_mult=0.3, clf_bs=16, clf_lr=1e-2, clf_drop_mult=0.1, clf_epochs=(0, 0, 0, 4),
         max_len=24 * 20, n_workers=1,
+        # from scratch: a tiny LM's encoder leaves many test reviews near p=0.5, where int8 vs fp32
+        # agreement (an export bound) becomes a coin flip; a confident model keeps the tests exact
+        clf_init="scratch",
     ),
     # The CPU recipe of the shipped models, sized to the ~1 core-hour a shared 2-core machine
     # gave it (docs/training.md): a small LM corpus, a subset of train for the classifier.

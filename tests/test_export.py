@@ -51,9 +51,11 @@ def test_classifier_fp32_and_int8_match_fastai(learners: dict, tiny_bundles: Pat
 
 def test_padded_batch_equals_each_review_alone(tiny_bundles: Path) -> None:
     """Padding is exact (fp32). int8 uses dynamic quantization: activation scales are computed
-    per call over the whole batch, so batch-mates move a probability by ~1e-4, never the label."""
+    per call over the whole batch, so batch-mates move a probability by up to ~1e-2, never the label."""
     bundle_dir = tiny_bundles / "imdb-sentiment"
-    for model_path, bound in ((bundle_dir / "model.fp32.onnx", 1e-5), (None, 1e-3)):
+    # fp32: exact (padding handled by masks). int8: a padding bug moves probabilities by tenths;
+    # dynamic activation scales move them by up to ~1e-2 (measured 6.9e-3 on the tiny model)
+    for model_path, bound in ((bundle_dir / "model.fp32.onnx", 1e-5), (None, 2e-2)):
         model = load_bundle(bundle_dir, model_path=model_path)
         assert isinstance(model, ClassifierModel)
         batch = model.predict_texts(TEXTS)

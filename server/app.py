@@ -31,9 +31,9 @@ def create_app(settings: Settings, runtime: ServerRuntime | None = None,
     if runtime is None:
         runtime = ServerRuntime.load(settings)
         runtime.start_warm_up()
-    # Auth before admission: an unauthenticated request must not take a slot.
     # Request metrics and logs first: requests a later layer refuses are counted too.
     layers: list[Any] = [runtime.monitoring.middleware, *(middleware or [])]
+    # Auth before admission: an unauthenticated request must not take a slot.
     if settings.auth_token_hash:
         layers.append(BearerAuthMiddleware(settings.auth_token_hash))
     layers.append(AdmissionMiddleware(runtime.admission))

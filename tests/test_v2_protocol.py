@@ -16,6 +16,8 @@ import tritonclient.http as httpclient
 from server_harness import RunningServer, SchemaChecker, assert_no_traceback, start_server
 from tritonclient.utils import InferenceServerException
 
+from server.auth import token_hash
+
 CLASSIFIER, LM, VERSION = "imdb-sentiment", "imdb-lm", "tiny-test"
 TEXTS = ["The acting was wonderful and the plot felt great.",
          "Every scene was dreadful; a waste of time.",
@@ -263,3 +265,31 @@ def test_lm_generation_parameters(server: RunningServer) -> None:
     assert infer(server, body, path=f"/v2/models/{LM}/infer").json() == first.json()
     too_many = {"inputs": [text_tensor(["a"] * 4, [4])]}
     assert infer(server, too_many, path=f"/v2/models/{LM}/infer").status_code == 400
+
+
+def test_refusals_of_the_shared_layers_keep_the_v2_shape(tiny_bundles: Path,
+                                                         tmp_path: Path) -> None:
+    """Auth (and any other layer in front) answers v2 clients in the protocol's error shape;
+    the v2 health probes stay open, as /healthz and /readyz do."""
+    token = "s3cret-token"
+    server = start_server(tiny_bundles, tmp_path, AUTH_TOKEN_HASH=token_hash(token))
+    body = {"inputs": [text_tensor(["Fine."], [1])]}
+    try:
+        assert server.get("/v2/health/live").status_code == 200
+        assert server.get("/v2/health/ready").status_code == 200
+        refused = infer(server, body)
+        assert refused.status_code == 401 and set(refused.json()) == {"error"}
+        assert server.get(f"/v2/models/{CLASSIFIER}").status_code == 401
+        assert server.get("/metrics").status_code == 401
+        allowed = infer(server, body, headers={"Authorization": f"Bearer {token}"})
+        assert allowed.status_code == 200, allowed.text
+        triton = httpclient.InferenceServerClient(url=server.base_url.removeprefix("http://"))
+        with pytest.raises(InferenceServerException) as caught:
+            triton.infer(CLASSIFIER, [text_input(["Fine."], True)])
+        assert caught.value.status() == "401"
+        result = triton.infer(CLASSIFIER, [text_input(["Fine."], True)],
+                              headers={"Authorization": f"Bearer {token}"})
+        assert result.as_numpy("probabilities").shape == (1, 2)
+        triton.close()
+    finally:
+        assert server.stop() == 0

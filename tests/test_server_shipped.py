@@ -12,11 +12,14 @@ import pytest
 from server_harness import REPO_ROOT, RunningServer, start_server
 
 SHIPPED = REPO_ROOT / "models"
-HAS_BUNDLES = (SHIPPED / "imdb-sentiment" / "manifest.json").is_file() and (
-    SHIPPED / "imdb-lm" / "manifest.json").is_file()
+HAS_CLASSIFIER = (SHIPPED / "imdb-sentiment" / "manifest.json").is_file()
+HAS_LM = (SHIPPED / "imdb-lm" / "manifest.json").is_file()
 
-pytestmark = pytest.mark.skipif(not HAS_BUNDLES,
+pytestmark = pytest.mark.skipif(not (HAS_CLASSIFIER or HAS_LM),
                                 reason="models/ holds no shipped bundles yet (python -m export)")
+needs_classifier = pytest.mark.skipif(
+    not HAS_CLASSIFIER, reason="no classifier bundle shipped: the CPU-trained one stayed at chance (issue 4)")
+needs_lm = pytest.mark.skipif(not HAS_LM, reason="no language-model bundle shipped")
 
 EXAMPLES = [
     ("I loved this movie, the acting was wonderful", "pos"),
@@ -34,6 +37,7 @@ def shipped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     server.stop()
 
 
+@needs_classifier
 @pytest.mark.parametrize("text,label", EXAMPLES)
 def test_clear_reviews_get_the_right_label(shipped_server: RunningServer, text: str,
                                            label: str) -> None:
@@ -42,11 +46,13 @@ def test_clear_reviews_get_the_right_label(shipped_server: RunningServer, text: 
     assert body["probabilities"][label] > 0.5
 
 
+@needs_classifier
 def test_batch_agrees_with_the_examples(shipped_server: RunningServer) -> None:
     results = shipped_server.post("/classify", json={"texts": [t for t, _ in EXAMPLES]}).json()
     assert [r["label"] for r in results["results"]] == [label for _, label in EXAMPLES]
 
 
+@needs_lm
 def test_demo_prompt_continues_in_english(shipped_server: RunningServer) -> None:
     prompt = "My favorite part was when"
     body = shipped_server.post("/generate", json={"prompt": prompt, "n_words": 40,

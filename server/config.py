@@ -111,6 +111,9 @@ def _optional_path(raw: str) -> Path | None:
     return Path(raw.strip()).expanduser() if raw.strip() else None
 
 
+# Never echoed in errors or logs: an operator may paste the token where its hash belongs.
+SECRET_VARS = frozenset({"AUTH_TOKEN_HASH"})
+
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("HOST", "host", _host, "0.0.0.0", "Address gunicorn binds to."),
     EnvVar("PORT", "port", _int_in(1, 65535), 8080, "TCP port (Cloud Run sets it)."),
@@ -215,7 +218,8 @@ class Settings:
             try:
                 values[var.field] = var.parse(raw)
             except ValueError as exc:
-                problems.append(f"{var.name}={raw!r}: {exc}")
+                shown = "(value hidden)" if var.name in SECRET_VARS else repr(raw)
+                problems.append(f"{var.name}={shown}: {exc}")
         if problems:
             raise ConfigError("invalid configuration: " + "; ".join(problems))
         return cls(**values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -68,6 +69,7 @@ def render(results: dict[str, Any], report_path: Path, plots: Sequence[Path],
     out += _overhead(results)
     out += _memory(results)
     out += _footprint(results)
+    out += _microbatch(json_path.parent / "microbatch.json", rel)
     agreement = analysis.label_agreement(results)
     out += ["## Same answers", "",
             f"Labels of the reviews sent at the lowest concurrency, ours vs naive: "
@@ -76,6 +78,30 @@ def render(results: dict[str, Any], report_path: Path, plots: Sequence[Path],
             "Generated samples are not compared (different random generators); both servers "
             "sample from the same distribution (see docs/api.md).", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _microbatch(path: Path, rel: Any) -> list[str]:
+    """Issue 6's micro-batching measurement (`python -m benchmarks.microbatch`), when it exists:
+    it has its own run (three server settings), so it is read from its own JSON."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    arch = data["architecture"]
+    out = ["## Micro-batching of /classify (issue 6)", "",
+           f"`python -m benchmarks.microbatch`: the production server pinned to one core, "
+           f"single-review `/classify` requests over {data['reviews']} IMDB test reviews (their "
+           f"natural mix of lengths), closed loop, {data['seconds_per_run']:.0f} s per setting, "
+           f"round and concurrency; medians over rounds. Model: {data['model']} (AWD-LSTM, "
+           f"emb {arch['emb_size']}, hidden {arch['hidden_size']}, {arch['n_layers']} layers, "
+           f"int8). {data.get('models_note', '')} Raw data: `{rel(path)}`.", ""]
+    out += _table(["setting", "concurrency", "throughput (req/s)", "p50 (ms)", "p99 (ms)",
+                   "errors"], (
+        [row["setting"], row["concurrency"], _num(row["throughput_rps"]), _ms(row["p50_ms"]),
+         _ms(row["p99_ms"]), row["errors"]] for row in data["table"]))
+    out += ["Coalescing pads every review of a call to the longest one, and the int8 LSTM gains "
+            "little from wider products on one core, so it did not pay: `MICROBATCH` is off by "
+            "default (docs/configuration.md).", ""]
+    return out
 
 
 def _setup(results: dict[str, Any], rel: Any) -> list[str]:

@@ -31,10 +31,20 @@ class Outcome:
     error: str | None = None
     retry_after: str | None = None
     body: bytes = b""
+    sent: float | None = None  # open loop: when it was really sent (started = when scheduled)
 
     @property
     def latency_ms(self) -> float:
         return (self.ended - self.started) * 1000
+
+    @property
+    def server_ms(self) -> float:
+        """From the actual send: what the server took, without the client's own lag."""
+        return (self.ended - (self.sent if self.sent is not None else self.started)) * 1000
+
+    @property
+    def lag_ms(self) -> float:
+        return ((self.sent if self.sent is not None else self.started) - self.started) * 1000
 
 
 def _address(base_url: str) -> tuple[str, int]:
@@ -116,7 +126,8 @@ def open_loop(base_url: str, path: str, bodies: Sequence[bytes], rate_per_s: flo
               seconds: float, max_pending: int = 256) -> list[Outcome]:
     """Requests sent on a fixed schedule (`rate_per_s`), whatever the answers: the offered load
     does not slow down when the server does, as real traffic does not. Each request has its own
-    connection. Latency counts from the scheduled send time, so client-side lag is not hidden."""
+    connection. `started` is the scheduled time and `sent` the real one, so the client's own
+    lag is visible rather than hidden in (or silently added to) the server's latency."""
     interval = 1.0 / rate_per_s
     total = int(seconds * rate_per_s)
     start = time.monotonic() + 0.05
@@ -130,7 +141,7 @@ def open_loop(base_url: str, path: str, bodies: Sequence[bytes], rate_per_s: flo
         client.close()
         with lock:
             outcomes.append(Outcome(scheduled, outcome.ended, outcome.status, outcome.error,
-                                    outcome.retry_after))
+                                    outcome.retry_after, sent=outcome.started))
 
     with ThreadPoolExecutor(max_workers=max_pending) as pool:
         for index in range(total):

@@ -29,8 +29,10 @@ from server_harness import start_server
 SOAK_S = env_seconds("SOAK_SECONDS", 20)
 CAPACITY_S = env_seconds("SOAK_CAPACITY_SECONDS", 5)
 SLOTS = 4
-BODIES = [encode({"texts": [f"Review {i}-{j}: the acting was fine, the plot thin . " * 12
-                            for j in range(8)]}) for i in range(16)]
+# Heavy enough (32 reviews a request) that capacity is tens of requests a second: the Python
+# load generator on the same small machine then keeps its schedule.
+BODIES = [encode({"texts": [f"Review {i}-{j}: the acting was fine, the plot thin . " * 30
+                            for j in range(32)]}) for i in range(16)]
 
 
 def test_twice_capacity_sheds_the_excess_and_stays_bounded(tiny_bundles: Path,
@@ -67,9 +69,11 @@ def test_twice_capacity_sheds_the_excess_and_stays_bounded(tiny_bundles: Path,
             "other": len(outcomes) - len(admitted) - len(shed),
             "shed_rate": round(len(shed) / len(outcomes), 3),
             "admitted_rps": round(len(admitted) / SOAK_S, 1),
-            "admitted_p50_ms": round(percentile([o.latency_ms for o in admitted], 50), 1),
-            "admitted_p99_ms": round(percentile([o.latency_ms for o in admitted], 99), 1),
-            "shed_p99_ms": round(percentile([o.latency_ms for o in shed], 99), 1),
+            "admitted_p50_ms": round(percentile([o.server_ms for o in admitted], 50), 1),
+            "admitted_p99_ms": round(percentile([o.server_ms for o in admitted], 99), 1),
+            "shed_p50_ms": round(percentile([o.server_ms for o in shed], 50), 1),
+            "shed_p99_ms": round(percentile([o.server_ms for o in shed], 99), 1),
+            "client_lag_p99_ms": round(percentile([o.lag_ms for o in outcomes], 99), 1),
             "capacity_run_p99_ms": round(full_gate_p99, 1),
             "rss_mb_first_half_max": round(first_half, 1),
             "rss_mb_second_half_max": round(second_half, 1),
@@ -82,7 +86,7 @@ def test_twice_capacity_sheds_the_excess_and_stays_bounded(tiny_bundles: Path,
         # An admitted request waits behind at most SLOTS - 1 others, as in the capacity run:
         # its tail stays near that run's, however long the overload lasts.
         assert figures["admitted_p99_ms"] < 3 * full_gate_p99 + 500, figures
-        assert figures["shed_p99_ms"] < figures["admitted_p99_ms"], figures
+        assert figures["shed_p50_ms"] < figures["admitted_p50_ms"], figures
         assert second_half < first_half * 1.10 + 20, figures  # memory flat, not growing
     finally:
         assert server.stop() == 0, server.log()[-3000:]

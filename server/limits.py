@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import os
 import threading
 import time
@@ -26,8 +25,6 @@ from typing import Any
 import falcon
 
 from server.errors import DeadlineExceeded, Overloaded, ShuttingDown
-
-log = logging.getLogger("server.limits")
 
 RETRY_AFTER_S = 1
 GATED_METHODS = frozenset({"POST"})  # model work; GETs (probes, /models, /metrics) stay open

@@ -50,13 +50,33 @@ def cell(results: dict[str, Any], server: str, workload: str, concurrency: int) 
     return None
 
 
+def skipped_cell(results: dict[str, Any], server: str, workload: str,
+                 concurrency: int) -> dict[str, Any] | None:
+    """The record of a cell the run skipped (predicted to outlast --cell-max-seconds), if any."""
+    for row in results["latency"][server].get("skipped_cells", []):
+        if row["workload"] == workload and row["concurrency"] == concurrency:
+            return row
+    return None
+
+
 def latency_table(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per workload x concurrency with both servers and the p50 ratio."""
+    """One row per workload x concurrency (run or skipped by either server) with both servers,
+    the p50 ratio and, for a skipped cell, its record under `skipped`."""
+    keys: list[tuple[str, int]] = []
+    for server in (OURS, NAIVE):
+        for row in results["latency"][server]["cells"] + \
+                results["latency"][server].get("skipped_cells", []):
+            if (row["workload"], row["concurrency"]) not in keys:
+                keys.append((row["workload"], row["concurrency"]))
+    order = list(dict.fromkeys(w for w, _ in keys))
     rows = []
-    for ours in results["latency"][OURS]["cells"]:
-        naive = cell(results, NAIVE, ours["workload"], ours["concurrency"]) or {}
-        rows.append({"workload": ours["workload"], "concurrency": ours["concurrency"],
+    for workload, concurrency in sorted(keys, key=lambda k: (order.index(k[0]), k[1])):
+        ours = cell(results, OURS, workload, concurrency) or {}
+        naive = cell(results, NAIVE, workload, concurrency) or {}
+        rows.append({"workload": workload, "concurrency": concurrency,
                      "ours": ours, "naive": naive,
+                     "skipped": {s: skipped_cell(results, s, workload, concurrency)
+                                 for s in (OURS, NAIVE)},
                      "p50_ratio": _ratio(naive.get("p50_ms"), ours.get("p50_ms")),
                      "throughput_ratio": _ratio(ours.get("throughput_rps"),
                                                 naive.get("throughput_rps"))})

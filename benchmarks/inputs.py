@@ -2,7 +2,7 @@
 
 Reviews are picked deterministically from bands of the test split's length distribution
 (characters): short around the 10th percentile, median around the 50th, long around the 95th.
-Prompts are the opening words of other test reviews, as a user might type them.
+Prompts are the opening words of other test reviews (from both labels), as a user might type them.
 """
 
 from __future__ import annotations
@@ -61,14 +61,13 @@ def pick_inputs(imdb_dir: Path, per_band: int, n_prompts: int) -> Inputs:
         picked = evenly_spaced(by_length[start:stop], per_band)
         reviews[band] = picked
         band_chars[band] = (min(map(len, picked)), max(map(len, picked)))
-    # Prompts from reviews of median length that were not picked above, in file order.
+    # Prompts: opening words of reviews spread over the whole file (neg rows, then pos rows).
     used = {t for band in reviews.values() for t in band}
-    candidates = [t for t in texts[:: max(1, len(texts) // (n_prompts * 10))] if t not in used]
-    prompts = []
-    for text in candidates:
+    openings = []
+    for text in evenly_spaced(texts, n_prompts * 10):
         words = text.replace("<br />", " ").split()
-        if len(words) >= PROMPT_WORDS and all(w.isascii() for w in words[:PROMPT_WORDS]):
-            prompts.append(" ".join(words[:PROMPT_WORDS]))
-        if len(prompts) == n_prompts:
-            break
+        if text not in used and len(words) >= PROMPT_WORDS \
+                and all(w.isascii() for w in words[:PROMPT_WORDS]):
+            openings.append(" ".join(words[:PROMPT_WORDS]))
+    prompts = evenly_spaced(openings, n_prompts)
     return Inputs(reviews, prompts, str(imdb_dir / "test.csv.gz"), len(texts), band_chars)

@@ -28,7 +28,7 @@ def latency_plot(results: dict[str, Any], prefix: str, path: Path) -> Path | Non
     fig, axes = plt.subplots(1, len(concurrencies), figsize=(4.2 * len(concurrencies), 4.2),
                              sharey=True, squeeze=False)
     for ax, concurrency in zip(axes[0], concurrencies):
-        data, positions, colors = [], [], []
+        data, positions, colors, missing = [], [], [], []
         for i, workload in enumerate(workloads):
             for j, server in enumerate((OURS, NAIVE)):
                 row = next((c for c in cells[server]
@@ -37,11 +37,16 @@ def latency_plot(results: dict[str, Any], prefix: str, path: Path) -> Path | Non
                 data.append(samples)
                 positions.append(i * 3 + j)
                 colors.append(COLORS[server])
+                if not row or not row["samples_ms"]:
+                    missing.append((i * 3 + j, server))
         boxes = ax.boxplot(data, positions=positions, widths=0.8, patch_artist=True,
                            showfliers=True, whis=(5, 95))
         for patch, color in zip(boxes["boxes"], colors):
             patch.set_facecolor(color)
             patch.set_alpha(0.6)
+        for position, server in missing:  # a cell skipped (predicted too long) or empty
+            ax.text(position, 0.5, "skipped", transform=ax.get_xaxis_transform(), rotation=90,
+                    ha="center", va="center", fontsize=8, color=COLORS[server])
         ax.set_xticks([i * 3 + 0.5 for i in range(len(workloads))])
         ax.set_xticklabels([w.replace(prefix, "").strip() or w for w in workloads])
         ax.set_yscale("log")
@@ -50,7 +55,8 @@ def latency_plot(results: dict[str, Any], prefix: str, path: Path) -> Path | Non
     axes[0][0].set_ylabel("latency per request, ms (log)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[s], alpha=0.6) for s in (OURS, NAIVE)]
     fig.legend(handles, [LABELS[s] for s in (OURS, NAIVE)], loc="upper center", ncol=2)
-    fig.suptitle(f"/{prefix} over HTTP, one pinned core (whiskers p5-p95)", y=0.02, fontsize=9)
+    fig.suptitle(f"/{prefix} over HTTP, one pinned core (whiskers p5-p95)", y=0.01,
+                 va="bottom", fontsize=9)
     fig.tight_layout(rect=(0, 0.04, 1, 0.92))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -44,7 +44,7 @@ def _mb(n: int | None) -> str:
 
 
 def render(results: dict[str, Any], report_path: Path, plots: Sequence[Path],
-           json_path: Path) -> str:
+           json_path: Path, microbatch_path: Path | None = None) -> str:
     rel = lambda p: os.path.relpath(p, report_path.parent)  # noqa: E731
     m = results["machine"]
     out: list[str] = ["# Benchmarks: our server vs serving the fastai learner directly", ""]
@@ -69,7 +69,7 @@ def render(results: dict[str, Any], report_path: Path, plots: Sequence[Path],
     out += _overhead(results)
     out += _memory(results)
     out += _footprint(results)
-    out += _microbatch(json_path.parent / "microbatch.json", rel)
+    out += _microbatch(microbatch_path or json_path.parent / "microbatch.json", rel)
     agreement = analysis.label_agreement(results)
     out += ["## Same answers", "",
             f"Labels of the reviews sent at the lowest concurrency, ours vs naive: "
@@ -98,9 +98,19 @@ def _microbatch(path: Path, rel: Any) -> list[str]:
                    "errors"], (
         [row["setting"], row["concurrency"], _num(row["throughput_rps"]), _ms(row["p50_ms"]),
          _ms(row["p99_ms"]), row["errors"]] for row in data["table"]))
-    out += ["Coalescing pads every review of a call to the longest one, and the int8 LSTM gains "
-            "little from wider products on one core, so it did not pay: `MICROBATCH` is off by "
-            "default (docs/configuration.md).", ""]
+    top = max(row["concurrency"] for row in data["table"])
+    at_top = {row["setting"]: row["throughput_rps"] for row in data["table"]
+              if row["concurrency"] == top}
+    off = at_top.get("off")
+    best = max(((k, v) for k, v in at_top.items() if k != "off"), key=lambda kv: kv[1],
+               default=None)
+    if off and best:
+        why = " (coalescing pads every review of a call to the longest one, and the int8 LSTM " \
+              "gains little from wider products on one core)" if best[1] <= off else ""
+        out += [f"At concurrency {top} the best coalescing setting (`{best[0]}`) served "
+                f"{best[1]:.1f} req/s against {off:.1f} req/s off ({best[1] / off - 1:+.0%}): "
+                f"it {'paid' if best[1] > off else 'did not pay'} here{why}. `MICROBATCH` is off "
+                f"by default (docs/configuration.md).", ""]
     return out
 
 
@@ -119,7 +129,8 @@ def _setup(results: dict[str, Any], rel: Any) -> list[str]:
            "master). Naive: `gunicorn --workers 1` (sync) serving `benchmarks/naive_app.py`, "
            "which `load_learner`s the same learners and calls `learn.predict` per request.",
            f"- Versions: {versions}.",
-           f"- Learners: `{cfg['run_dir']}`; bundles: `{cfg['models']}`.", ""]
+           f"- Learners: `{cfg['run_dir']}`; bundles: `{cfg['models']}`"
+           + _provenance(results.get("provenance") or {}) + ".", ""]
     out += _table(["bundle", "version", "task", "model", "vocab", "emb", "hidden", "layers"], (
         [name, b["version"], b["task"], f"{b['quantization']} {b['format']}, {_mb(b['model_bytes'])}",
          _num(b["vocab_size"]), _num(b["emb_size"]), _num(b["hidden_size"]), _num(b["n_layers"])]
@@ -137,8 +148,20 @@ def _setup(results: dict[str, Any], rel: Any) -> list[str]:
     out += [f"Counts: {cfg['cold_runs']} cold starts per server and probe; per latency cell at "
             f"most {cfg['classify_requests']} `/classify` or {cfg['generate_requests']} `/generate` "
             f"requests and no new request after {cfg['cell_seconds']} s (requests in flight "
-            f"finish); concurrency {', '.join(map(str, cfg['concurrency']))}.", ""]
+            f"finish); a cell predicted to take over {cfg.get('cell_max_seconds', '-')} s is "
+            f"skipped and listed; concurrency {', '.join(map(str, cfg['concurrency']))}.", ""]
     return out
+
+
+def _provenance(provenance: dict[str, Any]) -> str:
+    same = [n for n, p in provenance.items() if p["same_training_config"]]
+    other = [n for n, p in provenance.items() if p["same_training_config"] is False]
+    text = (f" ({', '.join(same)}: the manifest records this run's training config and "
+            f"vocabulary size)") if same else ""
+    if other:
+        text += (f" ({', '.join(other)}: same architecture and vocabulary size as this run, but "
+                 f"the manifest's training config differs from its config.json)")
+    return text
 
 
 def _cold_start(results: dict[str, Any], plots: Sequence[Path], rel: Any) -> list[str]:
@@ -177,16 +200,37 @@ def _latency(results: dict[str, Any], plots: Sequence[Path], rel: Any) -> list[s
            "Closed-loop load: `c` client threads, each with its own keep-alive connection, "
            "sending the next request when the answer is in. Latency is per request, client side "
            "(ms); throughput is successful requests per second over the cell.", ""]
+    table = analysis.latency_table(results)
+
+    def percentiles(row: dict[str, Any], server: str) -> str:
+        skipped = row["skipped"][server]
+        if skipped:
+            return f"skipped (predicted {skipped['predicted_s']:.0f} s)"
+        return " / ".join(_ms(row[server].get(k)) for k in ("p50_ms", "p95_ms", "p99_ms"))
+
     out += _table(["workload", "c", "ours p50 / p95 / p99", "ours req/s",
-                   "naive p50 / p95 / p99", "naive req/s", "p50 ratio", "n (ours / naive)", "errors"], (
-        [f"`{r['workload']}`", r["concurrency"],
-         " / ".join(_ms(r["ours"].get(k)) for k in ("p50_ms", "p95_ms", "p99_ms")),
-         _num(r["ours"].get("throughput_rps"), 1),
-         " / ".join(_ms(r["naive"].get(k)) for k in ("p50_ms", "p95_ms", "p99_ms")),
+                   "naive p50 / p95 / p99", "naive req/s", "p50 ratio", "n (ours / naive)",
+                   "errors"], (
+        [f"`{r['workload']}`", r["concurrency"], percentiles(r, OURS),
+         _num(r["ours"].get("throughput_rps"), 1), percentiles(r, NAIVE),
          _num(r["naive"].get("throughput_rps"), 2), _ratio(r["p50_ratio"]),
-         f"{r['ours'].get('n')} / {r['naive'].get('n', '-')}",
-         f"{r['ours'].get('errors', 0)} / {r['naive'].get('errors', '-')}"]
-        for r in analysis.latency_table(results)))
+         f"{r['ours'].get('n', '-')} / {r['naive'].get('n', '-')}",
+         f"{r['ours'].get('errors', '-')} / {r['naive'].get('errors', '-')}"]
+        for r in table))
+    skipped = [(server, record) for row in table for server, record in row["skipped"].items()
+               if record]
+    if skipped:
+        out += ["Skipped cells: their predicted wall time (the cell's time budget plus the "
+                "requests in flight finishing one after another, at the service time measured "
+                "just before) exceeded `--cell-max-seconds` "
+                f"{skipped[0][1]['cell_max_seconds']:.0f} s: "
+                + "; ".join(f"{server} `{row['workload']}` c={row['concurrency']} "
+                            f"({row['service_s']:.2f} s per request, predicted "
+                            f"{row['predicted_s']:.0f} s)" for server, row in skipped) + ".", ""]
+    walls = {s: sum(c["wall_s"] for c in results["latency"][s]["cells"]) for s in (OURS, NAIVE)}
+    out += [f"Wall time of the latency cells: ours {walls[OURS]:.1f} s, naive "
+            f"{walls[NAIVE]:.1f} s (each cell stops starting requests after "
+            f"{results['config']['cell_seconds']:.0f} s; requests in flight then finish).", ""]
     out += [f"![{p.stem}]({rel(p)})" for p in plots if p.name.startswith("latency_")] + [""]
     return out
 

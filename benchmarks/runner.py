@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,8 @@ DEFAULT_IMAGE_RECORD = Path(os.environ.get("CONTAINER_STATE", "/var/tmp/fastai-o
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """Every knob of a run. Defaults finish well inside 15 minutes on a 2-core machine."""
+    """Every knob of a run. Each latency cell is bounded by a request count, a time after which
+    no request starts, and a predicted-duration cap (see `plan_cell`)."""
 
     run_dir: Path
     models: Path
@@ -45,7 +47,10 @@ class BenchConfig:
     concurrency: tuple[int, ...] = (1, 4, 8)
     classify_requests: int = 200  # per cell, upper bound (the time budget usually ends naive cells)
     generate_requests: int = 40
-    cell_seconds: float = 20.0  # no new request starts after this (in-flight ones finish)
+    cell_seconds: float = 15.0  # no new request starts after this (in-flight ones finish)
+    # A cell whose predicted wall time (cell_seconds + c requests in flight, at the service time
+    # measured just before) exceeds this is skipped and reported as such, never run unbounded.
+    cell_max_seconds: float = 120.0
     reviews_per_band: int = 20
     prompts: int = 8
     n_words: int = 40
@@ -53,7 +58,7 @@ class BenchConfig:
     raw_repeats: int = 5
     server_cpu: int | None = 0
     client_cpu: int | None = 1
-    fresh_venv: bool = True
+    fresh_venv: bool = False  # a fresh pip install took ~4 min here (downloads): opt-in
     image_record: Path = DEFAULT_IMAGE_RECORD
     ready_timeout_s: float = 300.0
     command: str = ""
@@ -62,8 +67,8 @@ class BenchConfig:
     def quick_defaults(cls) -> dict[str, Any]:
         """Small counts for the harness test: every section, minimal statistics."""
         return {"quick": True, "cold_runs": 2, "classify_requests": 8, "generate_requests": 3,
-                "cell_seconds": 3.0, "reviews_per_band": 4, "prompts": 2, "n_words": 10,
-                "raw_repeats": 2, "fresh_venv": False}
+                "cell_seconds": 3.0, "cell_max_seconds": 30.0, "reviews_per_band": 4, "prompts": 2, "n_words": 10,
+                "raw_repeats": 2}
 
 
 def log(message: str) -> None:
@@ -159,40 +164,93 @@ def cold_probes(inputs: Inputs, cfg: BenchConfig) -> list[ColdProbe]:
 
 
 # ----------------------------------------------------------------------------- load phase
+def predicted_cell_s(concurrency: int, max_requests: int, cell_seconds: float,
+                     service_s: float) -> float:
+    """Wall time a closed-loop cell should take on a server that does one request at a time
+    (one core): new requests stop at `cell_seconds`, but the `concurrency` requests in flight
+    then still finish one after another; and never more than all requests back to back."""
+    return min(cell_seconds + concurrency * service_s,
+               max(max_requests, concurrency) * service_s)
+
+
+def run_cells(base_url: str, workload: Workload, levels: tuple[int, ...], max_requests: int,
+              cell_seconds: float, cell_max_seconds: float, keep_level: int | None = None,
+              progress: Callable[[str], None] | None = None,
+              label: str = "") -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, Any]]:
+    """Warm `workload` (two requests, one at a time, which also measures its service time),
+    then one cell per concurrency level, lowest first. A level whose predicted duration exceeds
+    `cell_max_seconds` is skipped (with the prediction) instead of run. Returns (cell summaries
+    with their samples, skipped cells, {body index: answer} kept at `keep_level`)."""
+    warm = run_load(base_url, workload, 1, min(2, len(workload.bodies)), 600)
+    if warm.errors:
+        raise RuntimeError(f"warm-up of {workload.name} failed: {warm.error_examples}")
+    service_s = warm.wall_s / max(1, warm.completed)
+    cells: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    answers: dict[int, Any] = {}
+    for concurrency in sorted(levels):
+        predicted = predicted_cell_s(concurrency, max_requests, cell_seconds, service_s)
+        if predicted > cell_max_seconds:
+            skipped.append({"workload": workload.name, "concurrency": concurrency,
+                            "service_s": round(service_s, 3), "predicted_s": round(predicted, 1),
+                            "cell_max_seconds": cell_max_seconds})
+            if progress:
+                progress(f"  {label:5s} {workload.name:18s} c={concurrency}: skipped (predicted "
+                         f"{predicted:.0f} s at {service_s:.2f} s per request > "
+                         f"{cell_max_seconds:.0f} s)")
+            continue
+        keep = concurrency == keep_level
+        result = run_load(base_url, workload, concurrency, max_requests, cell_seconds,
+                          keep_answers=keep)
+        if keep:
+            answers = dict(zip(result.body_index, result.answers))
+        summary = result.summary()
+        summary["samples_ms"] = [round(x, 3) for x in result.latencies_ms]
+        summary["predicted_s"] = round(predicted, 1)
+        cells.append(summary)
+        if progress:
+            progress(f"  {label:5s} {workload.name:18s} c={concurrency}: n={summary['n']} "
+                     f"p50={summary['p50_ms']} ms p95={summary['p95_ms']} ms "
+                     f"{summary['throughput_rps']} req/s errors={summary['errors']} "
+                     f"({summary['wall_s']:.1f} s, predicted {predicted:.1f} s)")
+        if result.completed:  # on one core, 1 / throughput is the time one request holds it
+            service_s = result.wall_s / result.completed
+    return cells, skipped, answers
+
+
 def serve_under_load(name: str, cfg: BenchConfig, workloads: list[Workload],
                      log_dir: Path) -> dict[str, Any]:
     """Start one server, warm each workload, run every concurrency level, read its memory."""
     server = launch(name, cfg.run_dir, cfg.models, log_dir, cfg.server_cpu)
     cells: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     answers: dict[str, dict[int, Any]] = {}
+    low = min(cfg.concurrency)
     try:
         ready_s = wait_ready(server, cfg.ready_timeout_s)
         log(f"{name} ready after {ready_s:.2f} s")
         with MemorySampler(server.pid) as sampler:
             for workload in workloads:
-                warm = run_load(server.base_url, workload, 1, min(2, len(workload.bodies)), 600)
-                if warm.errors:
-                    raise server.failure(f"warm-up of {workload.name} failed: {warm.error_examples}")
                 budget = cfg.generate_requests if workload.path == "/generate" \
                     else cfg.classify_requests
                 # The floor (a GET that does no model work) only matters one request at a time.
-                levels = (min(cfg.concurrency),) if workload is FLOOR else cfg.concurrency
-                for concurrency in levels:
-                    keep = workload.path == "/classify" and concurrency == min(cfg.concurrency)
-                    result = run_load(server.base_url, workload, concurrency, budget,
-                                      cfg.cell_seconds, keep_answers=keep)
-                    if keep:
-                        answers[workload.name] = dict(zip(result.body_index, result.answers))
-                    summary = result.summary()
-                    summary["samples_ms"] = [round(x, 3) for x in result.latencies_ms]
-                    cells.append(summary)
-                    log(f"  {name:5s} {workload.name:18s} c={concurrency}: n={summary['n']} "
-                        f"p50={summary['p50_ms']} ms p95={summary['p95_ms']} ms "
-                        f"{summary['throughput_rps']} req/s errors={summary['errors']}")
-        memory = sampler.finish()
+                levels = (low,) if workload is FLOOR else cfg.concurrency
+                try:
+                    done, cut, kept = run_cells(
+                        server.base_url, workload, levels, budget, cfg.cell_seconds,
+                        cfg.cell_max_seconds, low if workload.path == "/classify" else None,
+                        log, name)
+                except RuntimeError as exc:
+                    raise server.failure(str(exc)) from None
+                if kept:
+                    answers[workload.name] = kept
+                cells += done
+                skipped += [{**row, "server": name} for row in cut]
+        memory = sampler.finish()  # VmHWM is read from the live processes, before SIGTERM
     finally:
         exit_code = server.stop()
-    return {"ready_s": round(ready_s, 3), "cells": cells, "memory": memory,
+    return {"ready_s": round(ready_s, 3), "cells": cells, "skipped_cells": skipped,
+            "memory": memory,
             "labels": {w: {str(i): a for i, a in sorted(v.items())} for w, v in answers.items()},
             "exit_code": exit_code}
 
@@ -242,18 +300,52 @@ def pin_client(cpu: int | None) -> int | None:
     return cpu
 
 
-def check_paths(cfg: BenchConfig) -> None:
+ARCH_KEYS = ("emb_sz", "n_hid", "n_layers")
+
+
+def check_paths(cfg: BenchConfig) -> dict[str, Any]:
+    """Both learners and one bundle per task exist, and the bundles were exported from this run
+    (same architecture and vocabulary as its config.json / vocab.json, which export copies into
+    each manifest): otherwise the two servers would not serve the same model. Returns, per
+    bundle, whether its recorded training config equals the run's whole config.json."""
     problems = [f"{p} not found" for p in (cfg.run_dir / "classifier.pkl", cfg.run_dir / "lm.pkl")
                 if not p.is_file()]
-    tasks = {json.loads(p.read_text())["task"] for p in cfg.models.glob("*/manifest.json")}
-    if tasks != {"classify", "generate"}:
-        problems.append(f"{cfg.models} must hold one classify and one generate bundle (has {sorted(tasks)})")
+    manifests = {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+                 for p in sorted(cfg.models.glob("*/manifest.json"))}
+    tasks = sorted(m["task"] for m in manifests.values())
+    if tasks != ["classify", "generate"]:
+        problems.append(f"{cfg.models} must hold one classify and one generate bundle "
+                        f"(has {tasks})")
+    provenance: dict[str, Any] = {}
+    run_config = _read_json(cfg.run_dir / "config.json")
+    vocab = _read_json(cfg.run_dir / "vocab.json")
+    for name, manifest in manifests.items():
+        recorded = manifest.get("training", {}).get("config") or {}
+        differ = [k for k in ARCH_KEYS if run_config is not None and k in recorded
+                  and recorded[k] != run_config.get(k)]
+        vocab_size = manifest.get("architecture", {}).get("vocab_size")
+        if isinstance(vocab, list) and vocab_size is not None and vocab_size != len(vocab):
+            differ.append(f"vocab size {vocab_size} vs {len(vocab)}")
+        if differ:
+            problems.append(f"bundle {name} was not exported from {cfg.run_dir} "
+                            f"(differs in {', '.join(differ)})")
+        provenance[name] = {"run_dir_recorded": manifest.get("training", {}).get("run_dir"),
+                            "same_training_config": None if run_config is None
+                            else recorded == run_config}
     if problems:
         raise SystemExit("benchmarks: " + "; ".join(problems))
+    return provenance
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def run(cfg: BenchConfig) -> dict[str, Any]:
-    check_paths(cfg)
+    provenance = check_paths(cfg)
     started = time.perf_counter()
     started_at = datetime.now(UTC)
     client_cpu = pin_client(cfg.client_cpu if cfg.client_cpu != cfg.server_cpu else None)
@@ -262,7 +354,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
         "machine": machine(), "pinning": {"server_cpu": cfg.server_cpu, "client_cpu": client_cpu,
                                           "threads_env": ONE_THREAD},
-        "bundles": bundles(cfg.models),
+        "bundles": bundles(cfg.models), "provenance": provenance,
     }
     log(f"inputs from {cfg.imdb_dir}")
     inputs = pick_inputs(cfg.imdb_dir, cfg.reviews_per_band, cfg.prompts)

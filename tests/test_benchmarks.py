@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,8 @@ REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTIONS = ("## Targets (issue 5)", "## Setup", "## Cold start", "## Latency and throughput over HTTP",
             "## Where our time goes", "## Memory of the serving processes", "## Footprint",
-            "## Same answers")
+            "## Micro-batching of /classify (issue 6)", "## Same answers")
+PLOTS = ("cold_start.png", "latency_classify.png", "latency_generate.png")
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +35,16 @@ def quick_run(tiny_run_and_bundles: tuple[Path, Path], imdb: Path,
         pytest.skip(f"no IMDB test split at {imdb}")
     run_dir, bundles = tiny_run_and_bundles
     out = tmp_path_factory.mktemp("bench")
-    argv = ["run", "--run", str(run_dir), "--models", str(bundles), "--quick", "--cold-runs", "1",
+    argv = ["run", "--run", str(run_dir), "--models", str(bundles), "--quick",
             "--imdb", str(imdb), "--results", str(out / "results"), "--report",
             str(out / "BENCHMARKS.md"), "--image-record", str(out / "no-container-record.json")]
+    started = time.time()
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=REPO,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = json.loads((out / "results" / "benchmark.json").read_text(encoding="utf-8"))
     return {"out": out, "results": results, "argv": argv, "stderr": proc.stderr,
-            "report": (out / "BENCHMARKS.md").read_text(encoding="utf-8")}
+            "started": started, "report": (out / "BENCHMARKS.md").read_text(encoding="utf-8")}
 
 
 pytestmark = pytest.mark.slow
@@ -120,12 +124,71 @@ def test_report_and_plots(quick_run: dict[str, Any]) -> None:
     report, out = quick_run["report"], quick_run["out"]
     for section in SECTIONS:
         assert section in report, section
-    assert "python -m benchmarks " + " ".join(quick_run["argv"][:2]) in report
+    # the exact command, the date of this run, the machine
+    results = quick_run["results"]
+    assert f"`python -m benchmarks {' '.join(quick_run['argv'])}`" in report
+    assert results["started_at"] in report and results["machine"]["cpu_model"] in report
     assert "Quick mode" in report
-    targets = quick_run["results"]["derived"]["targets"]
+    targets = results["derived"]["targets"]
     assert len(targets) == 8 and all(t["name"] in report for t in targets)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
-    assert len(images) == 3
+    assert sorted(Path(i).name for i in images) == sorted(PLOTS)
     for image in images:
         path = (out / image).resolve()
-        assert path.read_bytes()[:8] == PNG_SIGNATURE, image
+        assert path.parent == out / "results"
+        data = path.read_bytes()
+        assert data[:8] == PNG_SIGNATURE, image
+        width, height = struct.unpack(">II", data[16:24])  # IHDR
+        assert width >= 400 and height >= 300 and len(data) > 10_000, (image, width, height)
+        assert path.stat().st_mtime >= quick_run["started"], f"{image} not written by this run"
+
+
+def _row(report: str, first_cell: str, second_cell: str | None = None) -> list[str]:
+    """The cells of the report's table row that starts with `first_cell` (and `second_cell`)."""
+    for line in report.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell and \
+                (second_cell is None or cells[1] == second_cell):
+            return cells
+    raise AssertionError(f"no row {first_cell!r} {second_cell!r} in the report")
+
+
+def _ms(value: float) -> str:
+    return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def test_report_figures_are_the_runs_own(quick_run: dict[str, Any]) -> None:
+    """Every latency cell, cold-start median, ratio and memory figure in BENCHMARKS.md is the
+    one this run measured (read back from its JSON), not a typed or stale number."""
+    report, results = quick_run["report"], quick_run["results"]
+    latency = results["latency"]
+    assert latency["ours"]["skipped_cells"] == latency["naive"]["skipped_cells"] == []
+    for ours in latency["ours"]["cells"]:
+        naive = next(c for c in latency["naive"]["cells"]
+                     if (c["workload"], c["concurrency"]) == (ours["workload"], ours["concurrency"]))
+        row = _row(report, f"`{ours['workload']}`", str(ours["concurrency"]))
+        for column, cell in ((2, ours), (4, naive)):
+            assert row[column] == " / ".join(_ms(cell[k]) for k in ("p50_ms", "p95_ms", "p99_ms"))
+        assert row[6] == f"**{round(naive['p50_ms'] / ours['p50_ms'], 2):,.1f}x**"
+        assert row[7] == f"{ours['n']} / {naive['n']}"
+    cold = results["derived"]["cold_start"]
+    for kind in ("classify", "generate"):
+        row = _row(report, f"`/{kind}`")
+        ours, naive = cold[kind]["ours"], cold[kind]["naive"]
+        assert row[1].startswith(f"{ours['median_s']:.3f} s ({ours['min_s']:.3f}-")
+        assert row[2].startswith(f"{naive['median_s']:.2f} s ({naive['min_s']:.2f}-")
+        assert row[3] == f"**{cold[kind]['ratio']:,.1f}x**"
+        assert row[4] == f"{ours['n']} + {naive['n']}" == "2 + 2"
+    for target in results["derived"]["targets"]:
+        row = _row(report, target["name"])
+        if target["value"] is None:
+            assert row[1] == "not measured" and row[3] == "-"
+        else:
+            assert row[1].startswith(f"{target['value']:,.2f}")
+            assert row[3] == ("yes" if target["met"] else "**no**")
+    memory = _row(report, "peak PSS, master + worker (MiB)")
+    assert memory[1:3] == [str(latency[s]["memory"]["peak_tree_pss_mib"]) for s in ("ours", "naive")]
+    microbatch = json.loads((REPO / "benchmarks" / "results" / "microbatch.json").read_text())
+    for row in microbatch["table"]:
+        assert _row(report, row["setting"], str(row["concurrency"]))[2] == \
+            f"{row['throughput_rps']:,.2f}"

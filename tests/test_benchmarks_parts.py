@@ -22,7 +22,7 @@ from benchmarks import footprint, procfs
 from benchmarks.__main__ import config_from, parser
 from benchmarks.inputs import PROMPT_WORDS, pick_inputs
 from benchmarks.loadgen import Workload, latency_stats, run_load
-from benchmarks.runner import BenchConfig, image_record
+from benchmarks.runner import BenchConfig, check_paths, image_record, predicted_cell_s, run_cells
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -88,6 +88,38 @@ def test_load_generator_counts_failures_instead_of_timing_them(echo_url: str) ->
     assert wrong_key.errors == 2 and "no 'label'" in wrong_key.error_examples[0]
     refused = run_load("http://127.0.0.1:9", Workload("off", "/echo", [{"x": 1}], "echo"), 1, 2, 30)
     assert refused.errors == 2 and refused.completed == 0
+
+
+def test_cell_prediction_counts_the_requests_in_flight_and_the_request_bound() -> None:
+    # 15 s budget, 8 requests of 6 s in flight at the deadline: they finish one after another.
+    assert predicted_cell_s(8, 40, 15.0, 6.0) == pytest.approx(15 + 48)
+    # a fast server: the request count ends the cell first
+    assert predicted_cell_s(1, 200, 15.0, 0.01) == pytest.approx(2.0)
+    # fewer requests than threads still sends one per thread
+    assert predicted_cell_s(8, 3, 15.0, 1.0) == pytest.approx(8.0)
+
+
+def test_cells_predicted_past_the_cap_are_skipped_not_run(echo_url: str) -> None:
+    """Against a real server whose requests take 50 ms: with 0.2 s cells and a 0.3 s cap, c=1
+    runs (predicted ~0.25 s) and c=4, c=8 are skipped (4 or 8 x 50 ms in flight past the budget),
+    each with the service time and prediction it was skipped on."""
+    workload = Workload("slow", "/slow", [{"x": 1}, {"x": 2}], "echo")
+    started = time.perf_counter()
+    cells, skipped, answers = run_cells(echo_url, workload, (8, 1, 4), max_requests=1000,
+                                        cell_seconds=0.2, cell_max_seconds=0.3, keep_level=1)
+    assert time.perf_counter() - started < 1.5
+    assert [c["concurrency"] for c in cells] == [1]
+    assert cells[0]["errors"] == 0 and cells[0]["n"] == len(cells[0]["samples_ms"]) >= 3
+    assert cells[0]["predicted_s"] <= 0.3
+    assert sorted(answers) == [0, 1] and answers[0] == {"x": 1}
+    assert [(s["concurrency"], s["workload"]) for s in skipped] == [(4, "slow"), (8, "slow")]
+    for row in skipped:
+        assert row["service_s"] >= 0.05 and row["predicted_s"] > row["cell_max_seconds"] == 0.3
+    # the same workload with room for every level runs them all, lowest first
+    cells, skipped, _ = run_cells(echo_url, workload, (4, 1), 8, 0.2, 60.0)
+    assert [c["concurrency"] for c in cells] == [1, 4] and skipped == []
+    with pytest.raises(RuntimeError, match="warm-up of bad failed"):
+        run_cells(echo_url, Workload("bad", "/missing", [{"x": 1}], "echo"), (1,), 5, 1, 60)
 
 
 def test_load_generator_only_targets_loopback() -> None:
@@ -157,11 +189,16 @@ def test_cli_quick_defaults_flags_and_unpinned(tmp_path: Path) -> None:
     cfg = config_from(parser().parse_args(argv), argv)
     assert cfg.quick and cfg.cold_runs == 3  # an explicit flag beats the quick preset
     assert cfg.classify_requests == BenchConfig.quick_defaults()["classify_requests"]
+    assert cfg.cell_max_seconds == BenchConfig.quick_defaults()["cell_max_seconds"]
     assert cfg.server_cpu is None and cfg.client_cpu == 1
     assert cfg.fresh_venv is False and cfg.command.startswith("python -m benchmarks run --run")
-    full = ["run", "--run", "r", "--models", "m", "--concurrency", "2,6", "--fresh-venv"]
+    full = ["run", "--run", "r", "--models", "m", "--concurrency", "2,6", "--fresh-venv",
+            "--cell-max-seconds", "90"]
     cfg = config_from(parser().parse_args(full), full)
     assert (cfg.cold_runs, cfg.concurrency, cfg.fresh_venv, cfg.server_cpu) == (5, (2, 6), True, 0)
+    assert (cfg.cell_seconds, cfg.cell_max_seconds, cfg.n_words) == (15.0, 90.0, 40)
+    default = config_from(parser().parse_args(full[:5]), full[:5])
+    assert default.fresh_venv is False and default.cell_max_seconds == 120.0
     with pytest.raises(SystemExit):
         parser().parse_args(["run", "--run", "r", "--models", "m", "--concurrency", "0"])
 
@@ -178,3 +215,34 @@ def test_inputs_are_real_reviews_by_length_band(imdb: Path) -> None:
     assert len(inputs.prompts) == 4
     assert all(len(p.split()) == PROMPT_WORDS for p in inputs.prompts)
     assert pick_inputs(imdb, per_band=5, n_prompts=4) == inputs  # the same every run
+
+
+def _fake_run_and_bundles(root: Path, emb: int, vocab: int) -> tuple[Path, Path]:
+    """A run dir and a models dir with just the files check_paths reads (as export writes them)."""
+    config = {"name": "x", "emb_sz": 32, "n_hid": 64, "n_layers": 2, "seed": 42}
+    run, models = root / "run", root / "models"
+    run.mkdir(parents=True)
+    for name in ("classifier.pkl", "lm.pkl"):
+        (run / name).write_bytes(b"")
+    (run / "config.json").write_text(json.dumps(config))
+    (run / "vocab.json").write_text(json.dumps([f"w{i}" for i in range(96)]))
+    for name, task in (("imdb-lm", "generate"), ("imdb-sentiment", "classify")):
+        (models / name).mkdir(parents=True)
+        manifest = {"name": name, "task": task, "architecture": {"vocab_size": vocab},
+                    "training": {"config": {**config, "emb_sz": emb}, "run_dir": "run"}}
+        (models / name / "manifest.json").write_text(json.dumps(manifest))
+    return run, models
+
+
+def test_check_paths_refuses_bundles_from_another_run(tmp_path: Path) -> None:
+    run, models = _fake_run_and_bundles(tmp_path / "same", emb=32, vocab=96)
+    provenance = check_paths(BenchConfig(run_dir=run, models=models))
+    assert provenance == {n: {"run_dir_recorded": "run", "same_training_config": True}
+                          for n in ("imdb-lm", "imdb-sentiment")}
+    run, models = _fake_run_and_bundles(tmp_path / "other", emb=200, vocab=15008)
+    with pytest.raises(SystemExit, match=r"imdb-lm was not exported from .*emb_sz, vocab size"):
+        check_paths(BenchConfig(run_dir=run, models=models))
+    (run / "lm.pkl").unlink()
+    (models / "imdb-sentiment" / "manifest.json").unlink()
+    with pytest.raises(SystemExit, match=r"lm.pkl not found.*one classify and one generate"):
+        check_paths(BenchConfig(run_dir=run, models=models))

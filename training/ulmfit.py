@@ -14,19 +14,26 @@ import platform
 import sys
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from fastai.text.all import (
-    AWD_LSTM, ColReader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
-    Callback, CancelTrainException, SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
+    AWD_LSTM, ColReader, DataLoaders, LMDataLoader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
+    BaseTokenizer, Callback, CancelTrainException, SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
     make_vocab, text_classifier_learner, tokenize_df,
 )
 
+from .budget import TimeBudget, fit_budgeted
 from .config import TrainConfig
+from .corpus import TokenizedCorpus
 from .data import ImdbData
+from .weights import load_fp16_chunks, save_fp16_chunks
+
+Source = ImdbData | TokenizedCorpus
 
 MOMS = (0.8, 0.7, 0.8)  # ULMFiT's momentum schedule
 DISCRIMINATIVE_FACTOR = 2.6**4  # lower layer groups get lr / 2.6^4 (ULMFiT)
@@ -94,11 +101,40 @@ def _fit(learn: Any, epochs: int, lr: float | slice, fraction: float = 1.0) -> N
             learn.fit_one_cycle(epochs, lr, moms=MOMS, cbs=cbs)
 
 
-def _text_tokenizer() -> Tokenizer:
+def _text_tokenizer(weights_only: bool = False) -> Tokenizer:
     """fastai's default tokenizer as the learners' text transform. Training items are already
     tokenized (lists pass through it unchanged), but an exported learner's `predict(text)` must
-    tokenize raw strings exactly as the training data was."""
-    return Tokenizer(SpacyTokenizer(), rules=defaults.text_proc_rules)
+    tokenize raw strings exactly as the training data was. A weights-only run (a GPU machine
+    without spaCy, fed a pre-tokenized corpus) exports no learner, so a placeholder will do."""
+    try:
+        return Tokenizer(SpacyTokenizer(), rules=defaults.text_proc_rules)
+    except ImportError:
+        if not weights_only:
+            raise
+        return Tokenizer(BaseTokenizer(), rules=defaults.text_proc_rules)
+
+
+def _lm_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[str]], list[str]]:
+    """LM documents as token lists, and the vocab built from them."""
+    if isinstance(data, TokenizedCorpus):
+        data.check_matches(cfg)
+        return data.lm_tokens(), data.vocab
+    tokens = _tokenize_cached(_lm_corpus(data, cfg), out / "cache", "lm", cfg.n_workers)
+    return tokens, make_vocab(Counter(t for doc in tokens for t in doc), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+
+
+def _clf_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[str]], list[str]]:
+    """Classifier documents (train, or the config's seeded sample of it) and their labels."""
+    if isinstance(data, TokenizedCorpus):
+        return data.clf_tokens(cfg)
+    train = data.train if cfg.clf_docs is None else data.train.sample(n=cfg.clf_docs, random_state=cfg.seed)
+    tokens = _tokenize_cached(train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers)
+    return tokens, train["label"].astype(str).tolist()
+
+
+def _on_gpu(learn: Any) -> Any:
+    """Mixed precision where a GPU trains: the LSTMs run in fp16 with fp32 master weights."""
+    return learn.to_fp16() if torch.cuda.is_available() else learn
 
 
 def _loss_trend(learn: Any, window: int = 10) -> dict[str, float]:
@@ -123,44 +159,98 @@ def _arch_config(cfg: TrainConfig, base: dict[str, Any]) -> dict[str, Any]:
     return {**base, "emb_sz": cfg.emb_sz, "n_hid": cfg.n_hid, "n_layers": cfg.n_layers}
 
 
-def train_lm(data: ImdbData, cfg: TrainConfig, out: Path) -> dict[str, Any]:
-    """Train the language model; writes vocab.json, lm.pkl, models/encoder.pth, metrics['lm']."""
+def _lm_learner(tokens: list[list[str]], vocab: list[str], cfg: TrainConfig, out: Path, weights_only: bool = False) -> Any:
+    block = DataBlock(
+        blocks=TextBlock(_text_tokenizer(weights_only), vocab=vocab, is_lm=True, seq_len=cfg.bptt),
+        get_x=ColReader("text"),
+        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
+    )
+    dls = block.dataloaders(pd.DataFrame({"text": tokens}), bs=cfg.lm_bs, seq_len=cfg.bptt)
+    return language_model_learner(
+        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_lm_config), drop_mult=cfg.lm_drop_mult,
+        pretrained=cfg.pretrained, metrics=[accuracy, Perplexity()], path=out,
+    )
+
+
+def _lm_learner_from_ids(corpus: TokenizedCorpus, cfg: TrainConfig, out: Path) -> Any:
+    """LM learner over pre-numericalized documents. fastai's text path numericalizes every document
+    each time a batch touches it (its cache holds two), which made the GPU wait on the CPU (~250 ms
+    a batch at bs 256); slicing id tensors keeps it fed. For weights-only runs: its DataLoaders
+    carry no tokenizer, so it is never exported as a learner."""
+    docs = [torch.from_numpy(corpus.ids[corpus.offsets[i]: corpus.offsets[i + 1]].astype(np.int64))
+            for i in corpus.lm_order]
+    train_idx, valid_idx = RandomSplitter(cfg.valid_pct, seed=cfg.seed)(docs)
+
+    def loader(idx: list[int], shuffle: bool) -> LMDataLoader:
+        return LMDataLoader([docs[i] for i in idx], lens=[len(docs[i]) for i in idx], bs=cfg.lm_bs,
+                            seq_len=cfg.bptt, shuffle=shuffle, drop_last=shuffle)
+
+    dls = DataLoaders(loader(train_idx, True), loader(valid_idx, False),
+                      device=torch.device("cuda") if torch.cuda.is_available() else None)
+    dls.vocab = corpus.vocab
+    return language_model_learner(
+        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_lm_config), drop_mult=cfg.lm_drop_mult,
+        pretrained=cfg.pretrained, metrics=[accuracy, Perplexity()], path=out,
+    )
+
+
+def _clf_learner(tokens: list[list[str]], labels: list[str], vocab: list[str], cfg: TrainConfig, out: Path,
+                 weights_only: bool = False) -> Any:
+    block = DataBlock(
+        blocks=(TextBlock(_text_tokenizer(weights_only), vocab=vocab, seq_len=cfg.bptt), CategoryBlock),
+        get_x=ColReader("text"), get_y=ColReader("label"),
+        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
+    )
+    dls = block.dataloaders(pd.DataFrame({"text": tokens, "label": labels}), bs=cfg.clf_bs, seq_len=cfg.bptt)
+    return text_classifier_learner(
+        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_clas_config), drop_mult=cfg.clf_drop_mult,
+        pretrained=False, seq_len=cfg.bptt, max_len=cfg.max_len, metrics=accuracy, path=out,
+    )
+
+
+def train_lm(data: Source, cfg: TrainConfig, out: Path, budget: TimeBudget | None = None,
+             weights_only: bool = False, init_weights: Path | None = None) -> dict[str, Any]:
+    """Train the language model; writes vocab.json, lm.pkl, models/encoder.pth, metrics['lm'].
+    With a budget the epochs fit its seconds; weights_only writes fp16 weights instead of lm.pkl."""
     torch.manual_seed(cfg.seed)
     out = out.resolve()  # fastai joins relative names onto learn.path
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", cfg.to_dict())
     t0 = time.perf_counter()
-    texts = _lm_corpus(data, cfg)
-    tokens = _tokenize_cached(texts, out / "cache", "lm", cfg.n_workers)
+    tokens, vocab = _lm_tokens(data, cfg, out)
     t_tok = time.perf_counter() - t0
-    vocab = make_vocab(Counter(t for doc in tokens for t in doc), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
     _write_json(out / "vocab.json", vocab)
 
-    block = DataBlock(
-        blocks=TextBlock(_text_tokenizer(), vocab=vocab, is_lm=True, seq_len=cfg.bptt),
-        get_x=ColReader("text"),
-        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
-    )
-    dls = block.dataloaders(pd.DataFrame({"text": tokens}), bs=cfg.lm_bs, seq_len=cfg.bptt)
-    learn = language_model_learner(
-        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_lm_config), drop_mult=cfg.lm_drop_mult,
-        pretrained=cfg.pretrained, metrics=[accuracy, Perplexity()], path=out,
-    )
+    if weights_only and isinstance(data, TokenizedCorpus):  # ids already: skip per-batch numericalization
+        learn = _lm_learner_from_ids(data, cfg, out)
+    else:
+        learn = _lm_learner(tokens, vocab, cfg, out, weights_only)
+    if init_weights is not None:  # continue a language model trained before (e.g. on another machine)
+        learn.model.load_state_dict(load_fp16_chunks(init_weights, "lm"))
+    learn = _on_gpu(learn)
     t1 = time.perf_counter()
-    _fit(learn, cfg.lm_epochs, cfg.lm_lr)
+    if budget is None:
+        schedule = {"epochs": cfg.lm_epochs, "epoch_fraction": 1.0}
+        _fit(learn, cfg.lm_epochs, cfg.lm_lr)
+    else:
+        schedule = fit_budgeted(learn, cfg.lm_epochs, cfg.lm_lr, budget, MOMS)
     t_train = time.perf_counter() - t1
     trend = _loss_trend(learn)  # before validate(), which resets the recorder
     with learn.no_bar():
         valid_loss, valid_acc, valid_ppl = (float(v) for v in learn.validate())
     learn.save_encoder("encoder")
-    learn.export("lm.pkl")  # relative to learn.path (= out)
+    if weights_only:
+        save_fp16_chunks(learn.model.state_dict(), out / "weights", "lm")
+    else:
+        learn.export("lm.pkl")  # relative to learn.path (= out)
     n_tokens = sum(len(d) for d in tokens)
+    epochs_run = schedule["epochs"] * schedule["epoch_fraction"]
     metrics = {
         "docs": len(tokens), "tokens": n_tokens, "vocab_size": len(vocab),
         "valid_loss": valid_loss, "valid_accuracy": valid_acc, "valid_perplexity": valid_ppl,
-        **trend,
+        **trend, "schedule": schedule, "lr": cfg.lm_lr, "bs": cfg.lm_bs, "drop_mult": cfg.lm_drop_mult,
         "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),
-        "train_tokens_per_second": round(n_tokens * (1 - cfg.valid_pct) * cfg.lm_epochs / t_train, 1),
+        "train_tokens_per_second": round(n_tokens * (1 - cfg.valid_pct) * epochs_run / t_train, 1),
         "hardware": hardware(),
     }
     _update_metrics(out, "lm", metrics)
@@ -179,8 +269,17 @@ def _clf_stages(cfg: TrainConfig) -> list[tuple[int | None, int, float | slice]]
     return stages
 
 
-def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path, resume_after: int | None = None) -> dict[str, Any]:
-    """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier']."""
+def _export_classifier(learn: Any, out: Path, weights_only: bool) -> None:
+    if weights_only:
+        save_fp16_chunks(learn.model.state_dict(), out / "weights", "classifier")
+    else:
+        learn.export("classifier.pkl")
+
+
+def train_classifier(data: Source, cfg: TrainConfig, out: Path, resume_after: int | None = None,
+                     budget: TimeBudget | None = None, weights_only: bool = False) -> dict[str, Any]:
+    """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier'].
+    With a budget the last stage fits the seconds left; weights_only writes fp16 weights instead."""
     torch.manual_seed(cfg.seed)
     out = out.resolve()
     vocab = json.loads((out / "vocab.json").read_text())
@@ -188,23 +287,14 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path, resume_after: 
     if any(lm_cfg[k] != getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "max_vocab", "bptt")):
         raise ValueError(f"classifier config {cfg.name} does not match the LM's architecture in {out}/config.json")
     _write_json(out / "config.json", {**cfg.to_dict(), "lm_docs": lm_cfg["lm_docs"]})  # what really ran
-    train = data.train if cfg.clf_docs is None else data.train.sample(n=cfg.clf_docs, random_state=cfg.seed)
     t0 = time.perf_counter()
-    tokens = _tokenize_cached(train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers)
+    tokens, labels = _clf_tokens(data, cfg, out)
     t_tok = time.perf_counter() - t0
-    df = pd.DataFrame({"text": tokens, "label": train["label"].tolist()})
-    block = DataBlock(
-        blocks=(TextBlock(_text_tokenizer(), vocab=vocab, seq_len=cfg.bptt), CategoryBlock),
-        get_x=ColReader("text"), get_y=ColReader("label"),
-        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
-    )
-    dls = block.dataloaders(df, bs=cfg.clf_bs, seq_len=cfg.bptt)
-    learn = text_classifier_learner(
-        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_clas_config), drop_mult=cfg.clf_drop_mult,
-        pretrained=False, seq_len=cfg.bptt, max_len=cfg.max_len, metrics=accuracy, path=out,
-    )
+    learn = _clf_learner(tokens, labels, vocab, cfg, out, weights_only)
+    dls = learn.dls
     if cfg.clf_init == "lm":
         learn.load_encoder("encoder")
+    learn = _on_gpu(learn)
     t1 = time.perf_counter()
     history = []
     stages = _clf_stages(cfg) if cfg.clf_init == "lm" else [(None, sum(cfg.clf_epochs), cfg.clf_lr)]
@@ -215,27 +305,61 @@ def train_classifier(data: ImdbData, cfg: TrainConfig, out: Path, resume_after: 
     for i, (freeze_to, epochs, lr) in enumerate(stages):
         if resume_after is not None and i <= resume_after:
             continue
-        fraction = cfg.clf_last_stage_fraction if i == len(stages) - 1 else 1.0
+        last = i == len(stages) - 1
+        fraction = cfg.clf_last_stage_fraction if last else 1.0
         if freeze_to is None:
             learn.unfreeze()
         else:
             learn.freeze_to(freeze_to)
-        _fit(learn, epochs, lr, fraction)
+        if budget is not None and last:  # the last stage gets what the budget has left
+            schedule = fit_budgeted(learn, epochs, lr, budget, MOMS)
+            epochs, fraction = schedule["epochs"], schedule["epoch_fraction"]
+        else:
+            _fit(learn, epochs, lr, fraction)
         with learn.no_bar():
             loss, acc = (float(v) for v in learn.validate())
         history.append({"stage": i, "freeze_to": freeze_to, "epochs": epochs, "epoch_fraction": fraction, "valid_accuracy": acc,
                         "seconds": round(time.perf_counter() - t1, 1)})
         learn.save(f"classifier-stage{i}")  # checkpoint: a long CPU run can be resumed by hand
-        learn.export("classifier.pkl")  # after every stage: an interrupted run still exports
+        _export_classifier(learn, out, weights_only)  # after every stage: an interrupted run still exports
         _update_metrics(out, "classifier_progress", {"stages": history})
     t_train = time.perf_counter() - t1
     with learn.no_bar():
         valid_loss, valid_acc = (float(v) for v in learn.validate())
-    learn.export("classifier.pkl")
+    _export_classifier(learn, out, weights_only)
     metrics = {
-        "docs": len(df), "labels": list(dls.vocab[1]), "valid_loss": valid_loss, "valid_accuracy": valid_acc,
+        "docs": len(tokens), "labels": list(dls.vocab[1]), "valid_loss": valid_loss, "valid_accuracy": valid_acc,
         "stages": history, "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),
         "hardware": hardware(),
     }
     _update_metrics(out, "classifier", metrics)
     return metrics
+
+
+def rebuild_learners(data: TokenizedCorpus, out: Path, validate: bool = True) -> dict[str, Any]:
+    """Turn a weights-only run (fp16 chunks in out/weights, trained where spaCy was absent) into
+    the usual learners: lm.pkl and classifier.pkl with fastai's real tokenizer, models/encoder.pth.
+    With `validate`, the classifier is re-validated here so a broken transfer shows at once."""
+    out = out.resolve()
+    cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
+    vocab = json.loads((out / "vocab.json").read_text())
+    if vocab != data.vocab:
+        raise ValueError(f"{out}/vocab.json differs from the corpus vocab")
+    rebuilt: dict[str, Any] = {}
+    lm_docs = data.doc_tokens(data.lm_order[:64])  # the learner needs a DataLoaders; any docs do
+    lm = _lm_learner(lm_docs, vocab, replace(cfg, lm_bs=4), out)
+    lm.model.load_state_dict(load_fp16_chunks(out / "weights", "lm"))
+    lm.save_encoder("encoder")
+    lm.export("lm.pkl")
+    rebuilt["lm"] = "lm.pkl"
+    if any((out / "weights").glob("classifier-*.pt")):
+        tokens, labels = data.clf_tokens(cfg)
+        clf = _clf_learner(tokens, labels, vocab, cfg, out)
+        clf.model.load_state_dict(load_fp16_chunks(out / "weights", "classifier"))
+        if validate:
+            with clf.no_bar():
+                rebuilt["classifier_valid_accuracy_fp16_weights"] = float(clf.validate()[1])
+        clf.export("classifier.pkl")
+        rebuilt["classifier"] = "classifier.pkl"
+    _update_metrics(out, "rebuilt", rebuilt)
+    return rebuilt

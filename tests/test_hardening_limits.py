@@ -76,22 +76,24 @@ def test_closing_cuts_in_flight_deadlines_and_admits_no_more() -> None:
 def test_a_run_past_its_deadline_is_terminated(classifier: ClassifierModel) -> None:
     batch = long_batch(classifier)
     run = classifier_runner(classifier)
-    started = time.perf_counter()
-    full = run(batch, time.monotonic() + 600, 600)  # the control: how long the work takes
-    full_s = time.perf_counter() - started
+    full = run(batch, time.monotonic() + 600, 600)
     assert full.shape == (64, 2)
-    before = RUN_DEADLINES.terminated_total
-    started = time.perf_counter()
-    with pytest.raises(DeadlineExceeded):
-        run(batch, time.monotonic() + full_s / 20, 1.0)
-    stopped_s = time.perf_counter() - started
-    assert RUN_DEADLINES.terminated_total == before + 1
-    # The session is fine afterwards, and a second control run bounds the machine's noise.
-    started = time.perf_counter()
-    np.testing.assert_allclose(run(batch, time.monotonic() + 600, 600), full, atol=1e-6)
-    full_s = max(full_s, time.perf_counter() - started)
+    # Interleaved rounds, fastest of each kind: a burst of other work on the machine (the rest of
+    # the suite spawns servers) slows one run, rarely all three of a kind.
+    full_times, stopped_times = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        np.testing.assert_allclose(run(batch, time.monotonic() + 600, 600), full, atol=1e-6)  # the control
+        full_times.append(time.perf_counter() - started)
+        before = RUN_DEADLINES.terminated_total
+        started = time.perf_counter()
+        with pytest.raises(DeadlineExceeded):
+            run(batch, time.monotonic() + full_times[-1] / 20, 1.0)
+        stopped_times.append(time.perf_counter() - started)
+        assert RUN_DEADLINES.terminated_total == before + 1
+    # The session is fine afterwards (the controls above ran after terminated runs too).
     # onnxruntime checks the flag between nodes: the run stops after the LSTM layer it was in.
-    assert stopped_s < 0.8 * full_s, (stopped_s, full_s)
+    assert min(stopped_times) < 0.8 * min(full_times), (stopped_times, full_times)
 
 
 def test_an_expired_budget_runs_nothing(classifier: ClassifierModel) -> None:

@@ -189,11 +189,12 @@ class ClassifyBatcher:
 
 
 def classifier_runner(model: Any) -> RunBatch:
-    """`run_batch` for a bundle.ClassifierModel: one onnxruntime call, stopped at the deadline."""
-    from server.limits import RUN_DEADLINES
+    """`run_batch` for a bundle.ClassifierModel: one onnxruntime call, stopped at the deadline,
+    once one of the process's CLASSIFY_RUNS slots is free (server/limits.py)."""
+    from server.limits import CLASSIFY_RUNS, RUN_DEADLINES
 
     def run(ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
-        with RUN_DEADLINES.guard(deadline, timeout_s) as options:
+        with CLASSIFY_RUNS.hold(deadline, timeout_s), RUN_DEADLINES.guard(deadline, timeout_s) as options:
             return model.predict_ids(ids, run_options=options)
 
     return run

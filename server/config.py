@@ -145,6 +145,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "Write one gunicorn access-log line per request (Cloud Run logs requests already)."),
     EnvVar("REQUEST_TIMEOUT_S", "request_timeout_s", _float_in(0.1, 3600.0), 30.0,
            "Deadline of one request's model work; past it the work stops and the answer is 504."),
+    EnvVar("CLASSIFY_RUNS", "classify_runs", _int_in(1, 256), 1,
+           "Classifier onnxruntime runs at once per worker; more requests wait their turn within "
+           "their deadline. Activation memory grows with review length x runs at once; on one "
+           "vCPU, one at a time costs no throughput (BENCHMARKS.md)."),
     EnvVar("MICROBATCH", "microbatch", _bool, False,
            "Coalesce concurrent /classify requests into one onnxruntime call (off: measured not "
            "to pay on one core, BENCHMARKS.md)."),
@@ -192,6 +196,7 @@ class Settings:
     log_level: str = "info"
     access_log: bool = False
     request_timeout_s: float = 30.0
+    classify_runs: int = 1
     microbatch: bool = False
     microbatch_max_texts: int = 64
     microbatch_wait_ms: float = 0.0

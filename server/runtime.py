@@ -115,7 +115,7 @@ class ServerRuntime:
 
     def __init__(self, settings: Settings, models: LoadedModels) -> None:
         from server.batching import ClassifyBatcher, classifier_runner
-        from server.limits import AdmissionGate
+        from server.limits import CLASSIFY_RUNS, AdmissionGate
 
         self.settings = settings
         # Issue 6 monitoring (server/monitoring.py): the models are swapped for instrumented ones
@@ -128,6 +128,7 @@ class ServerRuntime:
         # Issue 6: at most WEB_THREADS requests admitted, each with a deadline (server/limits.py);
         # concurrent /classify requests share onnxruntime calls (server/batching.py).
         self.admission = AdmissionGate(settings.web_threads, settings.request_timeout_s)
+        CLASSIFY_RUNS.configure(settings.classify_runs)
         self.classify_batcher: ClassifyBatcher | None = None
         if settings.microbatch and models.classifier is not None:
             self.classify_batcher = ClassifyBatcher(

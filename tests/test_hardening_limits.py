@@ -18,7 +18,7 @@ import pytest
 from bundle import ClassifierModel, load_bundle
 from server.batching import BatchFailed, ClassifyBatcher, classifier_runner
 from server.errors import DeadlineExceeded, Overloaded, ShuttingDown
-from server.limits import RUN_DEADLINES, AdmissionGate, RequestBudget
+from server.limits import CLASSIFY_RUNS, RUN_DEADLINES, AdmissionGate, RequestBudget, RunSlots
 
 LONG_IDS = 5000  # tokens per row of the "long" batch: ~1 s of tiny-model work per 64 rows
 
@@ -266,3 +266,45 @@ def test_a_failed_call_fails_each_of_its_requests(classifier: ClassifierModel) -
         batcher.predict(ids_of(classifier, 1)[0], RequestBudget(5))
     assert isinstance(failed.value.__cause__, RuntimeError)
     assert batcher.stats() == {"queued": 0, "leading": False}  # the next request can lead
+
+
+# ------------------------------------------------------------------------------ classifier run slots
+def test_run_slots_let_one_run_at_a_time_and_a_waiter_keeps_its_deadline() -> None:
+    slots = RunSlots(limit=1)
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with slots.hold(time.monotonic() + 10, 10):
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert holding.wait(5)
+    started = time.perf_counter()
+    with pytest.raises(DeadlineExceeded):  # the slot stays busy past this request's deadline
+        with slots.hold(time.monotonic() + 0.2, 0.2):
+            pass
+    assert 0.15 < time.perf_counter() - started < 2
+    got_it = threading.Event()
+
+    def waiter() -> None:
+        with slots.hold(time.monotonic() + 10, 10):
+            got_it.set()
+
+    second = threading.Thread(target=waiter)
+    second.start()
+    assert not got_it.wait(0.2)  # still waiting for the holder
+    release.set()
+    assert got_it.wait(5)  # and runs as soon as the slot frees
+    thread.join(5)
+    second.join(5)
+
+
+def test_classifier_runs_wait_for_a_slot(classifier: ClassifierModel) -> None:
+    run = classifier_runner(classifier)
+    CLASSIFY_RUNS.configure(1)
+    with CLASSIFY_RUNS.hold(time.monotonic() + 10, 10):  # another request's run holds the slot
+        with pytest.raises(DeadlineExceeded):
+            run([[classifier.bos_id, 5, 6]], time.monotonic() + 0.2, 0.2)
+    assert run([[classifier.bos_id, 5, 6]], time.monotonic() + 10, 10).shape == (1, 2)  # free again

@@ -98,20 +98,43 @@ def _microbatch(path: Path, rel: Any) -> list[str]:
                    "errors"], (
         [row["setting"], row["concurrency"], _num(row["throughput_rps"]), _ms(row["p50_ms"]),
          _ms(row["p99_ms"]), row["errors"]] for row in data["table"]))
-    top = max(row["concurrency"] for row in data["table"])
-    at_top = {row["setting"]: row["throughput_rps"] for row in data["table"]
-              if row["concurrency"] == top}
-    off = at_top.get("off")
-    best = max(((k, v) for k, v in at_top.items() if k != "off"), key=lambda kv: kv[1],
-               default=None)
-    if off and best:
-        why = " (coalescing pads every review of a call to the longest one, and the int8 LSTM " \
-              "gains little from wider products on one core)" if best[1] <= off else ""
-        out += [f"At concurrency {top} the best coalescing setting (`{best[0]}`) served "
-                f"{best[1]:.1f} req/s against {off:.1f} req/s off ({best[1] / off - 1:+.0%}): "
-                f"it {'paid' if best[1] > off else 'did not pay'} here{why}. `MICROBATCH` is off "
-                f"by default (docs/configuration.md).", ""]
+    out += _microbatch_verdict(data["table"])
     return out
+
+
+PAYS_MIN_GAIN = 0.05  # throughput at the top concurrency, over off
+HURTS_MAX_P50 = 0.0  # p50 at concurrency 1, over off: not hurt at all (a lone request must not wait)
+
+
+def _microbatch_verdict(table: list[dict[str, Any]]) -> list[str]:
+    """Issue 6's rule: keep micro-batching only if it raises throughput at the top concurrency
+    without hurting p50 at concurrency 1. Compares every coalescing setting with off, and says
+    what the server's default is (read from server/config.py, not assumed)."""
+    from server.config import Settings
+
+    top, low = max(r["concurrency"] for r in table), min(r["concurrency"] for r in table)
+    by = {(r["setting"], r["concurrency"]): r for r in table}
+    if ("off", top) not in by or ("off", low) not in by:
+        return []
+    off_top, off_low = by[("off", top)]["throughput_rps"], by[("off", low)]["p50_ms"]
+    lines, passing = [], []
+    for setting in sorted({r["setting"] for r in table} - {"off"}):
+        if (setting, top) not in by or (setting, low) not in by:
+            continue
+        gain = by[(setting, top)]["throughput_rps"] / off_top - 1
+        p50 = by[(setting, low)]["p50_ms"] / off_low - 1
+        ok = gain > PAYS_MIN_GAIN and p50 <= HURTS_MAX_P50
+        passing += [(gain, setting)] if ok else []
+        lines.append(f"- `{setting}`: throughput at concurrency {top} {gain:+.0%} against off, p50 at "
+                     f"concurrency {low} {p50:+.0%}: {'pays' if ok else 'does not pay'}.")
+    default = Settings()
+    state = (f"on (`MICROBATCH_WAIT_MS={default.microbatch_wait_ms:g}`)" if default.microbatch else "off")
+    verdict = (f"By the rule (more than {PAYS_MIN_GAIN:.0%} more throughput at concurrency {top}, p50 at "
+               f"concurrency {low} no higher than off), `{max(passing)[1]}` pays"
+               if passing else "No setting pays by the rule (more than "
+               f"{PAYS_MIN_GAIN:.0%} more throughput at concurrency {top}, p50 at concurrency {low} "
+               f"no higher than off)")
+    return [*lines, "", f"{verdict}. The server's default: micro-batching {state} (docs/configuration.md).", ""]
 
 
 def _setup(results: dict[str, Any], rel: Any) -> list[str]:

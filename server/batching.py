@@ -30,6 +30,7 @@ RunBatch = Callable[[list[Sequence[int]], float, float], np.ndarray]
 BatchObserver = Callable[[int, int, float], None]  # (requests, texts, seconds) per call
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
+DEFAULT_MAX_TOKENS = 4096  # CLASSIFY_MAX_TOKENS
 
 
 class _Job:
@@ -188,13 +189,34 @@ class ClassifyBatcher:
             return {"queued": len(self._queue), "leading": self._leading}
 
 
-def classifier_runner(model: Any) -> RunBatch:
-    """`run_batch` for a bundle.ClassifierModel: one onnxruntime call, stopped at the deadline,
-    once one of the process's CLASSIFY_RUNS slots is free (server/limits.py)."""
+def token_runs(ids: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
+    """Indices of `ids` grouped into runs of at most `max_tokens` padded tokens (rows x the
+    longest row), shortest first so rows of a run have similar lengths; a longer text runs alone."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    runs: list[list[int]] = []
+    for i in order:
+        if runs and (len(runs[-1]) + 1) * len(ids[i]) <= max_tokens:  # sorted: ids[i] is the longest
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+def classifier_runner(model: Any, max_tokens: int = DEFAULT_MAX_TOKENS) -> RunBatch:
+    """`run_batch` for a bundle.ClassifierModel: onnxruntime calls of at most `max_tokens` padded
+    tokens (a run's activation memory grows with rows x length), each once one of the process's
+    CLASSIFY_RUNS slots is free, all stopped at the deadline (server/limits.py)."""
     from server.limits import CLASSIFY_RUNS, RUN_DEADLINES
 
     def run(ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
-        with CLASSIFY_RUNS.hold(deadline, timeout_s), RUN_DEADLINES.guard(deadline, timeout_s) as options:
-            return model.predict_ids(ids, run_options=options)
+        out: np.ndarray | None = None
+        for rows in token_runs(ids, max_tokens):
+            with CLASSIFY_RUNS.hold(deadline, timeout_s), RUN_DEADLINES.guard(deadline, timeout_s) as options:
+                probs = model.predict_ids([ids[i] for i in rows], run_options=options)
+            if out is None:
+                out = np.empty((len(ids), probs.shape[1]), dtype=probs.dtype)
+            out[rows] = probs
+        assert out is not None, "no sequences to classify"
+        return out
 
     return run

@@ -149,6 +149,10 @@ ENV_VARS: tuple[EnvVar, ...] = (
            "Classifier onnxruntime runs at once per worker; more requests wait their turn within "
            "their deadline. Activation memory grows with review length x runs at once; on one "
            "vCPU, one at a time costs no throughput (BENCHMARKS.md)."),
+    EnvVar("CLASSIFY_MAX_TOKENS", "classify_max_tokens", _int_in(64, 10_000_000), 4096,
+           "Most padded tokens (rows x longest row) in one classifier onnxruntime run; a batch "
+           "(one request's or coalesced) is split into runs under it, a longer single text runs "
+           "alone. Bounds a run's activation memory."),
     EnvVar("MICROBATCH", "microbatch", _bool, True,
            "Coalesce concurrent /classify requests into one onnxruntime call (on: +15% throughput "
            "at concurrency 8 on one core with the shipped model, p50 at concurrency 1 unchanged; "
@@ -198,6 +202,7 @@ class Settings:
     access_log: bool = False
     request_timeout_s: float = 30.0
     classify_runs: int = 1
+    classify_max_tokens: int = 4096
     microbatch: bool = True
     microbatch_max_texts: int = 64
     microbatch_wait_ms: float = 0.0

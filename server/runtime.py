@@ -132,7 +132,7 @@ class ServerRuntime:
         self.classify_batcher: ClassifyBatcher | None = None
         if settings.microbatch and models.classifier is not None:
             self.classify_batcher = ClassifyBatcher(
-                classifier_runner(models.classifier), settings.microbatch_max_texts,
+                classifier_runner(models.classifier, settings.classify_max_tokens), settings.microbatch_max_texts,
                 settings.microbatch_wait_ms / 1000)
         self._warm_up_started = False
         self._warm_up_lock = threading.Lock()

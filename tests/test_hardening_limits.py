@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bundle import ClassifierModel, load_bundle
-from server.batching import BatchFailed, ClassifyBatcher, classifier_runner
+from server.batching import BatchFailed, ClassifyBatcher, classifier_runner, token_runs
 from server.errors import DeadlineExceeded, Overloaded, ShuttingDown
 from server.limits import CLASSIFY_RUNS, RUN_DEADLINES, AdmissionGate, RequestBudget, RunSlots
 
@@ -308,3 +308,27 @@ def test_classifier_runs_wait_for_a_slot(classifier: ClassifierModel) -> None:
         with pytest.raises(DeadlineExceeded):
             run([[classifier.bos_id, 5, 6]], time.monotonic() + 0.2, 0.2)
     assert run([[classifier.bos_id, 5, 6]], time.monotonic() + 10, 10).shape == (1, 2)  # free again
+
+
+def test_token_runs_cover_every_text_once_within_the_budget() -> None:
+    lengths = [5, 300, 40, 41, 1000, 7, 120, 39]
+    ids = [[1] * n for n in lengths]
+    runs = token_runs(ids, max_tokens=256)
+    assert sorted(i for run in runs for i in run) == list(range(len(ids)))
+    for run in runs:
+        longest = max(lengths[i] for i in run)
+        assert len(run) * longest <= 256 or len(run) == 1, run  # 300 and 1000 run alone
+    assert len(token_runs(ids, max_tokens=10**6)) == 1
+
+
+def test_classifier_runner_splits_by_tokens_and_keeps_the_order(classifier: ClassifierModel) -> None:
+    texts = [[classifier.bos_id] + [5 + (i * j) % 40 for j in range(n)] for i, n in enumerate([30, 3, 90, 12, 60])]
+    alone = np.concatenate([classifier.predict_ids([t]) for t in texts])
+    split = classifier_runner(classifier, max_tokens=1)(texts, time.monotonic() + 60, 60)  # every text alone
+    np.testing.assert_array_equal(split, alone)
+    # 64 tokens: the two shortest (4 and 13 ids) share a run, the others run alone; rows come back in order
+    mixed = classifier_runner(classifier, max_tokens=64)(texts, time.monotonic() + 60, 60)
+    np.testing.assert_array_equal(mixed[[1, 3]], classifier.predict_ids([texts[1], texts[3]]))
+    np.testing.assert_array_equal(mixed[[0, 2, 4]], alone[[0, 2, 4]])
+    together = classifier_runner(classifier, max_tokens=10**6)(texts, time.monotonic() + 60, 60)
+    assert (together.argmax(1) == alone.argmax(1)).all()

@@ -31,7 +31,8 @@ class ClassifyResource:
         self._model = runtime.models.classifier
         self._monitoring = runtime.monitoring
         self._batcher = runtime.classify_batcher
-        self._run = classifier_runner(self._model) if self._model is not None else None
+        self._run = (classifier_runner(self._model, runtime.settings.classify_max_tokens)
+                     if self._model is not None else None)
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         settings = self._settings

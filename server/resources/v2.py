@@ -364,7 +364,8 @@ class V2ModelResource:
         if batcher is not None:
             probabilities = batcher.predict(ids, budget)
         else:
-            probabilities = classifier_runner(model)(ids, budget.deadline, budget.timeout_s)
+            probabilities = classifier_runner(model, self._runtime.settings.classify_max_tokens)(
+                ids, budget.deadline, budget.timeout_s)
         labels = list(model.labels)
         if self._monitor is not None:
             self._monitor.classified(request.texts, labels, probabilities)

@@ -24,7 +24,7 @@ import torch
 from fastai.text.all import (
     AWD_LSTM, ColReader, DataLoaders, LMDataLoader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
     BaseTokenizer, Callback, CancelTrainException, SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
-    make_vocab, text_classifier_learner, tokenize_df,
+    make_vocab, set_seed, text_classifier_learner, tokenize_df,
 )
 
 from .budget import TimeBudget, fit_budgeted
@@ -212,7 +212,7 @@ def train_lm(data: Source, cfg: TrainConfig, out: Path, budget: TimeBudget | Non
              weights_only: bool = False, init_weights: Path | None = None) -> dict[str, Any]:
     """Train the language model; writes vocab.json, lm.pkl, models/encoder.pth, metrics['lm'].
     With a budget the epochs fit its seconds; weights_only writes fp16 weights instead of lm.pkl."""
-    torch.manual_seed(cfg.seed)
+    set_seed(cfg.seed)  # Python, numpy and torch: fastai shuffles with Python's random
     out = out.resolve()  # fastai joins relative names onto learn.path
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "config.json", cfg.to_dict())
@@ -280,7 +280,7 @@ def train_classifier(data: Source, cfg: TrainConfig, out: Path, resume_after: in
                      budget: TimeBudget | None = None, weights_only: bool = False) -> dict[str, Any]:
     """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier'].
     With a budget the last stage fits the seconds left; weights_only writes fp16 weights instead."""
-    torch.manual_seed(cfg.seed)
+    set_seed(cfg.seed)  # Python, numpy and torch: fastai shuffles with Python's random
     out = out.resolve()
     vocab = json.loads((out / "vocab.json").read_text())
     lm_cfg = json.loads((out / "config.json").read_text())

@@ -91,21 +91,16 @@ def plan(seconds_left: float, spb: float, n_train: int, n_valid: int, max_epochs
     return epochs, min(1.0, max(0.02, fraction))
 
 
-def fit_budgeted(learn: Any, max_epochs: int, lr: float | slice, budget: TimeBudget, moms: tuple[float, ...]) -> dict[str, Any]:
-    """Probe, plan, then fit_one_cycle over the planned (partial) epochs. Returns the schedule."""
-    from .ulmfit import PartialEpoch
+def fit_budgeted(learn: Any, max_epochs: int, lr: float | slice, budget: TimeBudget) -> dict[str, Any]:
+    """Probe, plan, then the usual one-cycle fit over the planned (partial) epochs. Returns the schedule."""
+    from .ulmfit import _fit
 
     spb = seconds_per_batch(learn, lr)
     n_train, n_valid = len(learn.dls.train), len(learn.dls.valid)
     epochs, fraction = plan(budget.left(), spb, n_train, n_valid, max_epochs)
     guard = DeadlineGuard(budget, grace_s=max(10.0, 0.1 * budget.left()))
-    cbs: list[Callback] = [guard] + ([PartialEpoch(fraction)] if fraction < 1 else [])
     print(f"budget: {budget.left():.0f} s left, {spb * 1000:.1f} ms/batch, {n_train} batches/epoch "
           f"-> {epochs} epoch(s) x {fraction:.3f}", file=sys.stderr, flush=True)
-    if sys.stdout.isatty():
-        learn.fit_one_cycle(epochs, lr, moms=moms, cbs=cbs)
-    else:
-        with learn.no_bar():
-            learn.fit_one_cycle(epochs, lr, moms=moms, cbs=cbs)
+    _fit(learn, epochs, lr, fraction, extra_cbs=[guard])
     return {"epochs": epochs, "epoch_fraction": round(fraction, 4), "probe_ms_per_batch": round(spb * 1000, 2),
             "batches_per_epoch": n_train, "stopped_by_deadline": guard.stopped}

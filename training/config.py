@@ -70,7 +70,7 @@ CONFIGS: dict[str, TrainConfig] = {
     ),
     # The shipped models: a mid-size AWD-LSTM whose two int8 bundles stay ~30 MB together, trained
     # on a GPU over all of train + unsup (docs/training.md). Epoch counts are upper bounds: on a lent
-    # machine `--time-budget` fits the schedule to the minutes it has.
+    # machine `--lm-seconds` / `--clf-seconds` fit the schedule to the minutes it has.
     "gpu": TrainConfig(
         name="gpu", emb_sz=256, n_hid=768, n_layers=3, max_vocab=20000, min_freq=3,
         lm_docs=None, clf_docs=None, valid_pct=0.1, bptt=72, lm_bs=256, lm_epochs=10, lm_lr=1e-2,

@@ -30,15 +30,22 @@ def is_corpus_dir(path: Path) -> bool:
 
 def lm_order(n_docs: int, cfg: TrainConfig) -> np.ndarray:
     """Indices (into train + unsup) of the LM corpus: shuffled with the config's seed, capped at
-    lm_docs. The same permutation `pandas.Series.sample` gives the text path."""
+    lm_docs. The text path (training/ulmfit.py) takes its documents in this order too."""
     order = pd.Series(np.arange(n_docs)).sample(frac=1.0, random_state=cfg.seed).to_numpy()
     return order if cfg.lm_docs is None else order[: cfg.lm_docs]
 
 
 def clf_rows(n_train: int, cfg: TrainConfig) -> np.ndarray:
-    """Rows of train used for the classifier: all, or the same seeded sample as the text path."""
+    """Rows of train used for the classifier: all, or a seeded sample (the text path uses it too)."""
     rows = pd.Series(np.arange(n_train))
     return (rows if cfg.clf_docs is None else rows.sample(n=cfg.clf_docs, random_state=cfg.seed)).to_numpy()
+
+
+def build_vocab(docs: list[list[str]], cfg: TrainConfig) -> list[str]:
+    """fastai's vocab of the LM documents, with the config's frequency floor and size cap."""
+    from fastai.text.all import make_vocab
+
+    return make_vocab(Counter(t for doc in docs for t in doc), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
 
 
 @dataclass
@@ -92,14 +99,12 @@ class TokenizedCorpus:
 def build_corpus(data: ImdbData, cfg: TrainConfig, cache_dir: Path) -> TokenizedCorpus:
     """Tokenize train + unsup with fastai (cached), build the vocab from the LM documents exactly
     as `train_lm` does, and encode everything as uint16 ids (unknown tokens become xxunk)."""
-    from fastai.text.all import make_vocab
-
     from .ulmfit import _tokenize_cached
 
     texts = pd.concat([data.train["text"], data.unsup["text"]], ignore_index=True)
     tokens = _tokenize_cached(texts, cache_dir, "all", cfg.n_workers)
     order = lm_order(len(tokens), cfg)
-    vocab = make_vocab(Counter(t for i in order for t in tokens[i]), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+    vocab = build_vocab([tokens[i] for i in order], cfg)
     if len(vocab) > np.iinfo(np.uint16).max:
         raise ValueError(f"vocab of {len(vocab)} does not fit uint16 ids")
     index = {tok: i for i, tok in enumerate(vocab)}

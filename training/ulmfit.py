@@ -13,7 +13,6 @@ import os
 import platform
 import sys
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,12 @@ import torch
 from fastai.text.all import (
     AWD_LSTM, ColReader, DataLoaders, LMDataLoader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
     BaseTokenizer, Callback, CancelTrainException, SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
-    make_vocab, set_seed, text_classifier_learner, tokenize_df,
+    set_seed, text_classifier_learner, tokenize_df,
 )
 
 from .budget import TimeBudget, fit_budgeted
 from .config import TrainConfig
-from .corpus import TokenizedCorpus
+from .corpus import TokenizedCorpus, build_vocab, clf_rows, lm_order
 from .data import ImdbData
 from .weights import load_fp16_chunks, save_fp16_chunks
 
@@ -68,8 +67,7 @@ def _tokenize_cached(texts: pd.Series, cache_dir: Path, tag: str, n_workers: int
 def _lm_corpus(data: ImdbData, cfg: TrainConfig) -> pd.Series:
     """LM text: train + unsup (never test), shuffled with the config's seed, capped at lm_docs."""
     texts = pd.concat([data.train["text"], data.unsup["text"]], ignore_index=True)
-    texts = texts.sample(frac=1.0, random_state=cfg.seed).reset_index(drop=True)
-    return texts if cfg.lm_docs is None else texts.iloc[: cfg.lm_docs]
+    return texts.iloc[lm_order(len(texts), cfg)].reset_index(drop=True)
 
 
 class PartialEpoch(Callback):
@@ -90,10 +88,10 @@ class PartialEpoch(Callback):
             raise CancelTrainException
 
 
-def _fit(learn: Any, epochs: int, lr: float | slice, fraction: float = 1.0) -> None:
+def _fit(learn: Any, epochs: int, lr: float | slice, fraction: float = 1.0, extra_cbs: list[Callback] | None = None) -> None:
     """One-cycle fit; progress bars only on a terminal. `fraction` < 1 trains on part of each
     epoch (PartialEpoch), validating on the whole validation set."""
-    cbs = [PartialEpoch(fraction)] if fraction < 1 else []
+    cbs = [*(extra_cbs or []), *([PartialEpoch(fraction)] if fraction < 1 else [])]
     if sys.stdout.isatty():
         learn.fit_one_cycle(epochs, lr, moms=MOMS, cbs=cbs)
     else:
@@ -120,14 +118,14 @@ def _lm_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[str
         data.check_matches(cfg)
         return data.lm_tokens(), data.vocab
     tokens = _tokenize_cached(_lm_corpus(data, cfg), out / "cache", "lm", cfg.n_workers)
-    return tokens, make_vocab(Counter(t for doc in tokens for t in doc), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+    return tokens, build_vocab(tokens, cfg)
 
 
 def _clf_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[str]], list[str]]:
     """Classifier documents (train, or the config's seeded sample of it) and their labels."""
     if isinstance(data, TokenizedCorpus):
         return data.clf_tokens(cfg)
-    train = data.train if cfg.clf_docs is None else data.train.sample(n=cfg.clf_docs, random_state=cfg.seed)
+    train = data.train.iloc[clf_rows(len(data.train), cfg)]
     tokens = _tokenize_cached(train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers)
     return tokens, train["label"].astype(str).tolist()
 
@@ -233,7 +231,7 @@ def train_lm(data: Source, cfg: TrainConfig, out: Path, budget: TimeBudget | Non
         schedule = {"epochs": cfg.lm_epochs, "epoch_fraction": 1.0}
         _fit(learn, cfg.lm_epochs, cfg.lm_lr)
     else:
-        schedule = fit_budgeted(learn, cfg.lm_epochs, cfg.lm_lr, budget, MOMS)
+        schedule = fit_budgeted(learn, cfg.lm_epochs, cfg.lm_lr, budget)
     t_train = time.perf_counter() - t1
     trend = _loss_trend(learn)  # before validate(), which resets the recorder
     with learn.no_bar():
@@ -312,7 +310,7 @@ def train_classifier(data: Source, cfg: TrainConfig, out: Path, resume_after: in
         else:
             learn.freeze_to(freeze_to)
         if budget is not None and last:  # the last stage gets what the budget has left
-            schedule = fit_budgeted(learn, epochs, lr, budget, MOMS)
+            schedule = fit_budgeted(learn, epochs, lr, budget)
             epochs, fraction = schedule["epochs"], schedule["epoch_fraction"]
         else:
             _fit(learn, epochs, lr, fraction)

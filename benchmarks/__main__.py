@@ -36,59 +36,129 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run every benchmark and write the report")
-    run.add_argument("--run", dest="run_dir", type=Path, required=True,
-                     help="training run dir holding classifier.pkl and lm.pkl (the naive way)")
-    run.add_argument("--models", type=Path, required=True,
-                     help="bundles dir: one classify and one generate bundle (ours)")
-    run.add_argument("--quick", action="store_true",
-                     help="tiny counts to check the harness (numbers are not results)")
-    run.add_argument("--imdb", dest="imdb_dir", type=Path, default=None,
-                     help=f"IMDB CSV dir (default $IMDB_DIR or {default_imdb_dir()})")
-    run.add_argument("--results", dest="results_dir", type=Path, default=None,
-                     help="where the JSON and plots go (default benchmarks/results)")
-    run.add_argument("--report", dest="report_path", type=Path, default=None,
-                     help="markdown report path (default BENCHMARKS.md)")
+    run.add_argument(
+        "--run",
+        dest="run_dir",
+        type=Path,
+        required=True,
+        help="training run dir holding classifier.pkl and lm.pkl (the naive way)",
+    )
+    run.add_argument(
+        "--models",
+        type=Path,
+        required=True,
+        help="bundles dir: one classify and one generate bundle (ours)",
+    )
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny counts to check the harness (numbers are not results)",
+    )
+    run.add_argument(
+        "--imdb",
+        dest="imdb_dir",
+        type=Path,
+        default=None,
+        help=f"IMDB CSV dir (default $IMDB_DIR or {default_imdb_dir()})",
+    )
+    run.add_argument(
+        "--results",
+        dest="results_dir",
+        type=Path,
+        default=None,
+        help="where the JSON and plots go (default benchmarks/results)",
+    )
+    run.add_argument(
+        "--report",
+        dest="report_path",
+        type=Path,
+        default=None,
+        help="markdown report path (default BENCHMARKS.md)",
+    )
     run.add_argument("--cold-runs", type=int, help="cold starts per server and probe (default 5)")
     run.add_argument("--concurrency", type=_ints, help="comma list (default 1,4,8)")
     run.add_argument("--classify-requests", type=int, help="max requests per /classify cell")
     run.add_argument("--generate-requests", type=int, help="max requests per /generate cell")
-    run.add_argument("--cell-seconds", type=float,
-                     help="no new request starts after this many s in a cell (default 15)")
-    run.add_argument("--cell-max-seconds", type=float,
-                     help="skip a cell predicted to take longer than this in s (default 120)")
+    run.add_argument(
+        "--cell-seconds",
+        type=float,
+        help="no new request starts after this many s in a cell (default 15)",
+    )
+    run.add_argument(
+        "--cell-max-seconds",
+        type=float,
+        help="skip a cell predicted to take longer than this in s (default 120)",
+    )
     run.add_argument("--reviews-per-band", type=int, help="reviews per length band (default 20)")
     run.add_argument("--prompts", type=int, help="generation prompts (default 8)")
     run.add_argument("--n-words", type=int, help="words per generated sample (default 40)")
     run.add_argument("--raw-repeats", type=int, help="in-process repeats per input (default 5)")
     # SUPPRESS: an absent flag keeps the default, while "none" (unpinned) is a real value.
-    run.add_argument("--server-cpu", type=_cpu, default=argparse.SUPPRESS,
-                     help="core for the servers, or 'none' (default 0)")
-    run.add_argument("--client-cpu", type=_cpu, default=argparse.SUPPRESS,
-                     help="core for the load generator, or 'none' (default 1)")
+    run.add_argument(
+        "--server-cpu",
+        type=_cpu,
+        default=argparse.SUPPRESS,
+        help="core for the servers, or 'none' (default 0)",
+    )
+    run.add_argument(
+        "--client-cpu",
+        type=_cpu,
+        default=argparse.SUPPRESS,
+        help="core for the load generator, or 'none' (default 1)",
+    )
     fresh = run.add_mutually_exclusive_group()
-    fresh.add_argument("--fresh-venv", dest="fresh_venv", action="store_true", default=None,
-                       help="weigh the serve extra in a fresh venv (pip from PyPI; minutes)")
-    fresh.add_argument("--no-fresh-venv", dest="fresh_venv", action="store_false",
-                       help="weigh the same pinned distributions in this venv (default)")
-    run.add_argument("--image-record", type=Path,
-                     help=f"tests/test_container.py's record (default {DEFAULT_IMAGE_RECORD})")
+    fresh.add_argument(
+        "--fresh-venv",
+        dest="fresh_venv",
+        action="store_true",
+        default=None,
+        help="weigh the serve extra in a fresh venv (pip from PyPI; minutes)",
+    )
+    fresh.add_argument(
+        "--no-fresh-venv",
+        dest="fresh_venv",
+        action="store_false",
+        help="weigh the same pinned distributions in this venv (default)",
+    )
+    run.add_argument(
+        "--image-record",
+        type=Path,
+        help=f"tests/test_container.py's record (default {DEFAULT_IMAGE_RECORD})",
+    )
     return p
 
 
 def config_from(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
     values: dict[str, Any] = BenchConfig.quick_defaults() if args.quick else {}
-    for name in ("imdb_dir", "results_dir", "report_path", "cold_runs", "concurrency",
-                 "classify_requests", "generate_requests", "cell_seconds", "cell_max_seconds",
-                 "reviews_per_band", "prompts", "n_words", "raw_repeats", "fresh_venv",
-                 "image_record"):
+    for name in (
+        "imdb_dir",
+        "results_dir",
+        "report_path",
+        "cold_runs",
+        "concurrency",
+        "classify_requests",
+        "generate_requests",
+        "cell_seconds",
+        "cell_max_seconds",
+        "reviews_per_band",
+        "prompts",
+        "n_words",
+        "raw_repeats",
+        "fresh_venv",
+        "image_record",
+    ):
         value = getattr(args, name)
         if value is not None:
             values[name] = value
     for name in ("server_cpu", "client_cpu"):
         if hasattr(args, name):
             values[name] = getattr(args, name)
-    return BenchConfig(run_dir=args.run_dir.resolve(), models=args.models.resolve(),
-                       command="python -m benchmarks " + shlex.join(argv), **values)
+    return BenchConfig(
+        run_dir=args.run_dir.resolve(),
+        models=args.models.resolve(),
+        command="python -m benchmarks " + shlex.join(argv),
+        **values,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.analysis import cold_summary, label_agreement, targets
 
     results = runner.run(cfg)
-    results["derived"] = {"cold_start": cold_summary(results["cold_start"]),
-                          "targets": targets(results), "label_agreement": label_agreement(results)}
+    results["derived"] = {
+        "cold_start": cold_summary(results["cold_start"]),
+        "targets": targets(results),
+        "label_agreement": label_agreement(results),
+    }
     cfg.results_dir.mkdir(parents=True, exist_ok=True)
     json_path = cfg.results_dir / RESULTS_JSON
     json_path.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
@@ -111,12 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     microbatch = cfg.results_dir / MICROBATCH_JSON
     if not microbatch.is_file():
         microbatch = DEFAULT_RESULTS / MICROBATCH_JSON
-    cfg.report_path.write_text(report.render(results, cfg.report_path, made, json_path,
-                                             microbatch), encoding="utf-8")
+    cfg.report_path.write_text(
+        report.render(results, cfg.report_path, made, json_path, microbatch), encoding="utf-8"
+    )
     log(f"wrote {cfg.report_path}, {json_path} and {len(made)} plots in {results['duration_s']} s")
     for target in results["derived"]["targets"]:
-        log(f"  {target['name']}: {target['value']} {target['unit']} (target {target['target']}, "
-            f"met={target['met']})")
+        log(
+            f"  {target['name']}: {target['value']} {target['unit']} (target {target['target']}, "
+            f"met={target['met']})"
+        )
     return 0
 
 

@@ -27,11 +27,18 @@ def cold_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if not totals:
                 continue
             phased = [r["phases_s"] for r in mine if r["phases_s"]]
-            phases = {p: round(statistics.median(ph[p] for ph in phased), 4) for p in names} \
-                if phased else None
-            out[kind][server] = {"median_s": round(statistics.median(totals), 4),
-                                 "min_s": min(totals), "max_s": max(totals), "n": len(totals),
-                                 "phases_median_s": phases}
+            phases = (
+                {p: round(statistics.median(ph[p] for ph in phased), 4) for p in names}
+                if phased
+                else None
+            )
+            out[kind][server] = {
+                "median_s": round(statistics.median(totals), 4),
+                "min_s": min(totals),
+                "max_s": max(totals),
+                "n": len(totals),
+                "phases_median_s": phases,
+            }
         if OURS in out[kind] and NAIVE in out[kind]:
             out[kind]["ratio"] = _ratio(out[kind][NAIVE]["median_s"], out[kind][OURS]["median_s"])
     return out
@@ -43,15 +50,18 @@ def _ratio(naive: float | None, ours: float | None) -> float | None:
     return round(naive / ours, 2)
 
 
-def cell(results: dict[str, Any], server: str, workload: str, concurrency: int) -> dict[str, Any] | None:
+def cell(
+    results: dict[str, Any], server: str, workload: str, concurrency: int
+) -> dict[str, Any] | None:
     for row in results["latency"][server]["cells"]:
         if row["workload"] == workload and row["concurrency"] == concurrency:
             return row
     return None
 
 
-def skipped_cell(results: dict[str, Any], server: str, workload: str,
-                 concurrency: int) -> dict[str, Any] | None:
+def skipped_cell(
+    results: dict[str, Any], server: str, workload: str, concurrency: int
+) -> dict[str, Any] | None:
     """The record of a cell the run skipped (predicted to outlast --cell-max-seconds), if any."""
     for row in results["latency"][server].get("skipped_cells", []):
         if row["workload"] == workload and row["concurrency"] == concurrency:
@@ -64,8 +74,9 @@ def latency_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     the p50 ratio and, for a skipped cell, its record under `skipped`."""
     keys: list[tuple[str, int]] = []
     for server in (OURS, NAIVE):
-        for row in results["latency"][server]["cells"] + \
-                results["latency"][server].get("skipped_cells", []):
+        for row in results["latency"][server]["cells"] + results["latency"][server].get(
+            "skipped_cells", []
+        ):
             if (row["workload"], row["concurrency"]) not in keys:
                 keys.append((row["workload"], row["concurrency"]))
     order = list(dict.fromkeys(w for w, _ in keys))
@@ -73,25 +84,34 @@ def latency_table(results: dict[str, Any]) -> list[dict[str, Any]]:
     for workload, concurrency in sorted(keys, key=lambda k: (order.index(k[0]), k[1])):
         ours = cell(results, OURS, workload, concurrency) or {}
         naive = cell(results, NAIVE, workload, concurrency) or {}
-        rows.append({"workload": workload, "concurrency": concurrency,
-                     "ours": ours, "naive": naive,
-                     "skipped": {s: skipped_cell(results, s, workload, concurrency)
-                                 for s in (OURS, NAIVE)},
-                     "p50_ratio": _ratio(naive.get("p50_ms"), ours.get("p50_ms")),
-                     "throughput_ratio": _ratio(ours.get("throughput_rps"),
-                                                naive.get("throughput_rps"))})
+        rows.append(
+            {
+                "workload": workload,
+                "concurrency": concurrency,
+                "ours": ours,
+                "naive": naive,
+                "skipped": {
+                    s: skipped_cell(results, s, workload, concurrency) for s in (OURS, NAIVE)
+                },
+                "p50_ratio": _ratio(naive.get("p50_ms"), ours.get("p50_ms")),
+                "throughput_ratio": _ratio(ours.get("throughput_rps"), naive.get("throughput_rps")),
+            }
+        )
     return rows
 
 
 def startup_probe_medians(results: dict[str, Any]) -> dict[str, Any]:
     probes = results["in_process"]["startup_probes"]
-    top = {k: round(statistics.median(p[k] for p in probes), 3)
-           for k in ("import_numpy_ms", "import_onnxruntime_ms", "import_bundle_ms")}
+    top = {
+        k: round(statistics.median(p[k] for p in probes), 3)
+        for k in ("import_numpy_ms", "import_onnxruntime_ms", "import_bundle_ms")
+    }
     per_bundle: dict[str, dict[str, float]] = {}
     for name in probes[0]["bundles"]:
         keys = ("verify_manifest_ms", "tokenizer_ms", "session_ms", "warm_up_ms")
-        per_bundle[name] = {k: round(statistics.median(p["bundles"][name][k] for p in probes), 3)
-                            for k in keys}
+        per_bundle[name] = {
+            k: round(statistics.median(p["bundles"][name][k] for p in probes), 3) for k in keys
+        }
     return {**top, "bundles": per_bundle, "n": len(probes)}
 
 
@@ -104,25 +124,52 @@ def overhead(results: dict[str, Any]) -> list[dict[str, Any]]:
         if not isinstance(timings, dict) or "session" not in timings:
             continue
         http = cell(results, OURS, f"classify {band}", low)
-        rows.append(_overhead_row(f"classify {band}", http, timings["session"]["p50_ms"],
-                                  timings["in_process"]["p50_ms"], timings["tokenize"]["p50_ms"],
-                                  timings["tokens"]["median"]))
+        rows.append(
+            _overhead_row(
+                f"classify {band}",
+                http,
+                timings["session"]["p50_ms"],
+                timings["in_process"]["p50_ms"],
+                timings["tokenize"]["p50_ms"],
+                timings["tokens"]["median"],
+            )
+        )
     for name, timings in raw.get("generate", {}).items():
         if not isinstance(timings, dict) or "session_steps" not in timings:
             continue
         http = cell(results, OURS, name, low)
-        rows.append(_overhead_row(name, http, timings["session_steps"]["p50_ms"],
-                                  timings["in_process"]["p50_ms"], None, None))
+        rows.append(
+            _overhead_row(
+                name,
+                http,
+                timings["session_steps"]["p50_ms"],
+                timings["in_process"]["p50_ms"],
+                None,
+                None,
+            )
+        )
     return rows
 
 
-def _overhead_row(name: str, http: dict[str, Any] | None, session: float, in_process: float,
-                  tokenize: float | None, tokens: float | None) -> dict[str, Any]:
+def _overhead_row(
+    name: str,
+    http: dict[str, Any] | None,
+    session: float,
+    in_process: float,
+    tokenize: float | None,
+    tokens: float | None,
+) -> dict[str, Any]:
     http_p50 = http["p50_ms"] if http else None
-    return {"workload": name, "tokens_median": tokens, "tokenize_p50_ms": tokenize,
-            "session_p50_ms": session, "in_process_p50_ms": in_process, "http_p50_ms": http_p50,
-            "over_session_ms": round(http_p50 - session, 3) if http_p50 is not None else None,
-            "over_in_process_ms": round(http_p50 - in_process, 3) if http_p50 is not None else None}
+    return {
+        "workload": name,
+        "tokens_median": tokens,
+        "tokenize_p50_ms": tokenize,
+        "session_p50_ms": session,
+        "in_process_p50_ms": in_process,
+        "http_p50_ms": http_p50,
+        "over_session_ms": round(http_p50 - session, 3) if http_p50 is not None else None,
+        "over_in_process_ms": round(http_p50 - in_process, 3) if http_p50 is not None else None,
+    }
 
 
 def install_bytes(results: dict[str, Any]) -> tuple[int | None, str]:
@@ -141,46 +188,110 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     phases = ours_cold.get("phases_median_s") or {}
     largest = max(phases.items(), key=lambda kv: kv[1]) if phases else None
     bound = f"largest phase: {largest[0]} {largest[1]:.3f} s" if largest else "no phase log"
-    rows.append(_target("cold start ratio (naive / ours, first /classify)", cold.get("ratio"),
-                        ">= 15x", lambda v: v >= 15, "x", bound))
-    rows.append(_target("cold start, ours (median)", ours_cold.get("median_s"), "< 0.4 s",
-                        lambda v: v < 0.4, "s", bound))
+    rows.append(
+        _target(
+            "cold start ratio (naive / ours, first /classify)",
+            cold.get("ratio"),
+            ">= 15x",
+            lambda v: v >= 15,
+            "x",
+            bound,
+        )
+    )
+    rows.append(
+        _target(
+            "cold start, ours (median)",
+            ours_cold.get("median_s"),
+            "< 0.4 s",
+            lambda v: v < 0.4,
+            "s",
+            bound,
+        )
+    )
 
     low = min(c["concurrency"] for c in results["latency"][OURS]["cells"])
     table = {(r["workload"], r["concurrency"]): r for r in latency_table(results)}
     over = {r["workload"]: r for r in overhead(results)}
     median = table.get(("classify median", low))
     o = over.get("classify median", {})
-    rows.append(_target(f"/classify p50 ratio (median review, c={low})",
-                        median and median["p50_ratio"], ">= 10x", lambda v: v >= 10, "x",
-                        _split(o, "tokenize")))
+    rows.append(
+        _target(
+            f"/classify p50 ratio (median review, c={low})",
+            median["p50_ratio"] if median else None,
+            ">= 10x",
+            lambda v: v >= 10,
+            "x",
+            _split(o, "tokenize"),
+        )
+    )
     gen_name = next((w for (w, c) in table if w.startswith("generate 5x")), None)
     gen = table.get((gen_name, low)) if gen_name else None
-    rows.append(_target(f"/{gen_name or 'generate 5x40'} p50 ratio (c={low})",
-                        gen and gen["p50_ratio"], ">= 100x", lambda v: v >= 100, "x",
-                        _split(over.get(gen_name or "", {}), "sampling + decoding")))
+    rows.append(
+        _target(
+            f"/{gen_name or 'generate 5x40'} p50 ratio (c={low})",
+            gen["p50_ratio"] if gen else None,
+            ">= 100x",
+            lambda v: v >= 100,
+            "x",
+            _split(over.get(gen_name or "", {}), "sampling + decoding"),
+        )
+    )
     floor = cell(results, OURS, "readyz (no model)", low)
-    rows.append(_target("server overhead over the raw session (median review, HTTP p50 - session p50)",
-                        o.get("over_session_ms"), "<= 1 ms", lambda v: v <= 1, "ms",
-                        (f"tokenization {o.get('tokenize_p50_ms')} ms; HTTP - in-process "
-                         f"{o.get('over_in_process_ms')} ms; HTTP round trip with no model work "
-                         f"(GET /readyz) {floor['p50_ms'] if floor else '-'} ms") if o else ""))
+    rows.append(
+        _target(
+            "server overhead over the raw session (median review, HTTP p50 - session p50)",
+            o.get("over_session_ms"),
+            "<= 1 ms",
+            lambda v: v <= 1,
+            "ms",
+            (
+                f"tokenization {o.get('tokenize_p50_ms')} ms; HTTP - in-process "
+                f"{o.get('over_in_process_ms')} ms; HTTP round trip with no model work "
+                f"(GET /readyz) {floor['p50_ms'] if floor else '-'} ms"
+            )
+            if o
+            else "",
+        )
+    )
     memory = results["latency"][OURS]["memory"]
-    rows.append(_target("serving memory, ours (peak PSS of master + worker)",
-                        memory["peak_tree_pss_mib"], "<= 150 MB", lambda v: v * MIB / MB <= 150,
-                        "MiB", f"master VmHWM {memory['root_vmhwm_mib']} MiB, worker VmHWM "
-                               f"{memory['max_child_vmhwm_mib']} MiB"))
+    rows.append(
+        _target(
+            "serving memory, ours (peak PSS of master + worker)",
+            memory["peak_tree_pss_mib"],
+            "<= 150 MB",
+            lambda v: v * MIB / MB <= 150,
+            "MiB",
+            f"master VmHWM {memory['root_vmhwm_mib']} MiB, worker VmHWM "
+            f"{memory['max_child_vmhwm_mib']} MiB",
+        )
+    )
     size, how = install_bytes(results)
-    largest_pkgs = (results["footprint"].get("serve_fresh_venv") or
-                    results["footprint"]["serve_from_dev_venv"]).get("largest", [])
-    rows.append(_target(f"runtime install (serve extra, {how})",
-                        round(size / MB, 1) if size else None, "<= 120 MB", lambda v: v <= 120, "MB",
-                        ", ".join(f"{n} {b / MB:.0f} MB" for n, b in largest_pkgs[:3])))
+    largest_pkgs = (
+        results["footprint"].get("serve_fresh_venv") or results["footprint"]["serve_from_dev_venv"]
+    ).get("largest", [])
+    rows.append(
+        _target(
+            f"runtime install (serve extra, {how})",
+            round(size / MB, 1) if size else None,
+            "<= 120 MB",
+            lambda v: v <= 120,
+            "MB",
+            ", ".join(f"{n} {b / MB:.0f} MB" for n, b in largest_pkgs[:3]),
+        )
+    )
     image = results["image"]
-    rows.append(_target("container image", round(image["image_bytes"] / MB, 1)
-                        if image.get("measured") else None, "<= 250 MB", lambda v: v <= 250, "MB",
-                        "from tests/test_container.py's record" if image.get("measured")
-                        else image.get("note", "")))
+    rows.append(
+        _target(
+            "container image",
+            round(image["image_bytes"] / MB, 1) if image.get("measured") else None,
+            "<= 250 MB",
+            lambda v: v <= 250,
+            "MB",
+            "from tests/test_container.py's record"
+            if image.get("measured")
+            else image.get("note", ""),
+        )
+    )
     return rows
 
 
@@ -188,15 +299,24 @@ def _split(o: dict[str, Any], rest_name: str) -> str:
     if not o or o.get("http_p50_ms") is None:
         return ""
     session, in_process, http = o["session_p50_ms"], o["in_process_p50_ms"], o["http_p50_ms"]
-    return (f"ours p50 {http:.2f} ms = session {session:.2f} + {rest_name} "
-            f"{in_process - session:.2f} + HTTP/server {http - in_process:.2f}")
+    return (
+        f"ours p50 {http:.2f} ms = session {session:.2f} + {rest_name} "
+        f"{in_process - session:.2f} + HTTP/server {http - in_process:.2f}"
+    )
 
 
-def _target(name: str, value: float | None, target: str, check: Any, unit: str,
-            bound: str) -> dict[str, Any]:
+def _target(
+    name: str, value: float | None, target: str, check: Any, unit: str, bound: str
+) -> dict[str, Any]:
     met = None if value is None else bool(check(value))
-    return {"name": name, "value": value, "unit": unit, "target": target, "met": met,
-            "bound": bound}
+    return {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "target": target,
+        "met": met,
+        "bound": bound,
+    }
 
 
 def label_agreement(results: dict[str, Any]) -> dict[str, Any]:
@@ -208,5 +328,4 @@ def label_agreement(results: dict[str, Any]) -> dict[str, Any]:
             if index in naive.get(workload, {}):
                 total += 1
                 same += label == naive[workload][index]
-    return {"compared": total, "agree": same,
-            "rate": round(same / total, 4) if total else None}
+    return {"compared": total, "agree": same, "rate": round(same / total, 4) if total else None}

@@ -25,10 +25,19 @@ from benchmarks.servers import NAIVE, OURS, RunningServer, ServerFailed, launch
 RETRY_S = 0.005
 
 # Phase names in start-up order, per server (what the report and the plot show).
-OUR_PHASES = ("interpreter + imports", "bundle load + sessions", "fork worker", "warm-up",
-              "first request")
-NAIVE_PHASES = ("interpreter + gunicorn + fork", "import fastai + torch", "load_learner x2",
-                "first request")
+OUR_PHASES = (
+    "interpreter + imports",
+    "bundle load + sessions",
+    "fork worker",
+    "warm-up",
+    "first request",
+)
+NAIVE_PHASES = (
+    "interpreter + gunicorn + fork",
+    "import fastai + torch",
+    "load_learner x2",
+    "first request",
+)
 
 
 @dataclass(frozen=True)
@@ -48,8 +57,11 @@ def first_success(server: RunningServer, probe: ColdProbe, timeout_s: float) -> 
         while time.monotonic() < deadline:
             server.check_alive()
             try:
-                response = session.post(server.base_url + probe.path, json=probe.body,
-                                        timeout=max(1.0, deadline - time.monotonic()))
+                response = session.post(
+                    server.base_url + probe.path,
+                    json=probe.body,
+                    timeout=max(1.0, deadline - time.monotonic()),
+                )
                 elapsed = time.perf_counter() - server.started
                 if response.status_code == 200 and probe.expect_key in response.json():
                     return elapsed
@@ -66,36 +78,62 @@ def _find(records: list[dict[str, Any]], message: str) -> dict[str, Any] | None:
 def our_phases(records: list[dict[str, Any]], total_s: float) -> dict[str, float] | None:
     """Phase durations (s) of our server from its startup log, or None if a line is missing."""
     loaded, ready = _find(records, "models loaded"), _find(records, "ready")
-    if not loaded or not ready or loaded.get("since_exec_s") is None \
-            or ready.get("since_exec_s") is None:
+    if (
+        not loaded
+        or not ready
+        or loaded.get("since_exec_s") is None
+        or ready.get("since_exec_s") is None
+    ):
         return None
     load_s, loaded_at = float(loaded["load_s"]), float(loaded["since_exec_s"])
     warm_s, ready_at = float(ready["warm_up_s"]), float(ready["since_exec_s"])
-    return dict(zip(OUR_PHASES, (
-        max(0.0, loaded_at - load_s),
-        load_s,
-        max(0.0, ready_at - warm_s - loaded_at),
-        warm_s,
-        max(0.0, total_s - ready_at),
-    )))
+    return dict(
+        zip(
+            OUR_PHASES,
+            (
+                max(0.0, loaded_at - load_s),
+                load_s,
+                max(0.0, ready_at - warm_s - loaded_at),
+                warm_s,
+                max(0.0, total_s - ready_at),
+            ),
+            strict=False,
+        )
+    )
 
 
 def naive_phases(records: list[dict[str, Any]], total_s: float) -> dict[str, float] | None:
     loaded = _find(records, "naive app loaded")
-    if not loaded or loaded.get("since_exec_s") is None \
-            or loaded.get("app_import_since_exec_s") is None:
+    if (
+        not loaded
+        or loaded.get("since_exec_s") is None
+        or loaded.get("app_import_since_exec_s") is None
+    ):
         return None
     loaded_at = float(loaded["since_exec_s"])
-    return dict(zip(NAIVE_PHASES, (
-        float(loaded["app_import_since_exec_s"]),
-        float(loaded["imports_s"]),
-        float(loaded["load_s"]),
-        max(0.0, total_s - loaded_at),
-    )))
+    return dict(
+        zip(
+            NAIVE_PHASES,
+            (
+                float(loaded["app_import_since_exec_s"]),
+                float(loaded["imports_s"]),
+                float(loaded["load_s"]),
+                max(0.0, total_s - loaded_at),
+            ),
+            strict=False,
+        )
+    )
 
 
-def cold_start_once(name: str, probe: ColdProbe, run_dir: Path, models: Path, log_dir: Path,
-                    cpu: int | None, timeout_s: float) -> dict[str, Any]:
+def cold_start_once(
+    name: str,
+    probe: ColdProbe,
+    run_dir: Path,
+    models: Path,
+    log_dir: Path,
+    cpu: int | None,
+    timeout_s: float,
+) -> dict[str, Any]:
     """One cold start of one server; the server is stopped (SIGTERM) before returning."""
     server = launch(name, run_dir, models, log_dir, cpu)
     try:
@@ -105,15 +143,28 @@ def cold_start_once(name: str, probe: ColdProbe, run_dir: Path, models: Path, lo
     records = server.log_records()
     phases = our_phases(records, total_s) if name == OURS else naive_phases(records, total_s)
     if name == OURS and exit_code != 0:
-        raise ServerFailed(f"our server exited {exit_code} after SIGTERM:\n{server.log_text()[-3000:]}")
-    return {"server": name, "kind": probe.kind, "total_s": round(total_s, 4),
-            "phases_s": {k: round(v, 4) for k, v in phases.items()} if phases else None,
-            "exit_code": exit_code}
+        raise ServerFailed(
+            f"our server exited {exit_code} after SIGTERM:\n{server.log_text()[-3000:]}"
+        )
+    return {
+        "server": name,
+        "kind": probe.kind,
+        "total_s": round(total_s, 4),
+        "phases_s": {k: round(v, 4) for k, v in phases.items()} if phases else None,
+        "exit_code": exit_code,
+    }
 
 
-def run_cold_starts(probes: list[ColdProbe], runs: int, run_dir: Path, models: Path,
-                    log_dir: Path, cpu: int | None, timeout_s: float,
-                    progress: Any = print) -> list[dict[str, Any]]:
+def run_cold_starts(
+    probes: list[ColdProbe],
+    runs: int,
+    run_dir: Path,
+    models: Path,
+    log_dir: Path,
+    cpu: int | None,
+    timeout_s: float,
+    progress: Any = print,
+) -> list[dict[str, Any]]:
     """`runs` cold starts per server and probe, interleaved (ours, naive, ours, ...) so slow
     drift on a shared machine lands on both servers alike."""
     results = []
@@ -123,6 +174,8 @@ def run_cold_starts(probes: list[ColdProbe], runs: int, run_dir: Path, models: P
                 row = cold_start_once(name, probe, run_dir, models, log_dir, cpu, timeout_s)
                 row["run"] = index
                 results.append(row)
-                progress(f"  cold start {index + 1}/{runs} {name:5s} -> first /{probe.kind}: "
-                         f"{row['total_s']:.3f} s")
+                progress(
+                    f"  cold start {index + 1}/{runs} {name:5s} -> first /{probe.kind}: "
+                    f"{row['total_s']:.3f} s"
+                )
     return results

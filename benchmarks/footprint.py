@@ -39,7 +39,9 @@ def installed(path: list[str] | None = None) -> dict[str, metadata.Distribution]
     return found
 
 
-def closure(roots: Iterable[str], dists: dict[str, metadata.Distribution]) -> tuple[list[str], list[str]]:
+def closure(
+    roots: Iterable[str], dists: dict[str, metadata.Distribution]
+) -> tuple[list[str], list[str]]:
     """Installed distributions reachable from `roots` (markers evaluated, extras not followed),
     and the requirements that are not installed here (listed, not guessed)."""
     seen: list[str] = []
@@ -74,15 +76,24 @@ def dist_bytes(dist: metadata.Distribution) -> int:
 def weigh(names: Iterable[str], dists: dict[str, metadata.Distribution]) -> dict[str, Any]:
     sizes = {name: dist_bytes(dists[name]) for name in names if name not in TOOLING}
     cuda = sum(size for name, size in sizes.items() if CUDA_NAME.match(name))
-    return {"bytes": sum(sizes.values()), "cuda_bytes": cuda, "packages": len(sizes),
-            "largest": sorted(sizes.items(), key=lambda kv: -kv[1])[:8]}
+    return {
+        "bytes": sum(sizes.values()),
+        "cuda_bytes": cuda,
+        "packages": len(sizes),
+        "largest": sorted(sizes.items(), key=lambda kv: -kv[1])[:8],
+    }
 
 
 def serve_requirements() -> list[str]:
     """The pinned serve extra, derived from pyproject.toml by the deploy script."""
     script = REPO / "scripts" / "serve_requirements.py"
-    out = subprocess.run([sys.executable, str(script), str(REPO / "pyproject.toml")],
-                         capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(script), str(REPO / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     return [line.strip() for line in out.stdout.splitlines() if line.strip()]
 
 
@@ -92,14 +103,29 @@ def fresh_venv_serve(requirements: list[str], timeout_s: float = 600) -> dict[st
         venv.EnvBuilder(with_pip=True, clear=True).create(root)
         python = Path(root) / "bin" / "python"
         install = subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-             "--only-binary=:all:", *requirements], capture_output=True, text=True, timeout=timeout_s)
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--only-binary=:all:",
+                *requirements,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
         if install.returncode != 0:
             return {"error": (install.stdout + install.stderr)[-2000:]}
         site = next(Path(root).glob("lib/python3*/site-packages"))
         dists = installed([str(site)])
-        return {**weigh(dists, dists), "distributions": sorted(set(dists) - TOOLING),
-                "how": "fresh venv, pip install --only-binary=:all: " + " ".join(requirements)}
+        return {
+            **weigh(dists, dists),
+            "distributions": sorted(set(dists) - TOOLING),
+            "how": "fresh venv, pip install --only-binary=:all: " + " ".join(requirements),
+        }
 
 
 def measure(fresh_venv: bool) -> dict[str, Any]:
@@ -110,11 +136,18 @@ def measure(fresh_venv: bool) -> dict[str, Any]:
     naive_names, naive_missing = closure(NAIVE_ROOTS, dists)
     result: dict[str, Any] = {
         "serve_requirements": requirements,
-        "serve_from_dev_venv": {**weigh(serve_names, dists), "distributions": serve_names,
-                                "missing": serve_missing},
-        "naive_stack": {**weigh(naive_names, dists), "roots": list(NAIVE_ROOTS),
-                        "distributions": naive_names, "missing": naive_missing,
-                        "how": "dependency closure of fastai + falcon + gunicorn in the dev venv"},
+        "serve_from_dev_venv": {
+            **weigh(serve_names, dists),
+            "distributions": serve_names,
+            "missing": serve_missing,
+        },
+        "naive_stack": {
+            **weigh(naive_names, dists),
+            "roots": list(NAIVE_ROOTS),
+            "distributions": naive_names,
+            "missing": naive_missing,
+            "how": "dependency closure of fastai + falcon + gunicorn in the dev venv",
+        },
     }
     result["serve_fresh_venv"] = fresh_venv_serve(requirements) if fresh_venv else None
     return result
@@ -122,9 +155,17 @@ def measure(fresh_venv: bool) -> dict[str, Any]:
 
 def artifacts(run_dir: Path, models: Path) -> dict[str, Any]:
     """Model files each way loads: the learner pickles vs the bundles."""
-    pickles = {p.name: p.stat().st_size for p in (run_dir / "classifier.pkl", run_dir / "lm.pkl")
-               if p.is_file()}
-    bundles = {p.parent.name: sum(f.stat().st_size for f in p.parent.iterdir()
-                                  if f.is_file() and f.name != "model.fp32.onnx")
-               for p in models.glob("*/manifest.json")}
+    pickles = {
+        p.name: p.stat().st_size
+        for p in (run_dir / "classifier.pkl", run_dir / "lm.pkl")
+        if p.is_file()
+    }
+    bundles = {
+        p.parent.name: sum(
+            f.stat().st_size
+            for f in p.parent.iterdir()
+            if f.is_file() and f.name != "model.fp32.onnx"
+        )
+        for p in models.glob("*/manifest.json")
+    }
     return {"learner_pickles_bytes": pickles, "bundle_bytes": bundles}

@@ -38,8 +38,10 @@ def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 def startup(models: Path) -> dict[str, Any]:
     from benchmarks.procfs import seconds_since_exec
 
-    result: dict[str, Any] = {"interpreter_since_exec_s": seconds_since_exec(),
-                              "script_start_ms": round((time.perf_counter() - _T0) * MS, 3)}
+    result: dict[str, Any] = {
+        "interpreter_since_exec_s": seconds_since_exec(),
+        "script_start_ms": round((time.perf_counter() - _T0) * MS, 3),
+    }
     result["import_numpy_ms"], _ = _timed(lambda: __import__("numpy"))
     result["import_onnxruntime_ms"], _ = _timed(lambda: __import__("onnxruntime"))
     result["import_bundle_ms"], _ = _timed(lambda: __import__("bundle"))
@@ -53,19 +55,25 @@ def startup(models: Path) -> dict[str, Any]:
     for directory in sorted(p.parent for p in models.glob("*/manifest.json")):
         row: dict[str, Any] = {}
         row["verify_manifest_ms"], manifest = _timed(lambda: load_manifest(directory))
-        row["tokenizer_ms"], tokenizer = _timed(lambda: Tokenizer.from_file(manifest.tokenizer_path))
+        row["tokenizer_ms"], tokenizer = _timed(
+            lambda: Tokenizer.from_file(manifest.tokenizer_path)
+        )
         options = session_options(1, 1)
         if manifest.raw["model"].get("format", "onnx") in PRE_OPTIMIZED_FORMATS:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        row["session_ms"], session = _timed(lambda: ort.InferenceSession(
-            str(manifest.model_path), sess_options=options, providers=["CPUExecutionProvider"]))
+        row["session_ms"], session = _timed(
+            lambda: ort.InferenceSession(
+                str(manifest.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        )
         cls = ClassifierModel if manifest.task == "classify" else LanguageModel
         model = cls(manifest, tokenizer, session)
         row["warm_up_ms"], _ = _timed(model.warm_up)
         row["model_bytes"] = manifest.model_path.stat().st_size
         row["format"] = manifest.raw["model"].get("format", "onnx")
-        bundles[manifest.name] = {k: round(v, 3) if isinstance(v, float) else v
-                                  for k, v in row.items()}
+        bundles[manifest.name] = {
+            k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()
+        }
     result["bundles"] = bundles
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
 
@@ -99,13 +107,17 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) -> dict[str, Any]:
     import numpy as np
 
-    from bundle import load_bundle
+    from bundle import ClassifierModel, load_bundle
 
     model = load_bundle(bundle_dir, threads=1, inter_threads=1)
+    assert isinstance(model, ClassifierModel), f"{bundle_dir} is not a classifier bundle"
     model.warm_up()
     fp32_path = bundle_dir / "model.fp32.onnx"
-    fp32 = load_bundle(bundle_dir, threads=1, inter_threads=1, model_path=fp32_path) \
-        if fp32_path.is_file() else None
+    fp32 = (
+        load_bundle(bundle_dir, threads=1, inter_threads=1, model_path=fp32_path)
+        if fp32_path.is_file()
+        else None
+    )
     out: dict[str, Any] = {"model": model.manifest.model_id}
     for band, texts in reviews.items():
         tokenize, session, whole, session_fp32, n_tokens = [], [], [], [], []
@@ -113,10 +125,14 @@ def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) 
         for text in texts:
             ids = model.tokenizer.encode(text)
             n_tokens.append(len(ids))
-            feeds.append({"input_ids": np.asarray([ids], dtype=np.int64),
-                          "lengths": np.asarray([len(ids)], dtype=np.int64)})
+            feeds.append(
+                {
+                    "input_ids": np.asarray([ids], dtype=np.int64),
+                    "lengths": np.asarray([len(ids)], dtype=np.int64),
+                }
+            )
         for _ in range(repeats):
-            for text, feed in zip(texts, feeds):
+            for text, feed in zip(texts, feeds, strict=False):
                 tokenize.append(_timed(lambda: model.tokenizer.encode(text))[0])
                 session.append(_timed(lambda: model.session.run(["probabilities"], feed))[0])
                 whole.append(_timed(lambda: model.predict_texts([text]))[0])
@@ -124,12 +140,17 @@ def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) 
             fp32.warm_up()
             for feed in feeds:
                 session_fp32.append(_timed(lambda: fp32.session.run(["probabilities"], feed))[0])
-        labels = [model.labels[int(row.argmax())] for row in
-                  (model.predict_texts([t])[0] for t in texts)]
-        out[band] = {"tokens": latency_stats_plain(n_tokens), "tokenize": _stats(tokenize),
-                     "session": _stats(session), "in_process": _stats(whole),
-                     "session_fp32": _stats(session_fp32) if session_fp32 else None,
-                     "labels": labels}
+        labels = [
+            model.labels[int(row.argmax())] for row in (model.predict_texts([t])[0] for t in texts)
+        ]
+        out[band] = {
+            "tokens": latency_stats_plain(n_tokens),
+            "tokenize": _stats(tokenize),
+            "session": _stats(session),
+            "in_process": _stats(whole),
+            "session_fp32": _stats(session_fp32) if session_fp32 else None,
+            "labels": labels,
+        }
     return out
 
 
@@ -140,15 +161,17 @@ def latency_stats_plain(values: list[int]) -> dict[str, Any]:
     return {"min": int(data.min()), "median": float(np.median(data)), "max": int(data.max())}
 
 
-def generate_raw(bundle_dir: Path, bodies: dict[str, list[dict[str, Any]]],
-                 repeats: int) -> dict[str, Any]:
+def generate_raw(
+    bundle_dir: Path, bodies: dict[str, list[dict[str, Any]]], repeats: int
+) -> dict[str, Any]:
     import numpy as np
 
-    from bundle import load_bundle
+    from bundle import LanguageModel, load_bundle
     from server.generation import SamplingParams, choose_next, make_rng
     from server.textgen import GenerationRequest, generate_texts
 
     model = load_bundle(bundle_dir, threads=1, inter_threads=1)
+    assert isinstance(model, LanguageModel), f"{bundle_dir} is not a language model bundle"
     model.warm_up()
     out: dict[str, Any] = {"model": model.manifest.model_id}
     for workload, requests in bodies.items():
@@ -156,13 +179,21 @@ def generate_raw(bundle_dir: Path, bodies: dict[str, list[dict[str, Any]]],
         for _ in range(repeats):
             for body in requests:
                 timed = TimedSteps(model)
-                request = GenerationRequest(body["prompt"], body["n_words"], body["n_samples"],
-                                            SamplingParams(), body.get("seed"))
+                request = GenerationRequest(
+                    body["prompt"],
+                    body["n_words"],
+                    body["n_samples"],
+                    SamplingParams(),
+                    body.get("seed"),
+                )
                 whole.append(_timed(lambda: generate_texts(timed, request))[0])
                 steps_only.append(timed.step_ms)
                 n_steps = timed.steps
-        out[workload] = {"in_process": _stats(whole), "session_steps": _stats(steps_only),
-                         "steps_per_request": n_steps}
+        out[workload] = {
+            "in_process": _stats(whole),
+            "session_steps": _stats(steps_only),
+            "steps_per_request": n_steps,
+        }
     # One LM step and one sampling step alone, batch 5 (the reference figure).
     batch = 5
     ids = np.full((batch, 1), model.bos_id, dtype=np.int64)
@@ -170,8 +201,10 @@ def generate_raw(bundle_dir: Path, bodies: dict[str, list[dict[str, Any]]],
     logits, state = model.step(ids, state)
     step_ms = [_timed(lambda: model.step(ids, state))[0] for _ in range(200)]
     rng = make_rng(0)
-    sample_ms = [_timed(lambda: choose_next(logits, SamplingParams(), model.unk_id, rng))[0]
-                 for _ in range(200)]
+    sample_ms = [
+        _timed(lambda: choose_next(logits, SamplingParams(), model.unk_id, rng))[0]
+        for _ in range(200)
+    ]
     out["lm_step_batch5"] = {k: v for k, v in _stats(step_ms).items() if k != "samples_ms"}
     out["sampling_batch5"] = {k: v for k, v in _stats(sample_ms).items() if k != "samples_ms"}
     return out
@@ -180,7 +213,9 @@ def generate_raw(bundle_dir: Path, bodies: dict[str, list[dict[str, Any]]],
 def raw(inputs_path: Path, models: Path, repeats: int) -> dict[str, Any]:
     spec = json.loads(inputs_path.read_text(encoding="utf-8"))
     result: dict[str, Any] = {}
-    bundle_dirs = {json.loads(p.read_text())["task"]: p.parent for p in models.glob("*/manifest.json")}
+    bundle_dirs = {
+        json.loads(p.read_text())["task"]: p.parent for p in models.glob("*/manifest.json")
+    }
     if "classify" in bundle_dirs:
         result["classify"] = classify_raw(bundle_dirs["classify"], spec["reviews"], repeats)
     if "generate" in bundle_dirs:

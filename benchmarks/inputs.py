@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-LENGTH_BANDS: dict[str, tuple[float, float]] = {"short": (5.0, 15.0), "median": (45.0, 55.0),
-                                                "long": (90.0, 99.0)}
+LENGTH_BANDS: dict[str, tuple[float, float]] = {
+    "short": (5.0, 15.0),
+    "median": (45.0, 55.0),
+    "long": (90.0, 99.0),
+}
 PROMPT_WORDS = 6
 
 
@@ -66,8 +69,11 @@ def pick_inputs(imdb_dir: Path, per_band: int, n_prompts: int) -> Inputs:
     openings = []
     for text in evenly_spaced(texts, n_prompts * 10):
         words = text.replace("<br />", " ").split()
-        if text not in used and len(words) >= PROMPT_WORDS \
-                and all(w.isascii() for w in words[:PROMPT_WORDS]):
+        if (
+            text not in used
+            and len(words) >= PROMPT_WORDS
+            and all(w.isascii() for w in words[:PROMPT_WORDS])
+        ):
             openings.append(" ".join(words[:PROMPT_WORDS]))
     prompts = evenly_spaced(openings, n_prompts)
     return Inputs(reviews, prompts, str(imdb_dir / "test.csv.gz"), len(texts), band_chars)

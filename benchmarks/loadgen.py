@@ -57,24 +57,40 @@ class LoadResult:
         return len(self.latencies_ms)
 
     def summary(self) -> dict[str, Any]:
-        return {"workload": self.workload, "concurrency": self.concurrency,
-                **latency_stats(self.latencies_ms),
-                "throughput_rps": round(self.completed / self.wall_s, 3) if self.wall_s else None,
-                "wall_s": round(self.wall_s, 3), "errors": self.errors,
-                "error_examples": self.error_examples[:3]}
+        return {
+            "workload": self.workload,
+            "concurrency": self.concurrency,
+            **latency_stats(self.latencies_ms),
+            "throughput_rps": round(self.completed / self.wall_s, 3) if self.wall_s else None,
+            "wall_s": round(self.wall_s, 3),
+            "errors": self.errors,
+            "error_examples": self.error_examples[:3],
+        }
 
 
 def latency_stats(samples_ms: Sequence[float]) -> dict[str, Any]:
     """n, mean, min/max and p50/p95/p99 (linear interpolation) of a latency sample, in ms."""
     if not samples_ms:
-        return {"n": 0, "mean_ms": None, "min_ms": None, "max_ms": None,
-                "p50_ms": None, "p95_ms": None, "p99_ms": None}
+        return {
+            "n": 0,
+            "mean_ms": None,
+            "min_ms": None,
+            "max_ms": None,
+            "p50_ms": None,
+            "p95_ms": None,
+            "p99_ms": None,
+        }
     data = np.asarray(samples_ms, dtype=np.float64)
     p50, p95, p99 = np.percentile(data, [50, 95, 99])
-    return {"n": int(data.size), "mean_ms": round(float(data.mean()), 3),
-            "min_ms": round(float(data.min()), 3), "max_ms": round(float(data.max()), 3),
-            "p50_ms": round(float(p50), 3), "p95_ms": round(float(p95), 3),
-            "p99_ms": round(float(p99), 3)}
+    return {
+        "n": int(data.size),
+        "mean_ms": round(float(data.mean()), 3),
+        "min_ms": round(float(data.min()), 3),
+        "max_ms": round(float(data.max()), 3),
+        "p50_ms": round(float(p50), 3),
+        "p95_ms": round(float(p95), 3),
+        "p99_ms": round(float(p99), 3),
+    }
 
 
 def require_loopback(base_url: str) -> None:
@@ -83,8 +99,15 @@ def require_loopback(base_url: str) -> None:
         raise ValueError(f"the load generator only targets loopback, not {host!r}")
 
 
-def run_load(base_url: str, workload: Workload, concurrency: int, max_requests: int,
-             max_seconds: float, timeout_s: float = 600.0, keep_answers: bool = False) -> LoadResult:
+def run_load(
+    base_url: str,
+    workload: Workload,
+    concurrency: int,
+    max_requests: int,
+    max_seconds: float,
+    timeout_s: float = 600.0,
+    keep_answers: bool = False,
+) -> LoadResult:
     """Send up to `max_requests` (at least one per thread) from `concurrency` threads."""
     require_loopback(base_url)
     if concurrency < 1 or max_requests < 1 or not workload.bodies:
@@ -105,8 +128,9 @@ def run_load(base_url: str, workload: Workload, concurrency: int, max_requests: 
         try:
             while ticket < max_requests:
                 index = ticket % len(encoded)
-                status, data, elapsed_ms, problem = _exchange(connection, workload.path,
-                                                              encoded[index])
+                status, data, elapsed_ms, problem = _exchange(
+                    connection, workload.path, encoded[index]
+                )
                 answer = None
                 if problem is None:
                     problem, answer = _check(status, data, workload.expect_key)
@@ -134,16 +158,18 @@ def run_load(base_url: str, workload: Workload, concurrency: int, max_requests: 
     return result
 
 
-def _exchange(connection: http.client.HTTPConnection, path: str,
-              body: bytes | None) -> tuple[int, bytes, float, str | None]:
+def _exchange(
+    connection: http.client.HTTPConnection, path: str, body: bytes | None
+) -> tuple[int, bytes, float, str | None]:
     """One request/response on a kept-alive connection: (status, body, ms, transport problem)."""
     sent = time.perf_counter()
     try:
         if body is None:
             connection.request("GET", path)
         else:
-            connection.request("POST", path, body=body,
-                               headers={"Content-Type": "application/json"})
+            connection.request(
+                "POST", path, body=body, headers={"Content-Type": "application/json"}
+            )
         response = connection.getresponse()
         data = response.read()
         elapsed_ms = (time.perf_counter() - sent) * 1e3

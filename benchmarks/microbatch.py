@@ -33,8 +33,16 @@ SETTINGS: dict[str, dict[str, str]] = {
 CONCURRENCIES = (1, 8)
 
 
-def measure(models: Path, name: str, env: dict[str, str], workload: Workload, cpu: int | None,
-            seconds: float, max_requests: int, log_dir: Path) -> list[dict[str, Any]]:
+def measure(
+    models: Path,
+    name: str,
+    env: dict[str, str],
+    workload: Workload,
+    cpu: int | None,
+    seconds: float,
+    max_requests: int,
+    log_dir: Path,
+) -> list[dict[str, Any]]:
     port = free_port()
     spec = our_server(models, port)
     spec.env.update(env, WEB_THREADS="8")
@@ -59,22 +67,32 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             runs = [r for r in rows if r["setting"] == name and r["concurrency"] == concurrency]
             if not runs:
                 continue
-            table.append({
-                "setting": name, "concurrency": concurrency, "rounds": len(runs),
-                "throughput_rps": round(statistics.median(r["throughput_rps"] for r in runs), 2),
-                "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 1),
-                "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 1),
-                "errors": sum(r["errors"] for r in runs),
-            })
+            table.append(
+                {
+                    "setting": name,
+                    "concurrency": concurrency,
+                    "rounds": len(runs),
+                    "throughput_rps": round(
+                        statistics.median(r["throughput_rps"] for r in runs), 2
+                    ),
+                    "p50_ms": round(statistics.median(r["p50_ms"] for r in runs), 1),
+                    "p99_ms": round(statistics.median(r["p99_ms"] for r in runs), 1),
+                    "errors": sum(r["errors"] for r in runs),
+                }
+            )
     return table
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    lines = ["| setting | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| setting | concurrency | throughput (req/s) | p50 (ms) | p99 (ms) | errors |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for row in table:
-        lines.append(f"| {row['setting']} | {row['concurrency']} | {row['throughput_rps']} | "
-                     f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} |")
+        lines.append(
+            f"| {row['setting']} | {row['concurrency']} | {row['throughput_rps']} | "
+            f"{row['p50_ms']} | {row['p99_ms']} | {row['errors']} |"
+        )
     return "\n".join(lines)
 
 
@@ -83,12 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--imdb", type=Path, default=default_imdb_dir())
     parser.add_argument("--reviews", type=int, default=64, help="distinct reviews sent in turn")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per setting, round, concurrency")
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="per setting, round, concurrency"
+    )
     parser.add_argument("--requests", type=int, default=2000, help="cap per run")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--server-cpu", type=int, default=1)
     parser.add_argument("--client-cpu", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "microbatch.json")
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results" / "microbatch.json"
+    )
     args = parser.parse_args(argv)
 
     pin_client(args.client_cpu)
@@ -99,18 +121,33 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="microbatch-") as logs:
         for round_index in range(args.rounds):
             for name, env in SETTINGS.items():
-                for row in measure(args.models, name, env, workload, args.server_cpu, args.seconds,
-                                   args.requests, Path(logs)):
+                for row in measure(
+                    args.models,
+                    name,
+                    env,
+                    workload,
+                    args.server_cpu,
+                    args.seconds,
+                    args.requests,
+                    Path(logs),
+                ):
                     row["round"] = round_index
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     table = summarise(rows)
     manifest = json.loads((args.models / "imdb-sentiment" / "manifest.json").read_text())
-    report = {"models": str(args.models), "architecture": manifest["architecture"],
-              "model": f"{manifest['name']}@{manifest['version']}", "reviews": len(reviews),
-              "server_cpu": args.server_cpu, "client_cpu": args.client_cpu,
-              "seconds_per_run": args.seconds, "wall_s": round(time.time() - started, 1),
-              "table": table, "runs": rows}
+    report = {
+        "models": str(args.models),
+        "architecture": manifest["architecture"],
+        "model": f"{manifest['name']}@{manifest['version']}",
+        "reviews": len(reviews),
+        "server_cpu": args.server_cpu,
+        "client_cpu": args.client_cpu,
+        "seconds_per_run": args.seconds,
+        "wall_s": round(time.time() - started, 1),
+        "table": table,
+        "runs": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(table))

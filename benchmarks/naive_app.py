@@ -41,11 +41,20 @@ language_model = load_learner(RUN_DIR / "lm.pkl")
 labels: list[str] = [str(label) for label in classifier.dls.vocab[1]]
 
 # One line for the benchmark's cold-start phases; the exec'd process is gunicorn's master.
-print(json.dumps({"message": "naive app loaded", "pid": os.getpid(),
-                  "app_import_since_exec_s": _master_age_at_import,
-                  "imports_s": round(_imported - _started, 3),
-                  "load_s": round(time.perf_counter() - _imported, 3),
-                  "since_exec_s": seconds_since_exec(os.getppid())}), file=sys.stderr, flush=True)
+print(
+    json.dumps(
+        {
+            "message": "naive app loaded",
+            "pid": os.getpid(),
+            "app_import_since_exec_s": _master_age_at_import,
+            "imports_s": round(_imported - _started, 3),
+            "load_s": round(time.perf_counter() - _imported, 3),
+            "since_exec_s": seconds_since_exec(os.getppid()),
+        }
+    ),
+    file=sys.stderr,
+    flush=True,
+)
 
 
 def _field(body: Any, name: str, kinds: tuple[type, ...], default: Any = None) -> Any:
@@ -63,8 +72,12 @@ class Classify:
         text = _field(req.get_media(), "text", (str,))
         with classifier.no_bar():
             label, _, probabilities = classifier.predict(text)
-        resp.media = {"label": str(label),
-                      "probabilities": {name: float(p) for name, p in zip(labels, probabilities)}}
+        resp.media = {
+            "label": str(label),
+            "probabilities": {
+                name: float(p) for name, p in zip(labels, probabilities, strict=False)
+            },
+        }
 
 
 class Generate:
@@ -78,8 +91,10 @@ class Generate:
             raise falcon.HTTPBadRequest(description="n_words or n_samples out of range")
         if body.get("seed") is not None:
             torch.manual_seed(_field(body, "seed", (int,)))
-        samples = [language_model.predict(prompt, n_words, temperature=temperature, no_bar=True)
-                   for _ in range(n_samples)]
+        samples = [
+            language_model.predict(prompt, n_words, temperature=temperature, no_bar=True)
+            for _ in range(n_samples)
+        ]
         resp.media = {"samples": samples}
 
 

@@ -28,8 +28,10 @@ from benchmarks.loadgen import Workload, run_load
 from benchmarks.memory import MemorySampler
 from benchmarks.servers import NAIVE, ONE_THREAD, OURS, REPO, base_env, launch, pinned, wait_ready
 
-DEFAULT_IMAGE_RECORD = Path(os.environ.get("CONTAINER_STATE", "/var/tmp/fastai-onnx-serve-podman")) \
+DEFAULT_IMAGE_RECORD = (
+    Path(os.environ.get("CONTAINER_STATE", "/var/tmp/fastai-onnx-serve-podman"))
     / "last-container-test.json"
+)
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,18 @@ class BenchConfig:
     @classmethod
     def quick_defaults(cls) -> dict[str, Any]:
         """Small counts for the harness test: every section, minimal statistics."""
-        return {"quick": True, "cold_runs": 2, "classify_requests": 8, "generate_requests": 3,
-                "cell_seconds": 3.0, "cell_max_seconds": 30.0, "reviews_per_band": 4, "prompts": 2, "n_words": 10,
-                "raw_repeats": 2}
+        return {
+            "quick": True,
+            "cold_runs": 2,
+            "classify_requests": 8,
+            "generate_requests": 3,
+            "cell_seconds": 3.0,
+            "cell_max_seconds": 30.0,
+            "reviews_per_band": 4,
+            "prompts": 2,
+            "n_words": 10,
+            "raw_repeats": 2,
+        }
 
 
 def log(message: str) -> None:
@@ -115,12 +126,17 @@ def _git(*args: str) -> str | None:
 
 def machine() -> dict[str, Any]:
     return {
-        "cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(),
-        "memory_gib": _mem_total_gib(), "kernel": platform.release(),
-        "platform": platform.platform(), "python": platform.python_version(),
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "memory_gib": _mem_total_gib(),
+        "kernel": platform.release(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "versions": {n: _version(n) for n in ("onnxruntime", "numpy", "falcon", "gunicorn", "torch",
-                                              "fastai", "spacy")},
+        "versions": {
+            n: _version(n)
+            for n in ("onnxruntime", "numpy", "falcon", "gunicorn", "torch", "fastai", "spacy")
+        },
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
@@ -132,12 +148,16 @@ def bundles(models: Path) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
         arch = raw.get("architecture", {})
         out[raw["name"]] = {
-            "version": raw.get("version"), "task": raw.get("task"),
+            "version": raw.get("version"),
+            "task": raw.get("task"),
             "quantization": raw.get("model", {}).get("quantization"),
             "format": raw.get("model", {}).get("format", "onnx"),
             "model_bytes": (path.parent / raw["model"]["file"]).stat().st_size,
-            **{k: arch.get(k) for k in ("vocab_size", "emb_size", "hidden_size", "n_layers",
-                                        "max_len")}}
+            **{
+                k: arch.get(k)
+                for k in ("vocab_size", "emb_size", "hidden_size", "n_layers", "max_len")
+            },
+        }
     return out
 
 
@@ -146,37 +166,60 @@ FLOOR = Workload("readyz (no model)", "/readyz", [None], "status")
 
 
 def classify_workloads(inputs: Inputs) -> list[Workload]:
-    return [Workload(f"classify {band}", "/classify", [{"text": t} for t in texts], "label")
-            for band, texts in inputs.reviews.items()]
+    return [
+        Workload(f"classify {band}", "/classify", [{"text": t} for t in texts], "label")
+        for band, texts in inputs.reviews.items()
+    ]
 
 
 def generate_workloads(inputs: Inputs, cfg: BenchConfig) -> list[Workload]:
-    return [Workload(f"generate {k}x{cfg.n_words}", "/generate",
-                     [{"prompt": p, "n_words": cfg.n_words, "n_samples": k, "seed": i}
-                      for i, p in enumerate(inputs.prompts)], "samples")
-            for k in cfg.generate_samples]
+    return [
+        Workload(
+            f"generate {k}x{cfg.n_words}",
+            "/generate",
+            [
+                {"prompt": p, "n_words": cfg.n_words, "n_samples": k, "seed": i}
+                for i, p in enumerate(inputs.prompts)
+            ],
+            "samples",
+        )
+        for k in cfg.generate_samples
+    ]
 
 
 def cold_probes(inputs: Inputs, cfg: BenchConfig) -> list[ColdProbe]:
-    return [ColdProbe("classify", "/classify", {"text": inputs.reviews["median"][0]}, "label"),
-            ColdProbe("generate", "/generate", {"prompt": inputs.prompts[0], "n_words": cfg.n_words,
-                                                "n_samples": 1, "seed": 0}, "samples")]
+    return [
+        ColdProbe("classify", "/classify", {"text": inputs.reviews["median"][0]}, "label"),
+        ColdProbe(
+            "generate",
+            "/generate",
+            {"prompt": inputs.prompts[0], "n_words": cfg.n_words, "n_samples": 1, "seed": 0},
+            "samples",
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------- load phase
-def predicted_cell_s(concurrency: int, max_requests: int, cell_seconds: float,
-                     service_s: float) -> float:
+def predicted_cell_s(
+    concurrency: int, max_requests: int, cell_seconds: float, service_s: float
+) -> float:
     """Wall time a closed-loop cell should take on a server that does one request at a time
     (one core): new requests stop at `cell_seconds`, but the `concurrency` requests in flight
     then still finish one after another; and never more than all requests back to back."""
-    return min(cell_seconds + concurrency * service_s,
-               max(max_requests, concurrency) * service_s)
+    return min(cell_seconds + concurrency * service_s, max(max_requests, concurrency) * service_s)
 
 
-def run_cells(base_url: str, workload: Workload, levels: tuple[int, ...], max_requests: int,
-              cell_seconds: float, cell_max_seconds: float, keep_level: int | None = None,
-              progress: Callable[[str], None] | None = None,
-              label: str = "") -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, Any]]:
+def run_cells(
+    base_url: str,
+    workload: Workload,
+    levels: tuple[int, ...],
+    max_requests: int,
+    cell_seconds: float,
+    cell_max_seconds: float,
+    keep_level: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    label: str = "",
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, Any]]:
     """Warm `workload` (two requests, one at a time, which also measures its service time),
     then one cell per concurrency level, lowest first. A level whose predicted duration exceeds
     `cell_max_seconds` is skipped (with the prediction) instead of run. Returns (cell summaries
@@ -191,35 +234,47 @@ def run_cells(base_url: str, workload: Workload, levels: tuple[int, ...], max_re
     for concurrency in sorted(levels):
         predicted = predicted_cell_s(concurrency, max_requests, cell_seconds, service_s)
         if predicted > cell_max_seconds:
-            skipped.append({"workload": workload.name, "concurrency": concurrency,
-                            "service_s": round(service_s, 3), "predicted_s": round(predicted, 1),
-                            "cell_max_seconds": cell_max_seconds})
+            skipped.append(
+                {
+                    "workload": workload.name,
+                    "concurrency": concurrency,
+                    "service_s": round(service_s, 3),
+                    "predicted_s": round(predicted, 1),
+                    "cell_max_seconds": cell_max_seconds,
+                }
+            )
             if progress:
-                progress(f"  {label:5s} {workload.name:18s} c={concurrency}: skipped (predicted "
-                         f"{predicted:.0f} s at {service_s:.2f} s per request > "
-                         f"{cell_max_seconds:.0f} s)")
+                progress(
+                    f"  {label:5s} {workload.name:18s} c={concurrency}: skipped (predicted "
+                    f"{predicted:.0f} s at {service_s:.2f} s per request > "
+                    f"{cell_max_seconds:.0f} s)"
+                )
             continue
         keep = concurrency == keep_level
-        result = run_load(base_url, workload, concurrency, max_requests, cell_seconds,
-                          keep_answers=keep)
+        result = run_load(
+            base_url, workload, concurrency, max_requests, cell_seconds, keep_answers=keep
+        )
         if keep:
-            answers = dict(zip(result.body_index, result.answers))
+            answers = dict(zip(result.body_index, result.answers, strict=False))
         summary = result.summary()
         summary["samples_ms"] = [round(x, 3) for x in result.latencies_ms]
         summary["predicted_s"] = round(predicted, 1)
         cells.append(summary)
         if progress:
-            progress(f"  {label:5s} {workload.name:18s} c={concurrency}: n={summary['n']} "
-                     f"p50={summary['p50_ms']} ms p95={summary['p95_ms']} ms "
-                     f"{summary['throughput_rps']} req/s errors={summary['errors']} "
-                     f"({summary['wall_s']:.1f} s, predicted {predicted:.1f} s)")
+            progress(
+                f"  {label:5s} {workload.name:18s} c={concurrency}: n={summary['n']} "
+                f"p50={summary['p50_ms']} ms p95={summary['p95_ms']} ms "
+                f"{summary['throughput_rps']} req/s errors={summary['errors']} "
+                f"({summary['wall_s']:.1f} s, predicted {predicted:.1f} s)"
+            )
         if result.completed:  # on one core, 1 / throughput is the time one request holds it
             service_s = result.wall_s / result.completed
     return cells, skipped, answers
 
 
-def serve_under_load(name: str, cfg: BenchConfig, workloads: list[Workload],
-                     log_dir: Path) -> dict[str, Any]:
+def serve_under_load(
+    name: str, cfg: BenchConfig, workloads: list[Workload], log_dir: Path
+) -> dict[str, Any]:
     """Start one server, warm each workload, run every concurrency level, read its memory."""
     server = launch(name, cfg.run_dir, cfg.models, log_dir, cfg.server_cpu)
     cells: list[dict[str, Any]] = []
@@ -231,15 +286,23 @@ def serve_under_load(name: str, cfg: BenchConfig, workloads: list[Workload],
         log(f"{name} ready after {ready_s:.2f} s")
         with MemorySampler(server.pid) as sampler:
             for workload in workloads:
-                budget = cfg.generate_requests if workload.path == "/generate" \
-                    else cfg.classify_requests
+                budget = (
+                    cfg.generate_requests if workload.path == "/generate" else cfg.classify_requests
+                )
                 # The floor (a GET that does no model work) only matters one request at a time.
                 levels = (low,) if workload is FLOOR else cfg.concurrency
                 try:
                     done, cut, kept = run_cells(
-                        server.base_url, workload, levels, budget, cfg.cell_seconds,
-                        cfg.cell_max_seconds, low if workload.path == "/classify" else None,
-                        log, name)
+                        server.base_url,
+                        workload,
+                        levels,
+                        budget,
+                        cfg.cell_seconds,
+                        cfg.cell_max_seconds,
+                        low if workload.path == "/classify" else None,
+                        log,
+                        name,
+                    )
                 except RuntimeError as exc:
                     raise server.failure(str(exc)) from None
                 if kept:
@@ -249,24 +312,33 @@ def serve_under_load(name: str, cfg: BenchConfig, workloads: list[Workload],
         memory = sampler.finish()  # VmHWM is read from the live processes, before SIGTERM
     finally:
         exit_code = server.stop()
-    return {"ready_s": round(ready_s, 3), "cells": cells, "skipped_cells": skipped,
-            "memory": memory,
-            "labels": {w: {str(i): a for i, a in sorted(v.items())} for w, v in answers.items()},
-            "exit_code": exit_code}
+    return {
+        "ready_s": round(ready_s, 3),
+        "cells": cells,
+        "skipped_cells": skipped,
+        "memory": memory,
+        "labels": {w: {str(i): a for i, a in sorted(v.items())} for w, v in answers.items()},
+        "exit_code": exit_code,
+    }
 
 
 # ----------------------------------------------------------------------------- in-process
-def run_inprocess(cfg: BenchConfig, inputs: Inputs, workloads: list[Workload],
-                  work: Path) -> dict[str, Any]:
-    spec = {"reviews": inputs.reviews,
-            "generate_bodies": {w.name: list(w.bodies) for w in workloads if w.path == "/generate"}}
+def run_inprocess(
+    cfg: BenchConfig, inputs: Inputs, workloads: list[Workload], work: Path
+) -> dict[str, Any]:
+    spec = {
+        "reviews": inputs.reviews,
+        "generate_bodies": {w.name: list(w.bodies) for w in workloads if w.path == "/generate"},
+    }
     spec_path = work / "inprocess-inputs.json"
     spec_path.write_text(json.dumps(spec), encoding="utf-8")
     env = base_env()
 
     def module(*args: str) -> dict[str, Any]:
-        argv = pinned([sys.executable, "-m", "benchmarks.inprocess", *args,
-                       "--models", str(cfg.models)], cfg.server_cpu)
+        argv = pinned(
+            [sys.executable, "-m", "benchmarks.inprocess", *args, "--models", str(cfg.models)],
+            cfg.server_cpu,
+        )
         out = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
             raise RuntimeError(f"benchmarks.inprocess {args[0]} failed:\n{out.stderr[-3000:]}")
@@ -279,8 +351,11 @@ def run_inprocess(cfg: BenchConfig, inputs: Inputs, workloads: list[Workload],
 
 def image_record(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        return {"measured": False, "record": str(path),
-                "note": "not measured in this run: no record from tests/test_container.py"}
+        return {
+            "measured": False,
+            "record": str(path),
+            "note": "not measured in this run: no record from tests/test_container.py",
+        }
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -308,30 +383,42 @@ def check_paths(cfg: BenchConfig) -> dict[str, Any]:
     (same architecture and vocabulary as its config.json / vocab.json, which export copies into
     each manifest): otherwise the two servers would not serve the same model. Returns, per
     bundle, whether its recorded training config equals the run's whole config.json."""
-    problems = [f"{p} not found" for p in (cfg.run_dir / "classifier.pkl", cfg.run_dir / "lm.pkl")
-                if not p.is_file()]
-    manifests = {p.parent.name: json.loads(p.read_text(encoding="utf-8"))
-                 for p in sorted(cfg.models.glob("*/manifest.json"))}
+    problems = [
+        f"{p} not found"
+        for p in (cfg.run_dir / "classifier.pkl", cfg.run_dir / "lm.pkl")
+        if not p.is_file()
+    ]
+    manifests = {
+        p.parent.name: json.loads(p.read_text(encoding="utf-8"))
+        for p in sorted(cfg.models.glob("*/manifest.json"))
+    }
     tasks = sorted(m["task"] for m in manifests.values())
     if tasks != ["classify", "generate"]:
-        problems.append(f"{cfg.models} must hold one classify and one generate bundle "
-                        f"(has {tasks})")
+        problems.append(
+            f"{cfg.models} must hold one classify and one generate bundle (has {tasks})"
+        )
     provenance: dict[str, Any] = {}
     run_config = _read_json(cfg.run_dir / "config.json")
     vocab = _read_json(cfg.run_dir / "vocab.json")
     for name, manifest in manifests.items():
         recorded = manifest.get("training", {}).get("config") or {}
-        differ = [k for k in ARCH_KEYS if run_config is not None and k in recorded
-                  and recorded[k] != run_config.get(k)]
+        differ = [
+            k
+            for k in ARCH_KEYS
+            if run_config is not None and k in recorded and recorded[k] != run_config.get(k)
+        ]
         vocab_size = manifest.get("architecture", {}).get("vocab_size")
         if isinstance(vocab, list) and vocab_size is not None and vocab_size != len(vocab):
             differ.append(f"vocab size {vocab_size} vs {len(vocab)}")
         if differ:
-            problems.append(f"bundle {name} was not exported from {cfg.run_dir} "
-                            f"(differs in {', '.join(differ)})")
-        provenance[name] = {"run_dir_recorded": manifest.get("training", {}).get("run_dir"),
-                            "same_training_config": None if run_config is None
-                            else recorded == run_config}
+            problems.append(
+                f"bundle {name} was not exported from {cfg.run_dir} "
+                f"(differs in {', '.join(differ)})"
+            )
+        provenance[name] = {
+            "run_dir_recorded": manifest.get("training", {}).get("run_dir"),
+            "same_training_config": None if run_config is None else recorded == run_config,
+        }
     if problems:
         raise SystemExit("benchmarks: " + "; ".join(problems))
     return provenance
@@ -350,25 +437,42 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
     started_at = datetime.now(UTC)
     client_cpu = pin_client(cfg.client_cpu if cfg.client_cpu != cfg.server_cpu else None)
     results: dict[str, Any] = {
-        "schema": 1, "command": cfg.command, "started_at": started_at.isoformat(timespec="seconds"),
+        "schema": 1,
+        "command": cfg.command,
+        "started_at": started_at.isoformat(timespec="seconds"),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-        "machine": machine(), "pinning": {"server_cpu": cfg.server_cpu, "client_cpu": client_cpu,
-                                          "threads_env": ONE_THREAD},
-        "bundles": bundles(cfg.models), "provenance": provenance,
+        "machine": machine(),
+        "pinning": {
+            "server_cpu": cfg.server_cpu,
+            "client_cpu": client_cpu,
+            "threads_env": ONE_THREAD,
+        },
+        "bundles": bundles(cfg.models),
+        "provenance": provenance,
     }
     log(f"inputs from {cfg.imdb_dir}")
     inputs = pick_inputs(cfg.imdb_dir, cfg.reviews_per_band, cfg.prompts)
-    results["inputs"] = {"source": inputs.source, "test_reviews": inputs.test_reviews,
-                         "band_chars": inputs.band_chars,
-                         "reviews_per_band": {b: len(t) for b, t in inputs.reviews.items()},
-                         "prompts": inputs.prompts}
-    workloads = [FLOOR] + classify_workloads(inputs) + generate_workloads(inputs, cfg)
+    results["inputs"] = {
+        "source": inputs.source,
+        "test_reviews": inputs.test_reviews,
+        "band_chars": inputs.band_chars,
+        "reviews_per_band": {b: len(t) for b, t in inputs.reviews.items()},
+        "prompts": inputs.prompts,
+    }
+    workloads = [FLOOR, *classify_workloads(inputs), *generate_workloads(inputs, cfg)]
     with tempfile.TemporaryDirectory(prefix="benchmarks-") as tmp:
         work = Path(tmp)
         log(f"cold starts: {cfg.cold_runs} runs x 2 probes x 2 servers")
-        results["cold_start"] = run_cold_starts(cold_probes(inputs, cfg), cfg.cold_runs,
-                                                cfg.run_dir, cfg.models, work / "logs",
-                                                cfg.server_cpu, cfg.ready_timeout_s, progress=log)
+        results["cold_start"] = run_cold_starts(
+            cold_probes(inputs, cfg),
+            cfg.cold_runs,
+            cfg.run_dir,
+            cfg.models,
+            work / "logs",
+            cfg.server_cpu,
+            cfg.ready_timeout_s,
+            progress=log,
+        )
         results["latency"] = {}
         for name in (OURS, NAIVE):
             log(f"latency: {name}")

@@ -20,15 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import procfs
-
 REPO = Path(__file__).resolve().parent.parent
 OURS = "ours"
 NAIVE = "naive"
 SERVERS = (OURS, NAIVE)
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-              "NUMEXPR_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1",
-              "ORT_INTRA_OP_THREADS": "1", "ORT_INTER_OP_THREADS": "1"}
+ONE_THREAD = {
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "ORT_INTRA_OP_THREADS": "1",
+    "ORT_INTER_OP_THREADS": "1",
+}
 
 
 class ServerFailed(RuntimeError):
@@ -52,8 +56,11 @@ def pinned(argv: list[str], cpu: int | None) -> list[str]:
 
 def base_env() -> dict[str, str]:
     """The caller's environment minus the server's own knobs, plus one thread everywhere."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MAX_", "WEB_", "ORT_", "GUNICORN"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MAX_", "WEB_", "ORT_", "GUNICORN"))
+    }
     env.update(ONE_THREAD)
     env.update(PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
     return env
@@ -70,17 +77,38 @@ class ServerSpec:
 
 def our_server(models: Path, port: int) -> ServerSpec:
     env = base_env()
-    env.update(HOST="127.0.0.1", PORT=str(port), MODEL_DIR=str(models), LOG_LEVEL="info",
-               ACCESS_LOG="false")
+    env.update(
+        HOST="127.0.0.1",
+        PORT=str(port),
+        MODEL_DIR=str(models),
+        LOG_LEVEL="info",
+        ACCESS_LOG="false",
+    )
     return ServerSpec(OURS, [sys.executable, "-m", "server"], env)
 
 
 def naive_server(run_dir: Path, port: int) -> ServerSpec:
     env = base_env()
     env.update(NAIVE_RUN_DIR=str(run_dir))
-    argv = [sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "sync",
-            "--bind", f"127.0.0.1:{port}", "--timeout", "600", "--graceful-timeout", "5",
-            "--no-control-socket", "--log-level", "warning", "benchmarks.naive_app:app"]
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--workers",
+        "1",
+        "--worker-class",
+        "sync",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--timeout",
+        "600",
+        "--graceful-timeout",
+        "5",
+        "--no-control-socket",
+        "--log-level",
+        "warning",
+        "benchmarks.naive_app:app",
+    ]
     return ServerSpec(NAIVE, argv, env)
 
 
@@ -121,8 +149,9 @@ class RunningServer:
         return records
 
     def failure(self, what: str) -> ServerFailed:
-        return ServerFailed(f"{self.spec.name} server: {what}\n--- log tail ---\n"
-                            f"{self.log_text()[-4000:]}")
+        return ServerFailed(
+            f"{self.spec.name} server: {what}\n--- log tail ---\n{self.log_text()[-4000:]}"
+        )
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -147,9 +176,14 @@ def start(spec: ServerSpec, port: int, log_dir: Path, cpu: int | None) -> Runnin
     log_path = log_dir / f"{spec.name}-{port}.log"
     with log_path.open("wb") as log_file:
         started = time.perf_counter()
-        process = subprocess.Popen(pinned(spec.argv, cpu), cwd=REPO, env=spec.env,
-                                   stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            pinned(spec.argv, cpu),
+            cwd=REPO,
+            env=spec.env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     return RunningServer(spec, process, f"http://127.0.0.1:{port}", log_path, started)
 
 

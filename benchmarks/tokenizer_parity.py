@@ -8,6 +8,7 @@ Numericalize on those same tokens), and times both. Also measures the server's c
 of the tokenizer in a fresh interpreter: import, `Tokenizer.from_file` on the realistic vocab,
 first `encode`. Prints a summary and writes benchmarks/results/tokenizer_parity.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,24 +53,41 @@ def read_reviews(path: Path, limit: int | None) -> list[str]:
 
 def first_difference(ours: list[str], theirs: list[str]) -> dict[str, Any]:
     """Where two token lists first part ways, with a few tokens of context."""
-    ops = [op for op in difflib.SequenceMatcher(a=theirs, b=ours, autojunk=False).get_opcodes()
-           if op[0] != "equal"]
+    ops = [
+        op
+        for op in difflib.SequenceMatcher(a=theirs, b=ours, autojunk=False).get_opcodes()
+        if op[0] != "equal"
+    ]
     tag, i1, i2, j1, j2 = ops[0]
-    return {"op": tag, "fastai": theirs[max(0, i1 - 3):i2 + 3], "ours": ours[max(0, j1 - 3):j2 + 3],
-            "token_index": i1}
+    return {
+        "op": tag,
+        "fastai": theirs[max(0, i1 - 3) : i2 + 3],
+        "ours": ours[max(0, j1 - 3) : j2 + 3],
+        "token_index": i1,
+    }
 
 
 def cold_start(tokenizer_json: Path, runs: int = 5) -> dict[str, Any]:
     """Median of `runs` fresh interpreters: the server pays this once per worker start."""
     samples = []
     for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", _COLD_START, str(tokenizer_json)], cwd=REPO,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", _COLD_START, str(tokenizer_json)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         samples.append(json.loads(out.stdout))
-    med = {k: sorted(s[k] for s in samples)[len(samples) // 2]
-           for k in ("import_ms", "from_file_ms", "first_encode_ms")}
-    return {**{k: round(v, 1) for k, v in med.items()}, "runs": runs,
-            "heavy_modules_imported": samples[0]["heavy_modules"]}
+    med = {
+        k: sorted(s[k] for s in samples)[len(samples) // 2]
+        for k in ("import_ms", "from_file_ms", "first_encode_ms")
+    }
+    return {
+        **{k: round(v, 1) for k, v in med.items()},
+        "runs": runs,
+        "heavy_modules_imported": samples[0]["heavy_modules"],
+    }
 
 
 def run(split_path: Path, limit: int | None) -> dict[str, Any]:
@@ -104,11 +122,16 @@ def run(split_path: Path, limit: int | None) -> dict[str, Any]:
     ours_s = time.perf_counter() - t0
     print(f"ours:   {ours_s:.1f} s", flush=True)
 
-    token_mismatches = [i for i, (a, b) in enumerate(zip(ours, reference)) if a != b]
-    id_mismatches = [i for i, (a, b) in enumerate(zip(ours, reference))
-                     if ours_tok.tokens_to_ids(a) != [int(x) for x in num(b)]]
-    diffs = [{"doc": i, "text": texts[i][:300], **first_difference(ours[i], reference[i])}
-             for i in token_mismatches[:N_DIFFS]]
+    token_mismatches = [i for i, (a, b) in enumerate(zip(ours, reference, strict=False)) if a != b]
+    id_mismatches = [
+        i
+        for i, (a, b) in enumerate(zip(ours, reference, strict=False))
+        if ours_tok.tokens_to_ids(a) != [int(x) for x in num(b)]
+    ]
+    diffs = [
+        {"doc": i, "text": texts[i][:300], **first_difference(ours[i], reference[i])}
+        for i in token_mismatches[:N_DIFFS]
+    ]
     n_tokens = sum(len(d) for d in reference)
     unk = sum(ours_tok.tokens_to_ids(d).count(ours_tok.unk_id) for d in ours)
     return {
@@ -128,8 +151,11 @@ def run(split_path: Path, limit: int | None) -> dict[str, Any]:
         "tokenizer_json_bytes": json_bytes,
         "load_in_process_ms": round(load_s * 1e3, 1),
         "cold_start": cold,
-        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "platform": platform.platform()},
+        "machine": {
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+        },
     }
 
 

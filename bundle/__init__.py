@@ -3,10 +3,18 @@
 `export/` writes bundles and verifies them with this package; `server/` only reads them.
 Never import torch, fastai, fastcore or spaCy here.
 """
+
 from .manifest import SCHEMA_VERSION, BundleError, Manifest, file_digest, load_manifest
 from .runtime import ClassifierModel, LanguageModel, load_bundle, session_options
 
 __all__ = [
-    "SCHEMA_VERSION", "BundleError", "Manifest", "file_digest", "load_manifest",
-    "ClassifierModel", "LanguageModel", "load_bundle", "session_options",
+    "SCHEMA_VERSION",
+    "BundleError",
+    "ClassifierModel",
+    "LanguageModel",
+    "Manifest",
+    "file_digest",
+    "load_bundle",
+    "load_manifest",
+    "session_options",
 ]

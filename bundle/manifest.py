@@ -3,6 +3,7 @@
 A bundle that fails any check raises BundleError before a session is built, so a server never
 half-loads a corrupt or mismatched model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,16 @@ SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TASKS = ("classify", "generate")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
-_REQUIRED = ("schema_version", "name", "version", "task", "model", "architecture", "tokenizer", "files")
+_REQUIRED = (
+    "schema_version",
+    "name",
+    "version",
+    "task",
+    "model",
+    "architecture",
+    "tokenizer",
+    "files",
+)
 _ARCH_REQUIRED = ("vocab_size", "layer_sizes", "pad_id", "bos_id", "unk_id")
 
 
@@ -86,7 +96,10 @@ def _check_structure(directory: Path, raw: dict[str, Any]) -> None:
     if missing:
         raise _fail(directory, f"manifest lacks {', '.join(missing)}")
     if raw["schema_version"] != SCHEMA_VERSION:
-        raise _fail(directory, f"unknown schema_version {raw['schema_version']!r} (this reader knows {SCHEMA_VERSION})")
+        raise _fail(
+            directory,
+            f"unknown schema_version {raw['schema_version']!r} (this reader knows {SCHEMA_VERSION})",
+        )
     if not isinstance(raw["name"], str) or not _NAME_RE.match(raw["name"]):
         raise _fail(directory, f"invalid name {raw['name']!r}")
     if raw["task"] not in TASKS:
@@ -96,7 +109,9 @@ def _check_structure(directory: Path, raw: dict[str, Any]) -> None:
         raise _fail(directory, f"architecture lacks {', '.join(arch_missing)}")
     if raw["task"] == "classify" and not raw.get("labels"):
         raise _fail(directory, "a classify bundle needs labels")
-    if raw["task"] == "generate" and len(raw.get("states", [])) != len(raw["architecture"]["layer_sizes"]):
+    if raw["task"] == "generate" and len(raw.get("states", [])) != len(
+        raw["architecture"]["layer_sizes"]
+    ):
         raise _fail(directory, "a generate bundle needs one states entry per LSTM layer")
     for key in ("model", "tokenizer"):
         if raw[key].get("file") not in raw["files"]:
@@ -112,10 +127,16 @@ def _check_files(directory: Path, files: dict[str, Any]) -> None:
             raise _fail(directory, f"missing file {name}")
         size = path.stat().st_size
         if size != entry.get("bytes"):
-            raise _fail(directory, f"{name} has {size} bytes, manifest says {entry.get('bytes')} (truncated or replaced?)")
+            raise _fail(
+                directory,
+                f"{name} has {size} bytes, manifest says {entry.get('bytes')} (truncated or replaced?)",
+            )
         digest = file_digest(path)
         if digest != entry.get("sha256"):
-            raise _fail(directory, f"{name} sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}... (tampered or corrupt)")
+            raise _fail(
+                directory,
+                f"{name} sha256 {digest[:12]}... does not match the manifest's {str(entry.get('sha256'))[:12]}... (tampered or corrupt)",
+            )
 
 
 def load_manifest(directory: str | Path, verify_files: bool = True) -> Manifest:
@@ -145,5 +166,7 @@ def write_manifest(directory: Path, raw: dict[str, Any]) -> Manifest:
     }
     raw.setdefault("schema_version", SCHEMA_VERSION)
     _check_structure(directory, raw)
-    (directory / MANIFEST_NAME).write_text(json.dumps(raw, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    (directory / MANIFEST_NAME).write_text(
+        json.dumps(raw, indent=2, sort_keys=False) + "\n", encoding="utf-8"
+    )
     return Manifest(directory=directory, raw=raw)

@@ -3,11 +3,11 @@
 ClassifierModel: token ids -> label probabilities (right-padded batches, exact; see the bundle doc).
 LanguageModel: one step of the stateful LM; the sampling loop lives with its caller.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import onnxruntime as ort
@@ -19,7 +19,9 @@ PRE_OPTIMIZED_FORMATS = ("onnx-optimized", "ort")  # optimized at export time: s
 State = list[np.ndarray]  # [h0, c0, h1, c1, ...] in the order of manifest["states"]
 
 
-def session_options(threads: int = 1, inter_threads: int = 1, spinning: bool = False) -> ort.SessionOptions:
+def session_options(
+    threads: int = 1, inter_threads: int = 1, spinning: bool = False
+) -> ort.SessionOptions:
     """One vCPU by default: one intra-op thread, no spin-waiting (spinning burns the only core)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
@@ -32,23 +34,35 @@ def session_options(threads: int = 1, inter_threads: int = 1, spinning: bool = F
     return opts
 
 
-def _session(manifest: Manifest, options: ort.SessionOptions, model_path: Path | None = None) -> ort.InferenceSession:
+def _session(
+    manifest: Manifest, options: ort.SessionOptions, model_path: Path | None = None
+) -> ort.InferenceSession:
     path = model_path or manifest.model_path
     if model_path is None and manifest.raw["model"].get("format", "onnx") in PRE_OPTIMIZED_FORMATS:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # done at export
+        options.graph_optimization_level = (
+            ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        )  # done at export
     try:
-        sess = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
     except Exception as e:  # onnxruntime raises its own exception types for unreadable models
-        raise BundleError(f"bundle {manifest.directory}: onnxruntime cannot load {path.name}: {e}") from None
+        raise BundleError(
+            f"bundle {manifest.directory}: onnxruntime cannot load {path.name}: {e}"
+        ) from None
     expected_in = {i["name"] for i in manifest.raw["model"].get("inputs", [])}
     actual_in = {i.name for i in sess.get_inputs()}
     if expected_in and expected_in != actual_in:
-        raise BundleError(f"bundle {manifest.directory}: model inputs {sorted(actual_in)} != manifest {sorted(expected_in)}")
+        raise BundleError(
+            f"bundle {manifest.directory}: model inputs {sorted(actual_in)} != manifest {sorted(expected_in)}"
+        )
     return sess
 
 
 class _Model:
-    def __init__(self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
+    def __init__(
+        self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession
+    ) -> None:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.session = session
@@ -67,8 +81,9 @@ class ClassifierModel(_Model):
     def labels(self) -> list[str]:
         return self.manifest.labels
 
-    def predict_ids(self, batch: Sequence[Sequence[int]],
-                    run_options: ort.RunOptions | None = None) -> np.ndarray:
+    def predict_ids(
+        self, batch: Sequence[Sequence[int]], run_options: ort.RunOptions | None = None
+    ) -> np.ndarray:
         """`run_options` lets a caller stop a run from another thread (its `terminate` flag)."""
         if not batch:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
@@ -78,8 +93,9 @@ class ClassifierModel(_Model):
         ids = np.full((len(batch), int(lengths.max())), self.pad_id, dtype=np.int64)
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = seq
-        return self.session.run(["probabilities"], {"input_ids": ids, "lengths": lengths},
-                                run_options)[0]
+        return self.session.run(
+            ["probabilities"], {"input_ids": ids, "lengths": lengths}, run_options
+        )[0]
 
     def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.predict_ids([self.tokenizer.encode(t) for t in texts])
@@ -93,13 +109,19 @@ class ClassifierModel(_Model):
 class LanguageModel(_Model):
     """The stateful LM graph: feed ids with the state, get next-token logits and the new state."""
 
-    def __init__(self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession) -> None:
+    def __init__(
+        self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession
+    ) -> None:
         super().__init__(manifest, tokenizer, session)
         self._states = manifest.raw["states"]
         self._outputs = ["logits"] + [n for s in self._states for n in (s["h_out"], s["c_out"])]
 
     def initial_state(self, batch: int) -> State:
-        return [np.zeros((1, batch, int(s["size"])), dtype=np.float32) for s in self._states for _ in (0, 1)]
+        return [
+            np.zeros((1, batch, int(s["size"])), dtype=np.float32)
+            for s in self._states
+            for _ in (0, 1)
+        ]
 
     def step(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         feed: dict[str, np.ndarray] = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
@@ -111,15 +133,16 @@ class LanguageModel(_Model):
     def warm_up(self) -> None:
         """As the classifier's: includes the highest token id, which must have an embedding row."""
         ids = np.array([[self.bos_id, self.vocab_size - 1]], dtype=np.int64)
-        logits, state = self.step(ids, self.initial_state(1))
+        _logits, state = self.step(ids, self.initial_state(1))
         self.step(ids[:, :1], state)
 
 
-Model = Union[ClassifierModel, LanguageModel]
+Model = ClassifierModel | LanguageModel
 
 
-def load_bundle(directory: str | Path, threads: int = 1, inter_threads: int = 1,
-                model_path: Path | None = None) -> Model:
+def load_bundle(
+    directory: str | Path, threads: int = 1, inter_threads: int = 1, model_path: Path | None = None
+) -> Model:
     """Verify a bundle (manifest, hashes, vocab size vs model) and build its session.
     `model_path` loads another model file of the bundle (e.g. the fp32 copy) for comparisons."""
     manifest = load_manifest(directory)
@@ -135,6 +158,7 @@ def load_bundle(directory: str | Path, threads: int = 1, inter_threads: int = 1,
         if isinstance(logits_size, int) and logits_size != tokenizer.vocab_size:
             raise BundleError(
                 f"bundle {manifest.directory}: model predicts over {logits_size} tokens, "
-                f"tokenizer has {tokenizer.vocab_size} (mismatched tokenizer.json?)")
+                f"tokenizer has {tokenizer.vocab_size} (mismatched tokenizer.json?)"
+            )
     cls = ClassifierModel if manifest.task == "classify" else LanguageModel
     return cls(manifest, tokenizer, session)

@@ -13,6 +13,7 @@ tokenization as data (tokenizer.json); this module replays it with stdlib `re`:
 It also decodes ids back into readable text, in one go (`Tokenizer.decode`) or one token at a
 time for streaming (`StreamDecoder`), both with the same rules.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,10 @@ def _build_rules(rule_specs: Sequence[dict[str, Any]]) -> list[Callable[[str], s
     for spec in rule_specs:
         builder = _RULE_BUILDERS.get(spec.get("name", ""))
         if builder is None:
-            raise TokenizerError(f"tokenizer.json asks for text rule {spec.get('name')!r}, "
-                                 f"which this runtime does not implement")
+            raise TokenizerError(
+                f"tokenizer.json asks for text rule {spec.get('name')!r}, "
+                f"which this runtime does not implement"
+            )
         rules.append(builder(spec))
     return rules
 
@@ -55,8 +58,10 @@ def _fix_html(spec: dict[str, Any]) -> Callable[[str], str]:
     pairs = [(str(old), str(new)) for old, new in spec["replacements"]]
     if spec.get("html_unescape", True):
         import html  # only when a tokenizer is built: keeps `import bundle.tokenizer` minimal
+
         unescape: Callable[[str], str] = html.unescape
     else:
+
         def unescape(text: str) -> str:
             return text
 
@@ -64,6 +69,7 @@ def _fix_html(spec: dict[str, Any]) -> Callable[[str], str]:
         for old, new in pairs:
             text = text.replace(old, new)
         return unescape(text)
+
     return fix_html
 
 
@@ -73,6 +79,7 @@ def _replace_rep(spec: dict[str, Any]) -> Callable[[str], str]:
 
     def one(m: re.Match[str]) -> str:
         return f" {token} {len(m.group(2)) + 1} {m.group(1)} "
+
     return lambda text: pattern.sub(one, text)
 
 
@@ -83,6 +90,7 @@ def _replace_wrep(spec: dict[str, Any]) -> Callable[[str], str]:
     def one(m: re.Match[str]) -> str:
         word, repeats, end = m.groups()
         return f" {token} {len(repeats.split()) + 2} {word} {end}"
+
     return lambda text: pattern.sub(one, text)
 
 
@@ -100,6 +108,7 @@ def _mark_case(spec: dict[str, Any]) -> Callable[[str], str]:
     def one(m: re.Match[str]) -> str:
         space, word = m.group(1), m.group(2)
         return f"{space}{token + ' ' if len(word) > 1 else ''}{word.lower()}"
+
     return lambda text: pattern.sub(one, text)
 
 
@@ -125,8 +134,10 @@ def _build_post_rules(specs: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     for spec in specs:
         if spec.get("name") != "replace_space":
-            raise TokenizerError(f"tokenizer.json asks for post rule {spec.get('name')!r}, "
-                                 f"which this runtime does not implement")
+            raise TokenizerError(
+                f"tokenizer.json asks for post rule {spec.get('name')!r}, "
+                f"which this runtime does not implement"
+            )
         out.append((str(spec["old"]), str(spec["new"])))
     return out
 
@@ -143,14 +154,19 @@ class AffixTokenizer:
 
     def __init__(self, tables: dict[str, Any]) -> None:
         prefix, suffix, infix = (_compile(tables.get(k)) for k in ("prefix", "suffix", "infix"))
-        token_match, url_match = _compile(tables.get("token_match")), _compile(tables.get("url_match"))
+        token_match, url_match = (
+            _compile(tables.get("token_match")),
+            _compile(tables.get("url_match")),
+        )
         self._prefix = prefix.search if prefix is not None else None
         self._suffix = suffix.search if suffix is not None else None
         self._infix = infix.finditer if infix is not None else None
         self._token_match = token_match.match if token_match is not None else None
         self._url_match = url_match.match if url_match is not None else None
         self._specials: dict[str, tuple[str, ...]] = {
-            str(key): tuple(str(p) for p in pieces) for key, pieces in tables["special_cases"].items()}
+            str(key): tuple(str(p) for p in pieces)
+            for key, pieces in tables["special_cases"].items()
+        }
         self._cache: dict[str, tuple[str, ...]] = {}
         self._final_pass = self._final_pass_patterns(bool(tables.get("faster_heuristics", True)))
 
@@ -175,14 +191,20 @@ class AffixTokenizer:
         Indexed by first token."""
         index: dict[str, set[tuple[str, ...]]] = {}
         for key in self._specials:
-            if (not faster_heuristics or self._prefix_len(key) or self._suffix_len(key)
-                    or " " in key or self._has_infix(key)):
+            if (
+                not faster_heuristics
+                or self._prefix_len(key)
+                or self._suffix_len(key)
+                or " " in key
+                or self._has_infix(key)
+            ):
                 pattern = tuple(self._tokenize_chunks(key, with_specials=False)[0])
                 index.setdefault(pattern[0], set()).add(pattern)
         return {first: sorted(patterns) for first, patterns in index.items()}
 
-    def _split_affixes(self, text: str, prefixes: list[str], suffixes: list[str],
-                       with_specials: bool) -> str:
+    def _split_affixes(
+        self, text: str, prefixes: list[str], suffixes: list[str], with_specials: bool
+    ) -> str:
         """Peel prefixes and suffixes off until none is left or a special case / token match
         is reached; what remains is the core of the chunk."""
         specials = self._specials
@@ -221,8 +243,9 @@ class AffixTokenizer:
         """The core left after affix stripping: special case, token/url match, or infix split."""
         if with_specials and core in self._specials:
             return list(self._specials[core])
-        if ((self._token_match is not None and self._token_match(core))
-                or (self._url_match is not None and self._url_match(core))):
+        if (self._token_match is not None and self._token_match(core)) or (
+            self._url_match is not None and self._url_match(core)
+        ):
             return [core]
         matches = self._infixes(core)
         if not matches:
@@ -233,9 +256,9 @@ class AffixTokenizer:
             if m.start() == 0:  # an infix at the very start is not a split point
                 continue
             if m.start() != start:
-                out.append(core[start:m.start()])
+                out.append(core[start : m.start()])
             if m.start() != m.end():
-                out.append(core[m.start():m.end()])
+                out.append(core[m.start() : m.end()])
             start = m.end()
         if core[start:]:
             out.append(core[start:])
@@ -248,7 +271,9 @@ class AffixTokenizer:
         prefixes: list[str] = []
         suffixes: list[str] = []
         core = self._split_affixes(chunk, prefixes, suffixes, with_specials)
-        pieces = prefixes + (self._core_tokens(core, with_specials) if core else []) + suffixes[::-1]
+        pieces = (
+            prefixes + (self._core_tokens(core, with_specials) if core else []) + suffixes[::-1]
+        )
         return tuple(pieces)
 
     def _tokenize_chunks(self, text: str, with_specials: bool) -> tuple[list[str], set[int]]:
@@ -285,9 +310,13 @@ class AffixTokenizer:
         that earlier one had no effect). Matches that span a space change nothing."""
         index = self._final_pass
         n = len(tokens)
-        found = [(i, i + len(pattern)) for i, token in enumerate(tokens) if token in index
-                 for pattern in index[token]
-                 if i + len(pattern) <= n and tuple(tokens[i:i + len(pattern)]) == pattern]
+        found = [
+            (i, i + len(pattern))
+            for i, token in enumerate(tokens)
+            if token in index
+            for pattern in index[token]
+            if i + len(pattern) <= n and tuple(tokens[i : i + len(pattern)]) == pattern
+        ]
         if not found:
             return tokens
         found.sort(key=lambda span: (span[0] - span[1], span[0]))
@@ -335,8 +364,10 @@ class Tokenizer:
         if tables.get("format") != FORMAT:
             raise TokenizerError(f"not a {FORMAT} table (format={tables.get('format')!r})")
         if tables.get("schema_version") != SCHEMA_VERSION:
-            raise TokenizerError(f"tokenizer.json schema_version {tables.get('schema_version')!r}; "
-                                 f"this runtime reads {SCHEMA_VERSION}")
+            raise TokenizerError(
+                f"tokenizer.json schema_version {tables.get('schema_version')!r}; "
+                f"this runtime reads {SCHEMA_VERSION}"
+            )
         try:
             self.vocab: list[str] = [str(t) for t in tables["vocab"]]
             self.special_tokens: dict[str, str] = dict(tables["special_tokens"])
@@ -352,7 +383,11 @@ class Tokenizer:
         except (KeyError, TypeError, ValueError, AttributeError, re.error) as exc:
             raise TokenizerError(f"malformed tokenizer.json: {exc!r}") from exc
         self.vocab_size: int = len(self.vocab)
-        for name, idx in (("unk_id", self.unk_id), ("pad_id", self.pad_id), ("bos_id", self.bos_id)):
+        for name, idx in (
+            ("unk_id", self.unk_id),
+            ("pad_id", self.pad_id),
+            ("bos_id", self.bos_id),
+        ):
             if not 0 <= idx < self.vocab_size:
                 raise TokenizerError(f"{name}={idx} outside the vocab of {self.vocab_size}")
         # fastai's Numericalize: later duplicates win, padding entries are not words, misses -> unk.
@@ -422,8 +457,8 @@ DEFAULT_HIDDEN = frozenset({"xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxfake
 _REP, _WREP, _UP, _MAJ = "xxrep", "xxwrep", "xxup", "xxmaj"
 _MAX_REPEAT = 64  # a generated "xxrep 100000 a" must not blow up the response
 
-_SENTENCE_PUNCT = frozenset(".,!?;:…")           # runs of these attach to the word before
-_SENTENCE_END = frozenset(".!?")                 # runs of these end a sentence
+_SENTENCE_PUNCT = frozenset(".,!?;:…")  # runs of these attach to the word before
+_SENTENCE_END = frozenset(".!?")  # runs of these end a sentence
 _CLOSERS = frozenset({")", "]", "}", "»", "”", "’", "%"})
 _OPENERS = frozenset({"(", "[", "{", "“", "«", "‘", "$", "#", "¿", "¡", "£", "€", "¥"})
 _JOINERS = frozenset({"-", "/", "\\", "@", "_"})  # glued on both sides ("e - mail", "a / b")
@@ -434,9 +469,38 @@ _JOIN_PAIRS = frozenset({("gon", "na"), ("got", "ta"), ("wan", "na"), ("i", "m")
 # After "xxrep n c" with a letter c, the next token may be the rest of the same word ("b xxrep 4
 # a d" from "baaaad") or the next word ("s xxrep 5 o bad" from "sooooo bad"); fastai's rules
 # erase the difference. Short alphabetic fragments that are not words of their own are glued.
-_STANDALONE_SHORT = frozenset({
-    "a", "i", "an", "am", "as", "at", "be", "by", "do", "go", "he", "if", "in", "is", "it", "me",
-    "my", "no", "of", "oh", "ok", "on", "or", "so", "to", "up", "us", "we"})
+_STANDALONE_SHORT = frozenset(
+    {
+        "a",
+        "i",
+        "an",
+        "am",
+        "as",
+        "at",
+        "be",
+        "by",
+        "do",
+        "go",
+        "he",
+        "if",
+        "in",
+        "is",
+        "it",
+        "me",
+        "my",
+        "no",
+        "of",
+        "oh",
+        "ok",
+        "on",
+        "or",
+        "so",
+        "to",
+        "up",
+        "us",
+        "we",
+    }
+)
 _FRAGMENT = re.compile(r"^[^\W\d_]{1,2}[.,!?;:]*$")
 
 
@@ -457,16 +521,16 @@ class StreamDecoder:
 
     def __init__(self, hidden: Iterable[str] = DEFAULT_HIDDEN) -> None:
         self._hidden = frozenset(hidden) - {_REP, _WREP, _UP, _MAJ}
-        self._case: str | None = None       # pending "maj" / "up" for the next word
+        self._case: str | None = None  # pending "maj" / "up" for the next word
         self._word_case: str | None = None  # case of the word that clitics continue
         self._rep: list[str] | None = None  # collecting ["xxrep" | "xxwrep", count?]
-        self._held: list[str] = []          # a possible "< br / >" sequence
-        self._prev = ""                     # last token emitted (raw), "" after a newline
-        self._last_char = ""                # last character emitted
-        self._digit_before_prev = False     # the char before the last piece was a digit
-        self._no_space_next = True          # at the start, after an opener or a newline
+        self._held: list[str] = []  # a possible "< br / >" sequence
+        self._prev = ""  # last token emitted (raw), "" after a newline
+        self._last_char = ""  # last character emitted
+        self._digit_before_prev = False  # the char before the last piece was a digit
+        self._no_space_next = True  # at the start, after an opener or a newline
         self._sentence_start = True
-        self._after_letter_rep = False      # the last piece was "xxrep n <letter>"
+        self._after_letter_rep = False  # the last piece was "xxrep n <letter>"
         self._open_quotes: dict[str, bool] = {}
 
     def push(self, token: str) -> str:
@@ -526,7 +590,11 @@ class StreamDecoder:
             self._case = "up" if token == _UP else (self._case or "maj")
             return ""
         self._rep = None
-        if token in self._hidden or token in (_REP, _WREP) or token.replace("\u2581", " ").isspace():
+        if (
+            token in self._hidden
+            or token in (_REP, _WREP)
+            or token.replace("\u2581", " ").isspace()
+        ):
             return self._process(token)
         count = max(1, min(int(rep[1]), _MAX_REPEAT))
         if rep[0] == _WREP:
@@ -541,7 +609,8 @@ class StreamDecoder:
         first = token[:1]
         if first.isalnum():
             glue = self._last_char.isalnum() or (
-                first.isdigit() and self._prev in (",", ".") and self._digit_before_prev)
+                first.isdigit() and self._prev in (",", ".") and self._digit_before_prev
+            )
             out = self._emit(self._cased(token * count), kind="word", glue=glue, raw=token)
             self._after_letter_rep = first.isalpha()
             return out
@@ -577,24 +646,36 @@ class StreamDecoder:
             return ""  # stray spaces / tabs: ordinary spacing already separates words
         prev = self._prev
         after_word = prev[-1:].isalnum()
-        if _CLITIC.match(token) or (after_word and (token in _JOIN_AFTER_WORD or (prev, token) in _JOIN_PAIRS)):
+        if _CLITIC.match(token) or (
+            after_word and (token in _JOIN_AFTER_WORD or (prev, token) in _JOIN_PAIRS)
+        ):
             case = self._case or self._word_case
             self._case = None
-            return self._emit(token.upper() if case == "up" else token, kind="word", glue=True, raw=token)
-        if self._after_letter_rep and _FRAGMENT.match(token) and token.rstrip(".,!?;:") not in _STANDALONE_SHORT:
+            return self._emit(
+                token.upper() if case == "up" else token, kind="word", glue=True, raw=token
+            )
+        if (
+            self._after_letter_rep
+            and _FRAGMENT.match(token)
+            and token.rstrip(".,!?;:") not in _STANDALONE_SHORT
+        ):
             self._case = None
             return self._emit(token, kind="word", glue=True, raw=token)
         if token in _QUOTES:
             opening = not self._open_quotes.get(token, False)
             self._open_quotes[token] = opening
-            return self._emit(token, kind="opener" if opening else "punct", glue=not opening, raw=token)
+            return self._emit(
+                token, kind="opener" if opening else "punct", glue=not opening, raw=token
+            )
         kind, glue = self._classify(token)
         if kind == "word":
             if token == "i":  # fastai cannot mark a one-letter capital; the pronoun always is one
                 self._word_case, self._case = self._case, None
                 return self._emit("I", kind=kind, glue=glue, raw=token)
             return self._emit(self._cased(token), kind=kind, glue=glue, raw=token)
-        return self._emit(self._cased(token, sentence_start_ok=False), kind=kind, glue=glue, raw=token)
+        return self._emit(
+            self._cased(token, sentence_start_ok=False), kind=kind, glue=glue, raw=token
+        )
 
     def _emit(self, text: str, kind: str, glue: bool = False, raw: str = "") -> str:
         space = not (glue or self._no_space_next or kind == "newline")

@@ -47,8 +47,10 @@ class BundleReport:
     inference_s: float
 
     def line(self) -> str:
-        return (f"ok    {self.model_id:<40} {self.task:<9} manifest+hashes {self.manifest_s:6.2f}s  "
-                f"load {self.load_s:6.2f}s  inference {self.inference_s * 1000:7.1f}ms  ({self.directory})")
+        return (
+            f"ok    {self.model_id:<40} {self.task:<9} manifest+hashes {self.manifest_s:6.2f}s  "
+            f"load {self.load_s:6.2f}s  inference {self.inference_s * 1000:7.1f}ms  ({self.directory})"
+        )
 
 
 def find_bundles(path: Path) -> list[Path]:
@@ -59,7 +61,9 @@ def find_bundles(path: Path) -> list[Path]:
         raise VerifyError(f"{path}: not a directory")
     found = sorted(child for child in path.iterdir() if (child / MANIFEST_NAME).is_file())
     if not found:
-        raise VerifyError(f"{path}: holds no bundle (no {MANIFEST_NAME} in it or its sub-directories)")
+        raise VerifyError(
+            f"{path}: holds no bundle (no {MANIFEST_NAME} in it or its sub-directories)"
+        )
     return found
 
 
@@ -72,32 +76,60 @@ def check_classifier(model: ClassifierModel, directory: Path) -> None:
     """One batch through the classifier: probabilities of the right shape that sum to one."""
     probabilities = np.asarray(model.predict_texts(list(PROBE_TEXTS)))
     expected = (len(PROBE_TEXTS), len(model.labels))
-    _require(probabilities.shape == expected, directory,
-             f"classifier returned shape {probabilities.shape}, expected {expected}")
-    _require(bool(np.isfinite(probabilities).all()), directory, "classifier returned non-finite probabilities")
-    _require(bool(((probabilities >= 0) & (probabilities <= 1)).all()), directory,
-             "classifier returned probabilities outside [0, 1]")
+    _require(
+        probabilities.shape == expected,
+        directory,
+        f"classifier returned shape {probabilities.shape}, expected {expected}",
+    )
+    _require(
+        bool(np.isfinite(probabilities).all()),
+        directory,
+        "classifier returned non-finite probabilities",
+    )
+    _require(
+        bool(((probabilities >= 0) & (probabilities <= 1)).all()),
+        directory,
+        "classifier returned probabilities outside [0, 1]",
+    )
     sums = probabilities.sum(axis=1)
-    _require(bool(np.allclose(sums, 1.0, atol=_PROBABILITY_SUM_TOLERANCE)), directory,
-             f"classifier probabilities do not sum to 1 (row sums {sums.tolist()})")
+    _require(
+        bool(np.allclose(sums, 1.0, atol=_PROBABILITY_SUM_TOLERANCE)),
+        directory,
+        f"classifier probabilities do not sum to 1 (row sums {sums.tolist()})",
+    )
 
 
 def check_language_model(model: LanguageModel, directory: Path) -> None:
     """The prompt in one call, then one more token with the carried state, as the server does."""
     ids = list(model.tokenizer.encode(PROBE_PROMPT)) or [model.bos_id]
-    _require(all(0 <= i < model.vocab_size for i in ids), directory,
-             f"tokenizer produced ids outside [0, {model.vocab_size})")
+    _require(
+        all(0 <= i < model.vocab_size for i in ids),
+        directory,
+        f"tokenizer produced ids outside [0, {model.vocab_size})",
+    )
     state = model.initial_state(1)
     logits, state = model.step(np.array([ids], dtype=np.int64), state)
     logits = np.asarray(logits)
-    _require(logits.shape == (1, model.vocab_size), directory,
-             f"language model returned logits of shape {logits.shape}, expected {(1, model.vocab_size)}")
-    _require(bool(np.isfinite(logits).all()), directory, "language model returned non-finite logits")
+    _require(
+        logits.shape == (1, model.vocab_size),
+        directory,
+        f"language model returned logits of shape {logits.shape}, expected {(1, model.vocab_size)}",
+    )
+    _require(
+        bool(np.isfinite(logits).all()), directory, "language model returned non-finite logits"
+    )
     next_id = np.array([[int(np.argmax(logits[0]))]], dtype=np.int64)
     logits, state = model.step(next_id, state)
-    _require(np.asarray(logits).shape == (1, model.vocab_size) and bool(np.isfinite(logits).all()), directory,
-             "language model returned bad logits for a one-token step with carried state")
-    _require(all(bool(np.isfinite(s).all()) for s in state), directory, "language model state is non-finite")
+    _require(
+        np.asarray(logits).shape == (1, model.vocab_size) and bool(np.isfinite(logits).all()),
+        directory,
+        "language model returned bad logits for a one-token step with carried state",
+    )
+    _require(
+        all(bool(np.isfinite(s).all()) for s in state),
+        directory,
+        "language model state is non-finite",
+    )
 
 
 def verify_bundle(directory: Path) -> BundleReport:
@@ -114,18 +146,35 @@ def verify_bundle(directory: Path) -> BundleReport:
     else:  # a reader that grew a task this gate does not know must not pass silently
         raise VerifyError(f"bundle {directory}: no inference check for task {manifest.task!r}")
     done = time.perf_counter()
-    return BundleReport(directory, manifest.model_id, manifest.task,
-                        manifest_s=loaded - start, load_s=ready - loaded, inference_s=done - ready)
+    return BundleReport(
+        directory,
+        manifest.model_id,
+        manifest.task,
+        manifest_s=loaded - start,
+        load_s=ready - loaded,
+        inference_s=done - ready,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bundle.verify",
-        description="Verify bundles (manifest, sha256, load, one inference) before deploying them.")
-    parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR",
-                        help="a bundle directory, or a directory holding several")
-    parser.add_argument("--require-task", action="append", default=[], choices=("classify", "generate"),
-                        help="fail unless some verified bundle serves this task (repeatable)")
+        description="Verify bundles (manifest, sha256, load, one inference) before deploying them.",
+    )
+    parser.add_argument(
+        "dirs",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="a bundle directory, or a directory holding several",
+    )
+    parser.add_argument(
+        "--require-task",
+        action="append",
+        default=[],
+        choices=("classify", "generate"),
+        help="fail unless some verified bundle serves this task (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     failures: list[str] = []
@@ -152,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for failure in failures:
         print(f"FAIL  {failure}", file=sys.stderr, flush=True)
     if failures:
-        print(f"bundle.verify: {len(failures)} problem(s); do not deploy these bundles", file=sys.stderr)
+        print(
+            f"bundle.verify: {len(failures)} problem(s); do not deploy these bundles",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

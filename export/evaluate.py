@@ -1,5 +1,6 @@
 """Measurements recorded in the manifest, taken with the project's own runtime (bundle/),
 never with fastai: what is verified is what will be served."""
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,9 @@ UNK_RATE_BINS = [0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]
 CONFIDENCE_BINS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 
-def classify_ids(model: ClassifierModel, docs: Sequence[Sequence[int]], batch_size: int = 32) -> np.ndarray:
+def classify_ids(
+    model: ClassifierModel, docs: Sequence[Sequence[int]], batch_size: int = 32
+) -> np.ndarray:
     """Probabilities for many documents: length-sorted batches keep padding (wasted work) small."""
     order = np.argsort([len(d) for d in docs])
     probs = np.zeros((len(docs), len(model.labels)), dtype=np.float32)
@@ -31,7 +34,9 @@ def accuracy(probs: np.ndarray, labels: Sequence[str], label_names: Sequence[str
     return float((probs.argmax(1) == target).mean())
 
 
-def lm_perplexity(model: LanguageModel, docs: Sequence[Sequence[int]], streams: int = 32) -> dict[str, float]:
+def lm_perplexity(
+    model: LanguageModel, docs: Sequence[Sequence[int]], streams: int = 32
+) -> dict[str, float]:
     """Perplexity of the next-token prediction over documents packed into parallel streams,
     one token per step with the state carried (the same path generation uses)."""
     flat = np.concatenate([np.asarray(d, dtype=np.int64) for d in docs])
@@ -47,23 +52,31 @@ def lm_perplexity(model: LanguageModel, docs: Sequence[Sequence[int]], streams: 
         logits, state = model.step(inputs[:, t : t + 1], state)
         logits = logits.astype(np.float64)
         m = logits.max(axis=1, keepdims=True)
-        logz = (m[:, 0] + np.log(np.exp(logits - m).sum(axis=1)))
+        logz = m[:, 0] + np.log(np.exp(logits - m).sum(axis=1))
         nll += float((logz - logits[np.arange(streams), targets[:, t]]).sum())
         correct += int((logits.argmax(1) == targets[:, t]).sum())
     tokens = n * streams
-    return {"perplexity": math.exp(nll / tokens), "accuracy": correct / tokens, "tokens": tokens,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "perplexity": math.exp(nll / tokens),
+        "accuracy": correct / tokens,
+        "tokens": tokens,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def _histogram(values: Sequence[float], bins: Sequence[float]) -> dict[str, Any]:
-    edges = list(bins) + [math.inf]
+    edges = [*list(bins), math.inf]
     counts, _ = np.histogram(np.asarray(values, dtype=np.float64), bins=edges)
     total = max(int(counts.sum()), 1)
     return {"edges": list(bins), "fractions": [round(c / total, 6) for c in counts.tolist()]}
 
 
-def reference_stats(docs: Sequence[Sequence[int]], unk_id: int, probs: np.ndarray | None = None,
-                    label_names: Sequence[str] = ()) -> dict[str, Any]:
+def reference_stats(
+    docs: Sequence[Sequence[int]],
+    unk_id: int,
+    probs: np.ndarray | None = None,
+    label_names: Sequence[str] = (),
+) -> dict[str, Any]:
     """Distributions of the reference (held-out) data that the server's drift monitor compares
     live traffic against. Each histogram's bins are lower edges; the last bin is open-ended."""
     lengths = [len(d) for d in docs]
@@ -77,6 +90,8 @@ def reference_stats(docs: Sequence[Sequence[int]], unk_id: int, probs: np.ndarra
     }
     if probs is not None and len(probs):
         predicted = probs.argmax(1)
-        stats["predicted_label"] = {name: round(float((predicted == i).mean()), 6) for i, name in enumerate(label_names)}
+        stats["predicted_label"] = {
+            name: round(float((predicted == i).mean()), 6) for i, name in enumerate(label_names)
+        }
         stats["confidence"] = _histogram(probs.max(1).tolist(), CONFIDENCE_BINS)
     return stats

@@ -4,6 +4,7 @@ The TorchScript exporter (`dynamo=False`) emits real ONNX `LSTM` nodes for nn.LS
 only rewrites an LSTM into `DynamicQuantizeLSTM` when its weights are graph initializers, and it
 does so silently or not at all, so both facts are asserted on the files, not assumed.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -33,7 +34,8 @@ def lm_io_names(n_layers: int) -> tuple[list[str], list[str]]:
 def export_lm(graph: LanguageModelGraph, path: Path) -> None:
     inputs, outputs = lm_io_names(len(graph.lstms))
     ids = torch.tensor([[2, 5, 7]], dtype=torch.long)
-    states = [torch.zeros(1, 1, lstm.hidden_size) for lstm in graph.lstms for _ in (0, 1)]
+    sizes = [int(lstm.hidden_size) for lstm in graph.lstms if isinstance(lstm, torch.nn.LSTM)]
+    states = [torch.zeros(1, 1, size) for size in sizes for _ in (0, 1)]
     dynamic = {"input_ids": {0: "batch", 1: "seq"}, "logits": {0: "batch"}}
     dynamic.update({n: {1: "batch"} for n in inputs[1:] + outputs[1:]})
     _export(graph, (ids, *states), path, inputs, outputs, dynamic)
@@ -42,22 +44,45 @@ def export_lm(graph: LanguageModelGraph, path: Path) -> None:
 def export_classifier(graph: ClassifierGraph, path: Path) -> None:
     ids = torch.tensor([[2, 5, 7, 9], [2, 6, 1, 1]], dtype=torch.long)
     lengths = torch.tensor([4, 2], dtype=torch.long)
-    dynamic = {"input_ids": {0: "batch", 1: "seq"}, "lengths": {0: "batch"}, "probabilities": {0: "batch"}}
+    dynamic = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "lengths": {0: "batch"},
+        "probabilities": {0: "batch"},
+    }
     _export(graph, (ids, lengths), path, ["input_ids", "lengths"], ["probabilities"], dynamic)
 
 
-def _export(model: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-            dynamic: dict) -> None:
+def _export(
+    model: torch.nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: dict,
+) -> None:
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter warns about LSTM batch sizes; the checks below decide
-        torch.onnx.export(model, args, str(path), dynamo=False, opset_version=OPSET, input_names=inputs,
-                          output_names=outputs, dynamic_axes=dynamic, do_constant_folding=True)
+        warnings.simplefilter(
+            "ignore"
+        )  # the exporter warns about LSTM batch sizes; the checks below decide
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
     onnx.checker.check_model(str(path))
     assert_lstm_nodes(path, "LSTM")
 
 
 def op_counts(path: Path) -> Counter[str]:
-    return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
+    return Counter(
+        node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node
+    )
 
 
 def assert_lstm_nodes(path: Path, op_type: str) -> int:
@@ -73,17 +98,30 @@ def assert_lstm_nodes(path: Path, op_type: str) -> int:
 def quantize(fp32_path: Path, int8_path: Path, n_lstm: int) -> dict[str, object]:
     """Dynamic int8 quantization of LSTM, MatMul and Gather weights; verifies that every LSTM
     became DynamicQuantizeLSTM with int8 weight initializers."""
-    quantize_dynamic(str(fp32_path), str(int8_path), weight_type=QuantType.QInt8, per_channel=False,
-                     op_types_to_quantize=QUANTIZED_OPS)
+    quantize_dynamic(
+        str(fp32_path),
+        str(int8_path),
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        op_types_to_quantize=QUANTIZED_OPS,
+    )
     n_quant = assert_lstm_nodes(int8_path, "DynamicQuantizeLSTM")
     counts = op_counts(int8_path)
     if n_quant != n_lstm or counts["LSTM"]:
-        raise ExportError(f"{int8_path.name}: {n_quant} of {n_lstm} LSTMs quantized, {counts['LSTM']} left in fp32")
+        raise ExportError(
+            f"{int8_path.name}: {n_quant} of {n_lstm} LSTMs quantized, {counts['LSTM']} left in fp32"
+        )
     model = onnx.load(str(int8_path))
     inits = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
         if node.op_type == "DynamicQuantizeLSTM":
             for weight in node.input[1:3]:  # W and R
                 if weight not in inits or numpy_helper.to_array(inits[weight]).dtype.name != "int8":
-                    raise ExportError(f"{int8_path.name}: DynamicQuantizeLSTM {node.name} weight {weight} is not an int8 initializer")
-    return {"op_counts": dict(sorted(counts.items())), "quantized_op_types": QUANTIZED_OPS, "weight_type": "int8"}
+                    raise ExportError(
+                        f"{int8_path.name}: DynamicQuantizeLSTM {node.name} weight {weight} is not an int8 initializer"
+                    )
+    return {
+        "op_counts": dict(sorted(counts.items())),
+        "quantized_op_types": QUANTIZED_OPS,
+        "weight_type": "int8",
+    }

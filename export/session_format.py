@@ -4,6 +4,7 @@ Candidates: the plain int8 ONNX (optimized by onnxruntime at every load), the sa
 after onnxruntime's offline optimization (loaded with optimization off), and the ORT format
 (flatbuffer, also pre-optimized). Session creation is on the server's cold-start path.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -37,7 +38,9 @@ def _load_ms(path: Path, level: ort.GraphOptimizationLevel) -> tuple[float, list
         opts = session_options()
         opts.graph_optimization_level = level
         t0 = time.perf_counter()
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         times.append(1000 * (time.perf_counter() - t0))
     outputs = sess.run(None, _probe_feed(sess))
     return statistics.median(times[1:]), outputs
@@ -64,9 +67,15 @@ def choose_session_format(int8: Path, directory: Path) -> dict[str, Any]:
         ms, outputs = _load_ms(path, level)
         if reference is None:
             reference = outputs
-        same = all(np.allclose(a, b, atol=1e-5) for a, b in zip(reference, outputs))
-        results[fmt] = {"median_ms": round(ms, 2), "bytes": path.stat().st_size, "same_outputs": bool(same)}
-    best = min((f for f in results if results[f]["same_outputs"]), key=lambda f: results[f]["median_ms"])
+        same = all(np.allclose(a, b, atol=1e-5) for a, b in zip(reference, outputs, strict=False))
+        results[fmt] = {
+            "median_ms": round(ms, 2),
+            "bytes": path.stat().st_size,
+            "same_outputs": bool(same),
+        }
+    best = min(
+        (f for f in results if results[f]["same_outputs"]), key=lambda f: results[f]["median_ms"]
+    )
     for fmt, (path, _) in candidates.items():
         if fmt != best and path != int8:
             path.unlink()

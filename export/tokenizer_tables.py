@@ -5,6 +5,7 @@ Runs at export time, where fastai and spaCy are installed. The server replays th
 its tokens match what the model was trained on. Everything is read from the live objects that
 fastai configures (not copied from their sources), and checked against them before it is written.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ FORMAT = "fastai-spacy-tokenizer"
 SCHEMA_VERSION = 1
 
 # The rule names the runtime knows how to replay, in fastai's default order.
-EXPECTED_TEXT_RULES = ("fix_html", "replace_rep", "replace_wrep", "spec_add_spaces",
-                       "rm_useless_spaces", "replace_all_caps", "replace_maj", "lowercase")
+EXPECTED_TEXT_RULES = (
+    "fix_html",
+    "replace_rep",
+    "replace_wrep",
+    "spec_add_spaces",
+    "rm_useless_spaces",
+    "replace_all_caps",
+    "replace_maj",
+    "lowercase",
+)
 EXPECTED_POST_RULES = ("replace_space",)
 
 
@@ -28,25 +37,41 @@ def _fix_html_replacements(unk: str) -> list[list[str]]:
     They live inside the function body, so they cannot be read as data; `_check_fix_html`
     proves this list reproduces fastai's function on a probe text that exercises each of them.
     """
-    return [["#39;", "'"], ["amp;", "&"], ["#146;", "'"], ["nbsp;", " "], ["#36;", "$"],
-            ["\\n", "\n"], ["quot;", "'"], ["<br />", "\n"], ['\\"', '"'], ["<unk>", unk],
-            [" @.@ ", "."], [" @-@ ", "-"], ["...", " …"]]
+    return [
+        ["#39;", "'"],
+        ["amp;", "&"],
+        ["#146;", "'"],
+        ["nbsp;", " "],
+        ["#36;", "$"],
+        ["\\n", "\n"],
+        ["quot;", "'"],
+        ["<br />", "\n"],
+        ['\\"', '"'],
+        ["<unk>", unk],
+        [" @.@ ", "."],
+        [" @-@ ", "-"],
+        ["...", " …"],
+    ]
 
 
 def _check_fix_html(replacements: list[list[str]], fix_html: Any) -> None:
     import html
 
-    probes = ["a&#39;b &amp;c #146;d&nbsp;e #36;5 x\\ny &quot;q&quot; <br /><br />z \\\"w\\\" <unk> "
-              "1 @.@ 5 a @-@ b wait... &lt;i&gt; &eacute; &#8217; nbsp;amp;",
-              "<br/>...<br />&amp;amp; quot; #39;#146;",
-              "plain text without any entity"]
+    probes = [
+        'a&#39;b &amp;c #146;d&nbsp;e #36;5 x\\ny &quot;q&quot; <br /><br />z \\"w\\" <unk> '
+        "1 @.@ 5 a @-@ b wait... &lt;i&gt; &eacute; &#8217; nbsp;amp;",
+        "<br/>...<br />&amp;amp; quot; #39;#146;",
+        "plain text without any entity",
+    ]
     for probe in probes:
         ours = probe
         for old, new in replacements:
             ours = ours.replace(old, new)
         if html.unescape(ours) != fix_html(probe):
-            raise RuntimeError("fastai's fix_html no longer matches the exported replacement table; "
-                               "update export/tokenizer_tables.py and bundle/tokenizer.py together")
+            raise RuntimeError(
+                "fastai's fix_html no longer matches the exported replacement table; "
+                "update export/tokenizer_tables.py and bundle/tokenizer.py together"
+            )
 
 
 def _pattern(compiled: re.Pattern[str]) -> dict[str, Any]:
@@ -65,8 +90,17 @@ def _text_rules() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str,
     post_names = tuple(rule.__name__ for rule in core.defaults.text_postproc_rules)
     if post_names != EXPECTED_POST_RULES:
         raise RuntimeError(f"fastai's default post rules changed: {post_names}")
-    tokens = {"unk": core.UNK, "pad": core.PAD, "bos": core.BOS, "eos": core.EOS, "fld": core.FLD,
-              "rep": core.TK_REP, "wrep": core.TK_WREP, "up": core.TK_UP, "maj": core.TK_MAJ}
+    tokens = {
+        "unk": core.UNK,
+        "pad": core.PAD,
+        "bos": core.BOS,
+        "eos": core.EOS,
+        "fld": core.FLD,
+        "rep": core.TK_REP,
+        "wrep": core.TK_WREP,
+        "up": core.TK_UP,
+        "maj": core.TK_MAJ,
+    }
     replacements = _fix_html_replacements(core.UNK)
     _check_fix_html(replacements, core.fix_html)
     lower_params = inspect.signature(core.lowercase).parameters
@@ -78,8 +112,13 @@ def _text_rules() -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str,
         {"name": "rm_useless_spaces", **_pattern(core._re_space), "replacement": " "},
         {"name": "replace_all_caps", **_pattern(core._re_all_caps), "token": core.TK_UP},
         {"name": "replace_maj", **_pattern(core._re_maj), "token": core.TK_MAJ},
-        {"name": "lowercase", "bos": core.BOS, "eos": core.EOS,
-         "add_bos": bool(lower_params["add_bos"].default), "add_eos": bool(lower_params["add_eos"].default)},
+        {
+            "name": "lowercase",
+            "bos": core.BOS,
+            "eos": core.EOS,
+            "add_bos": bool(lower_params["add_bos"].default),
+            "add_eos": bool(lower_params["add_eos"].default),
+        },
     ]
     # The two substitutions given as data must be what fastai does.
     if core.spec_add_spaces("a/b#c\\d") != re.sub(core._re_spec, r" \1 ", "a/b#c\\d"):
@@ -195,6 +234,8 @@ def parity_mismatches(tables: dict[str, Any], texts: Sequence[str]) -> list[dict
 
     ours = Tokenizer.from_dict(tables)
     reference = fastai_reference_tokens(texts)
-    return [{"index": i, "text": text, "ours": mine, "fastai": theirs}
-            for i, (text, theirs) in enumerate(zip(texts, reference))
-            if (mine := ours.tokenize(text)) != theirs]
+    return [
+        {"index": i, "text": text, "ours": mine, "fastai": theirs}
+        for i, (text, theirs) in enumerate(zip(texts, reference, strict=False))
+        if (mine := ours.tokenize(text)) != theirs
+    ]

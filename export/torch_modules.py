@@ -5,6 +5,7 @@ state inside the module. For export we copy the weights into stock `nn.LSTM`s (n
 identity in eval mode anyway) and make the state an explicit input and output, so the ONNX graph
 holds real `LSTM` nodes that `quantize_dynamic` can turn into `DynamicQuantizeLSTM`.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,10 +22,13 @@ def _plain_lstms(awd: Any) -> nn.ModuleList:
         src = wd.module
         lstm = nn.LSTM(src.input_size, src.hidden_size, num_layers=1, batch_first=True)
         with torch.no_grad():
-            lstm.weight_ih_l0.copy_(src.weight_ih_l0)
-            lstm.weight_hh_l0.copy_(wd.weight_hh_l0_raw)  # WeightDropout's raw weight = eval weight
-            lstm.bias_ih_l0.copy_(src.bias_ih_l0)
-            lstm.bias_hh_l0.copy_(src.bias_hh_l0)
+            plain: Any = lstm  # nn.Module.__getattr__ types its parameters as Tensor | Module
+            plain.weight_ih_l0.copy_(src.weight_ih_l0)
+            plain.weight_hh_l0.copy_(
+                wd.weight_hh_l0_raw
+            )  # WeightDropout's raw weight = eval weight
+            plain.bias_ih_l0.copy_(src.bias_ih_l0)
+            plain.bias_hh_l0.copy_(src.bias_hh_l0)
         lstms.append(lstm)
     return lstms
 
@@ -41,14 +45,18 @@ class LanguageModelGraph(nn.Module):
     weight tie survives export and int8 quantization as a single initializer.
     """
 
-    def __init__(self, fastai_lm: nn.Module) -> None:
+    def __init__(self, fastai_lm: Any) -> None:
         super().__init__()
         awd, decoder = fastai_lm[0], fastai_lm[1]
         if decoder.decoder.weight.data_ptr() != awd.encoder.weight.data_ptr():
-            raise ValueError("the fastai LM's decoder is not tied to its embedding; export expects tie_weights=True")
+            raise ValueError(
+                "the fastai LM's decoder is not tied to its embedding; export expects tie_weights=True"
+            )
         self.emb_t = nn.Parameter(awd.encoder.weight.detach().t().contiguous())
         bias = decoder.decoder.bias
-        self.decoder_bias = nn.Parameter(bias.detach().clone() if bias is not None else torch.zeros(self.emb_t.shape[1]))
+        self.decoder_bias = nn.Parameter(
+            bias.detach().clone() if bias is not None else torch.zeros(self.emb_t.shape[1])
+        )
         self.lstms = _plain_lstms(awd)
         self.eval()
 
@@ -72,14 +80,16 @@ class ClassifierGraph(nn.Module):
     that lies within the last `max_len` tokens (all of them for reviews up to max_len).
     """
 
-    def __init__(self, fastai_clf: nn.Module) -> None:
+    def __init__(self, fastai_clf: Any) -> None:
         super().__init__()
         encoder, head = fastai_clf[0], fastai_clf[1]
         awd = encoder.module
         self.bptt = int(encoder.bptt)
         self.max_len = int(encoder.max_len) if encoder.max_len is not None else 0  # 0: no limit
         self.pad_id = int(encoder.pad_idx)
-        self.embedding = nn.Embedding.from_pretrained(awd.encoder.weight.detach().clone(), freeze=True)
+        self.embedding = nn.Embedding.from_pretrained(
+            awd.encoder.weight.detach().clone(), freeze=True
+        )
         self.lstms = _plain_lstms(awd)
         self.head = head.layers  # LinBnDrop stack: plain BatchNorm/Dropout/Linear/ReLU in eval mode
         self.eval()
@@ -92,10 +102,16 @@ class ClassifierGraph(nn.Module):
         positions = torch.arange(seq, device=input_ids.device).unsqueeze(0)
         if self.max_len:
             overflow = torch.clamp(lengths - self.max_len, min=0)
-            start = torch.div(overflow + self.bptt - 1, self.bptt, rounding_mode="floor") * self.bptt
+            start = (
+                torch.div(overflow + self.bptt - 1, self.bptt, rounding_mode="floor") * self.bptt
+            )
         else:
             start = torch.zeros_like(lengths)
-        keep = (positions < lengths.unsqueeze(1)) & (positions >= start.unsqueeze(1)) & (input_ids != self.pad_id)
+        keep = (
+            (positions < lengths.unsqueeze(1))
+            & (positions >= start.unsqueeze(1))
+            & (input_ids != self.pad_id)
+        )
         keep_f = keep.unsqueeze(2).to(x.dtype)
         last_idx = (lengths - 1).view(batch, 1, 1).expand(batch, 1, x.shape[2])
         last = torch.gather(x, 1, last_idx).squeeze(1)

@@ -18,5 +18,8 @@ if [ "${SKIP_CONTAINER_TOOLS:-0}" != "1" ]; then
   bash scripts/install-container-tools.sh || echo "container tools unavailable: the image test will skip"
 fi
 
+# The quality gate first: a format, lint or type error fails the test command.
+bash scripts/check.sh
+
 export IMDB_DIR=${IMDB_DIR:-$(cd .. && pwd)/shared/data/imdb}
 exec .venv/bin/python -m pytest "$@"

@@ -17,8 +17,10 @@ CONFIG_PATH = Path(__file__).resolve().parent / "gunicorn.conf.py"
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args:
-        print("usage: python -m server   (configured by env vars; see docs/configuration.md)",
-              file=sys.stderr)
+        print(
+            "usage: python -m server   (configured by env vars; see docs/configuration.md)",
+            file=sys.stderr,
+        )
         return 2
     try:
         process_settings()

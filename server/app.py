@@ -22,8 +22,9 @@ from server.resources.v2 import add_v2_routes
 from server.runtime import ServerRuntime
 
 
-def create_app(settings: Settings, runtime: ServerRuntime | None = None,
-               middleware: list[Any] | None = None) -> falcon.App:
+def create_app(
+    settings: Settings, runtime: ServerRuntime | None = None, middleware: list[Any] | None = None
+) -> falcon.App:
     """Build the app. Without `runtime` the bundles are loaded here and warmed in the background;
     a caller passing its own runtime (gunicorn's preload, see server/wsgi.py) starts warm-up itself.
     `middleware` is where cross-cutting layers (limits, metrics, auth) plug in.

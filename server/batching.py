@@ -26,7 +26,7 @@ from server.errors import DeadlineExceeded
 from server.limits import RequestBudget
 
 # run_batch(ids, deadline, timeout_s) -> probabilities, one row per sequence
-RunBatch = Callable[[list[Sequence[int]], float, float], np.ndarray]
+RunBatch = Callable[[Sequence[Sequence[int]], float, float], np.ndarray]
 BatchObserver = Callable[[int, int, float], None]  # (requests, texts, seconds) per call
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
@@ -34,9 +34,9 @@ DEFAULT_MAX_TOKENS = 4096  # CLASSIFY_MAX_TOKENS
 
 
 class _Job:
-    __slots__ = ("ids", "budget", "event", "state", "promoted", "result", "error")
+    __slots__ = ("budget", "error", "event", "ids", "promoted", "result", "state")
 
-    def __init__(self, ids: list[Sequence[int]], budget: RequestBudget) -> None:
+    def __init__(self, ids: Sequence[Sequence[int]], budget: RequestBudget) -> None:
         self.ids = ids
         self.budget = budget
         self.event = threading.Event()
@@ -62,7 +62,7 @@ class ClassifyBatcher:
         self._leading = False
         self.observers: list[BatchObserver] = []
 
-    def predict(self, ids: list[Sequence[int]], budget: RequestBudget) -> np.ndarray:
+    def predict(self, ids: Sequence[Sequence[int]], budget: RequestBudget) -> np.ndarray:
         """Probabilities for `ids`, computed in whichever call takes them (maybe with others)."""
         job = _Job(ids, budget)
         with self._cond:
@@ -162,7 +162,7 @@ class ClassifyBatcher:
             for job in batch:
                 if job.state == _RUNNING:
                     if error is None:
-                        job.result = probabilities[row:row + len(job.ids)]
+                        job.result = probabilities[row : row + len(job.ids)]
                     elif isinstance(error, DeadlineExceeded):
                         job.error = DeadlineExceeded(job.budget.timeout_s)
                     else:
@@ -195,7 +195,9 @@ def token_runs(ids: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     runs: list[list[int]] = []
     for i in order:
-        if runs and (len(runs[-1]) + 1) * len(ids[i]) <= max_tokens:  # sorted: ids[i] is the longest
+        if (
+            runs and (len(runs[-1]) + 1) * len(ids[i]) <= max_tokens
+        ):  # sorted: ids[i] is the longest
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -208,10 +210,13 @@ def classifier_runner(model: Any, max_tokens: int = DEFAULT_MAX_TOKENS) -> RunBa
     CLASSIFY_RUNS slots is free, all stopped at the deadline (server/limits.py)."""
     from server.limits import CLASSIFY_RUNS, RUN_DEADLINES
 
-    def run(ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
+    def run(ids: Sequence[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
         out: np.ndarray | None = None
         for rows in token_runs(ids, max_tokens):
-            with CLASSIFY_RUNS.hold(deadline, timeout_s), RUN_DEADLINES.guard(deadline, timeout_s) as options:
+            with (
+                CLASSIFY_RUNS.hold(deadline, timeout_s),
+                RUN_DEADLINES.guard(deadline, timeout_s) as options,
+            ):
                 probs = model.predict_ids([ids[i] for i in rows], run_options=options)
             if out is None:
                 out = np.empty((len(ids), probs.shape[1]), dtype=probs.dtype)

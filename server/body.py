@@ -28,7 +28,9 @@ def check_json_content_type(content_type: str | None) -> None:
     for param in params:
         key, _, value = param.partition("=")
         if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
-                "utf-8", "utf8"):
+            "utf-8",
+            "utf8",
+        ):
             raise NotJSON(content_type)
 
 
@@ -81,8 +83,12 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise MalformedJSON(f"The request body is not valid UTF-8 (byte {exc.start}).") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
-                           object_pairs_hook=_unique_keys)
+        value = json.loads(
+            text,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
     except RecursionError:
         raise MalformedJSON("The JSON is nested too deeply.") from None
     except ValueError as exc:  # JSONDecodeError, our hooks, int digit limit

@@ -117,67 +117,197 @@ SECRET_VARS = frozenset({"AUTH_TOKEN_HASH"})
 ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("HOST", "host", _host, "0.0.0.0", "Address gunicorn binds to."),
     EnvVar("PORT", "port", _int_in(1, 65535), 8080, "TCP port (Cloud Run sets it)."),
-    EnvVar("MODEL_DIR", "model_dir", _path, None,
-           "Directory of bundles (one sub-directory per bundle). Default: the repo's `models/`, "
-           "or `./models` when the package is installed elsewhere."),
-    EnvVar("WEB_WORKERS", "web_workers", _int_in(1, 64), 1,
-           "gunicorn worker processes. One per vCPU; each holds its own copy of the models."),
-    EnvVar("WEB_THREADS", "web_threads", _int_in(1, 256), 8,
-           "Requests per worker admitted at once; past it POSTs get 503 + Retry-After at once."),
-    EnvVar("ORT_INTRA_OP_THREADS", "ort_intra_op_threads", _int_in(1, 64), 1,
-           "onnxruntime intra-op threads per session (1 on a one-vCPU instance; spinning is off)."),
-    EnvVar("ORT_INTER_OP_THREADS", "ort_inter_op_threads", _int_in(1, 64), 1,
-           "onnxruntime inter-op threads per session (only used by parallel execution)."),
-    EnvVar("GRACEFUL_TIMEOUT_S", "graceful_timeout_s", _int_in(0, 9), 8,
-           "Seconds in-flight requests get after SIGTERM; below Cloud Run's 10 s window."),
-    EnvVar("MAX_BODY_BYTES", "max_body_bytes", _int_in(64, 64 * 1024 * 1024), 1024 * 1024,
-           "Largest request body accepted; larger bodies get 413."),
-    EnvVar("MAX_TEXT_CHARS", "max_text_chars", _int_in(1, 10_000_000), 20_000,
-           "Longest text (review or prompt) in characters; longer ones get 400."),
-    EnvVar("MAX_BATCH_TEXTS", "max_batch_texts", _int_in(1, 10_000), 64,
-           "Most texts in one `/classify` batch."),
-    EnvVar("MAX_N_WORDS", "max_n_words", _int_in(1, 100_000), 200,
-           "Largest `n_words` (tokens generated per sample) for `/generate`."),
-    EnvVar("MAX_N_SAMPLES", "max_n_samples", _int_in(1, 1_000), 10,
-           "Largest `n_samples` for `/generate`."),
+    EnvVar(
+        "MODEL_DIR",
+        "model_dir",
+        _path,
+        None,
+        "Directory of bundles (one sub-directory per bundle). Default: the repo's `models/`, "
+        "or `./models` when the package is installed elsewhere.",
+    ),
+    EnvVar(
+        "WEB_WORKERS",
+        "web_workers",
+        _int_in(1, 64),
+        1,
+        "gunicorn worker processes. One per vCPU; each holds its own copy of the models.",
+    ),
+    EnvVar(
+        "WEB_THREADS",
+        "web_threads",
+        _int_in(1, 256),
+        8,
+        "Requests per worker admitted at once; past it POSTs get 503 + Retry-After at once.",
+    ),
+    EnvVar(
+        "ORT_INTRA_OP_THREADS",
+        "ort_intra_op_threads",
+        _int_in(1, 64),
+        1,
+        "onnxruntime intra-op threads per session (1 on a one-vCPU instance; spinning is off).",
+    ),
+    EnvVar(
+        "ORT_INTER_OP_THREADS",
+        "ort_inter_op_threads",
+        _int_in(1, 64),
+        1,
+        "onnxruntime inter-op threads per session (only used by parallel execution).",
+    ),
+    EnvVar(
+        "GRACEFUL_TIMEOUT_S",
+        "graceful_timeout_s",
+        _int_in(0, 9),
+        8,
+        "Seconds in-flight requests get after SIGTERM; below Cloud Run's 10 s window.",
+    ),
+    EnvVar(
+        "MAX_BODY_BYTES",
+        "max_body_bytes",
+        _int_in(64, 64 * 1024 * 1024),
+        1024 * 1024,
+        "Largest request body accepted; larger bodies get 413.",
+    ),
+    EnvVar(
+        "MAX_TEXT_CHARS",
+        "max_text_chars",
+        _int_in(1, 10_000_000),
+        20_000,
+        "Longest text (review or prompt) in characters; longer ones get 400.",
+    ),
+    EnvVar(
+        "MAX_BATCH_TEXTS",
+        "max_batch_texts",
+        _int_in(1, 10_000),
+        64,
+        "Most texts in one `/classify` batch.",
+    ),
+    EnvVar(
+        "MAX_N_WORDS",
+        "max_n_words",
+        _int_in(1, 100_000),
+        200,
+        "Largest `n_words` (tokens generated per sample) for `/generate`.",
+    ),
+    EnvVar(
+        "MAX_N_SAMPLES",
+        "max_n_samples",
+        _int_in(1, 1_000),
+        10,
+        "Largest `n_samples` for `/generate`.",
+    ),
     EnvVar("LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "info", "Log level of the JSON logs."),
-    EnvVar("ACCESS_LOG", "access_log", _bool, False,
-           "Write one gunicorn access-log line per request (Cloud Run logs requests already)."),
-    EnvVar("REQUEST_TIMEOUT_S", "request_timeout_s", _float_in(0.1, 3600.0), 30.0,
-           "Deadline of one request's model work; past it the work stops and the answer is 504."),
-    EnvVar("CLASSIFY_RUNS", "classify_runs", _int_in(1, 256), 1,
-           "Classifier onnxruntime runs at once per worker; more requests wait their turn within "
-           "their deadline. Activation memory grows with review length x runs at once; on one "
-           "vCPU, one at a time costs no throughput (BENCHMARKS.md)."),
-    EnvVar("CLASSIFY_MAX_TOKENS", "classify_max_tokens", _int_in(64, 10_000_000), 4096,
-           "Most padded tokens (rows x longest row) in one classifier onnxruntime run; a batch "
-           "(one request's or coalesced) is split into runs under it, a longer single text runs "
-           "alone. Bounds a run's activation memory."),
-    EnvVar("MICROBATCH", "microbatch", _bool, True,
-           "Coalesce concurrent /classify requests into one onnxruntime call (on: +15% throughput "
-           "at concurrency 8 on one core with the shipped model, p50 at concurrency 1 unchanged; "
-           "BENCHMARKS.md)."),
-    EnvVar("MICROBATCH_MAX_TEXTS", "microbatch_max_texts", _int_in(1, 10_000), 64,
-           "Most texts in one coalesced /classify call."),
-    EnvVar("MICROBATCH_WAIT_MS", "microbatch_wait_ms", _float_in(0.0, 1000.0), 0.0,
-           "How long a coalesced call waits for more requests (0: only those already waiting)."),
-    EnvVar("AUTH_TOKEN_HASH", "auth_token_hash", _sha256_hex, None,
-           "sha256 (hex) of the bearer token required on every route but the health probes; "
-           "empty: no auth (Cloud Run IAM)."),
-    EnvVar("REQUEST_LOG", "request_log", _bool, True,
-           "One JSON log line per request: severity, request id, latency, model (never the text)."),
-    EnvVar("DRIFT_WINDOW", "drift_window", _int_in(10, 1_000_000), 1000,
-           "Drift compares the last this-many classified texts with the bundle's reference."),
-    EnvVar("DRIFT_MIN_DOCUMENTS", "drift_min_documents", _int_in(1, 1_000_000), 100,
-           "Texts the drift window needs before a score is reported."),
-    EnvVar("SHADOW_MODEL_DIR", "shadow_model_dir", _optional_path, None,
-           "A candidate classify bundle run in shadow on /classify traffic; empty: off."),
-    EnvVar("SHADOW_FRACTION", "shadow_fraction", _float_in(0.0, 1.0), 0.1,
-           "Share of /classify requests also sent to the shadow candidate."),
-    EnvVar("SHADOW_QUEUE", "shadow_queue", _int_in(1, 10_000), 16,
-           "Shadow jobs waiting at most; more are dropped (counted), never queued."),
-    EnvVar("WARMUP_DELAY_S", "warmup_delay_s", _float_in(0.0, 600.0), 0.0,
-           "Seconds to wait before the warm-up inference (testing /readyz; keep 0 in production)."),
+    EnvVar(
+        "ACCESS_LOG",
+        "access_log",
+        _bool,
+        False,
+        "Write one gunicorn access-log line per request (Cloud Run logs requests already).",
+    ),
+    EnvVar(
+        "REQUEST_TIMEOUT_S",
+        "request_timeout_s",
+        _float_in(0.1, 3600.0),
+        30.0,
+        "Deadline of one request's model work; past it the work stops and the answer is 504.",
+    ),
+    EnvVar(
+        "CLASSIFY_RUNS",
+        "classify_runs",
+        _int_in(1, 256),
+        1,
+        "Classifier onnxruntime runs at once per worker; more requests wait their turn within "
+        "their deadline. Activation memory grows with review length x runs at once; on one "
+        "vCPU, one at a time costs no throughput (BENCHMARKS.md).",
+    ),
+    EnvVar(
+        "CLASSIFY_MAX_TOKENS",
+        "classify_max_tokens",
+        _int_in(64, 10_000_000),
+        4096,
+        "Most padded tokens (rows x longest row) in one classifier onnxruntime run; a batch "
+        "(one request's or coalesced) is split into runs under it, a longer single text runs "
+        "alone. Bounds a run's activation memory.",
+    ),
+    EnvVar(
+        "MICROBATCH",
+        "microbatch",
+        _bool,
+        True,
+        "Coalesce concurrent /classify requests into one onnxruntime call (on: +15% throughput "
+        "at concurrency 8 on one core with the shipped model, p50 at concurrency 1 unchanged; "
+        "BENCHMARKS.md).",
+    ),
+    EnvVar(
+        "MICROBATCH_MAX_TEXTS",
+        "microbatch_max_texts",
+        _int_in(1, 10_000),
+        64,
+        "Most texts in one coalesced /classify call.",
+    ),
+    EnvVar(
+        "MICROBATCH_WAIT_MS",
+        "microbatch_wait_ms",
+        _float_in(0.0, 1000.0),
+        0.0,
+        "How long a coalesced call waits for more requests (0: only those already waiting).",
+    ),
+    EnvVar(
+        "AUTH_TOKEN_HASH",
+        "auth_token_hash",
+        _sha256_hex,
+        None,
+        "sha256 (hex) of the bearer token required on every route but the health probes; "
+        "empty: no auth (Cloud Run IAM).",
+    ),
+    EnvVar(
+        "REQUEST_LOG",
+        "request_log",
+        _bool,
+        True,
+        "One JSON log line per request: severity, request id, latency, model (never the text).",
+    ),
+    EnvVar(
+        "DRIFT_WINDOW",
+        "drift_window",
+        _int_in(10, 1_000_000),
+        1000,
+        "Drift compares the last this-many classified texts with the bundle's reference.",
+    ),
+    EnvVar(
+        "DRIFT_MIN_DOCUMENTS",
+        "drift_min_documents",
+        _int_in(1, 1_000_000),
+        100,
+        "Texts the drift window needs before a score is reported.",
+    ),
+    EnvVar(
+        "SHADOW_MODEL_DIR",
+        "shadow_model_dir",
+        _optional_path,
+        None,
+        "A candidate classify bundle run in shadow on /classify traffic; empty: off.",
+    ),
+    EnvVar(
+        "SHADOW_FRACTION",
+        "shadow_fraction",
+        _float_in(0.0, 1.0),
+        0.1,
+        "Share of /classify requests also sent to the shadow candidate.",
+    ),
+    EnvVar(
+        "SHADOW_QUEUE",
+        "shadow_queue",
+        _int_in(1, 10_000),
+        16,
+        "Shadow jobs waiting at most; more are dropped (counted), never queued.",
+    ),
+    EnvVar(
+        "WARMUP_DELAY_S",
+        "warmup_delay_s",
+        _float_in(0.0, 600.0),
+        0.0,
+        "Seconds to wait before the warm-up inference (testing /readyz; keep 0 in production).",
+    ),
 )
 
 
@@ -237,8 +367,10 @@ class Settings:
 
     def public(self) -> dict[str, Any]:
         """Settings as JSON-friendly values, for the startup log line."""
-        shown = {f.name: str(getattr(self, f.name)) if f.name == "model_dir"
-                 else getattr(self, f.name) for f in fields(self)}
+        shown = {
+            f.name: str(getattr(self, f.name)) if f.name == "model_dir" else getattr(self, f.name)
+            for f in fields(self)
+        }
         shown["auth_token_hash"] = "set" if self.auth_token_hash else None  # not even a hash
         return shown
 

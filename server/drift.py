@@ -11,6 +11,7 @@ the predicted label. Inputs shift first (other language, other kind of text); ou
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import math
 import threading
@@ -30,8 +31,11 @@ STATISTICS = ("length", "unk_rate", "predicted_label", "confidence")
 PSI_MODERATE, PSI_MAJOR = 0.1, 0.25
 
 
-def psi(expected: Sequence[float] | np.ndarray, actual: Sequence[float] | np.ndarray,
-        epsilon: float = EPSILON) -> float:
+def psi(
+    expected: Sequence[float] | np.ndarray,
+    actual: Sequence[float] | np.ndarray,
+    epsilon: float = EPSILON,
+) -> float:
     """sum((actual - expected) * ln(actual / expected)) over bins, each fraction floored."""
     e = np.maximum(np.asarray(expected, dtype=np.float64), epsilon)
     a = np.maximum(np.asarray(actual, dtype=np.float64), epsilon)
@@ -53,7 +57,7 @@ class BinnedReference:
         fractions = tuple(float(f) for f in raw["fractions"])
         if not edges or len(edges) != len(fractions):
             raise ValueError("edges and fractions differ in length")
-        if any(b <= a for a, b in zip(edges, edges[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(edges)):
             raise ValueError("edges must increase")
         if any(not math.isfinite(f) or f < 0 for f in fractions):
             raise ValueError("fractions must be finite and >= 0")
@@ -99,8 +103,14 @@ class Observation:
 class DriftMonitor:
     """PSI of each statistic over the last `window` texts one classifier saw (thread-safe)."""
 
-    def __init__(self, model_id: str, reference: Mapping[str, Any], labels: Sequence[str],
-                 window: int, min_documents: int) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        reference: Mapping[str, Any],
+        labels: Sequence[str],
+        window: int,
+        min_documents: int,
+    ) -> None:
         self.model_id = model_id
         self.window = window
         self.min_documents = min_documents
@@ -112,17 +122,23 @@ class DriftMonitor:
                 try:
                     binned = BinnedReference.parse(reference[name])
                 except (KeyError, TypeError, ValueError) as exc:
-                    log.warning("reference_stats.%s of %s is unusable; not monitored", name,
-                                model_id, extra={"error": str(exc)})
+                    log.warning(
+                        "reference_stats.%s of %s is unusable; not monitored",
+                        name,
+                        model_id,
+                        extra={"error": str(exc)},
+                    )
                     continue
                 self._binned[name] = binned
                 self._expected[name] = np.asarray(binned.fractions)
         balance = reference.get("predicted_label")
         if isinstance(balance, Mapping) and labels:
             self._expected["predicted_label"] = np.asarray(
-                [float(balance.get(label, 0.0)) for label in labels])
-        self._windows = {name: RollingCounts(len(expected), window)
-                         for name, expected in self._expected.items()}
+                [float(balance.get(label, 0.0)) for label in labels]
+            )
+        self._windows = {
+            name: RollingCounts(len(expected), window) for name, expected in self._expected.items()
+        }
         self._lock = threading.Lock()
 
     @classmethod
@@ -141,8 +157,11 @@ class DriftMonitor:
         with self._lock:
             for item in observations:
                 values: dict[str, int] = {"predicted_label": item.label_index}
-                for name, value in (("length", item.length), ("unk_rate", item.unk_rate),
-                                    ("confidence", item.confidence)):
+                for name, value in (
+                    ("length", item.length),
+                    ("unk_rate", item.unk_rate),
+                    ("confidence", item.confidence),
+                ):
                     if name in self._binned:
                         values[name] = self._binned[name].bin_of(value)
                 for name, window in self._windows.items():
@@ -160,8 +179,11 @@ class DriftMonitor:
             result: dict[str, float | None] = {}
             for name in self.statistics:
                 window = self._windows[name]
-                result[name] = (psi(self._expected[name], window.fractions())
-                                if window.filled >= self.min_documents else None)
+                result[name] = (
+                    psi(self._expected[name], window.fractions())
+                    if window.filled >= self.min_documents
+                    else None
+                )
             return result
 
     def summary(self) -> dict[str, Any]:
@@ -173,8 +195,9 @@ class DriftMonitor:
             "window_size": self.window,
             "min_documents": self.min_documents,
             "reference_documents": self.reference_documents,
-            "psi": {name: None if score is None else round(score, 6)
-                    for name, score in scores.items()},
+            "psi": {
+                name: None if score is None else round(score, 6) for name, score in scores.items()
+            },
             "max_psi": round(max(known), 6) if known else None,
             "thresholds": {"moderate": PSI_MODERATE, "major": PSI_MAJOR},
         }

@@ -38,16 +38,19 @@ class UnreadableBody(falcon.HTTPBadRequest):
     """The body could not be read as sent (bad chunked framing, short body, dropped connection)."""
 
     def __init__(self) -> None:
-        super().__init__(title="Unreadable body",
-                         description="The request body could not be read as framed.")
+        super().__init__(
+            title="Unreadable body", description="The request body could not be read as framed."
+        )
 
 
 class BodyTooLarge(falcon.HTTPContentTooLarge):
     """The body (declared or actually sent) is over MAX_BODY_BYTES."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(title="Request body too large",
-                         description=f"The request body must be at most {limit} bytes.")
+        super().__init__(
+            title="Request body too large",
+            description=f"The request body must be at most {limit} bytes.",
+        )
 
 
 class NotJSON(falcon.HTTPUnsupportedMediaType):
@@ -55,61 +58,71 @@ class NotJSON(falcon.HTTPUnsupportedMediaType):
 
     def __init__(self, got: str | None) -> None:
         shown = repr(got) if got else "none"
-        super().__init__(title="Unsupported media type",
-                         description=f"Content-Type must be application/json (got {shown}).")
+        super().__init__(
+            title="Unsupported media type",
+            description=f"Content-Type must be application/json (got {shown}).",
+        )
 
 
 class NoModelForTask(falcon.HTTPNotFound):
     """This deployment's MODEL_DIR has no bundle for the endpoint's task."""
 
     def __init__(self, task: str) -> None:
-        super().__init__(title="No model",
-                         description=f"This server has no '{task}' model loaded.")
+        super().__init__(title="No model", description=f"This server has no '{task}' model loaded.")
 
 
 class NotReady(falcon.HTTPServiceUnavailable):
     """Readiness probe answer while loading, warming up or draining."""
 
     def __init__(self, state: str) -> None:
-        super().__init__(title="Not ready", description=f"The server is {state}.",
-                         headers={"Retry-After": "1"})
+        super().__init__(
+            title="Not ready", description=f"The server is {state}.", headers={"Retry-After": "1"}
+        )
 
 
 class Overloaded(falcon.HTTPServiceUnavailable):
     """More requests than WEB_THREADS at once: shed now rather than queue without bound."""
 
     def __init__(self, limit: int, retry_after_s: int) -> None:
-        super().__init__(title="Overloaded",
-                         description=f"The server is already working on {limit} requests; "
-                                     f"retry after {retry_after_s} s.",
-                         headers={"Retry-After": str(retry_after_s)})
+        super().__init__(
+            title="Overloaded",
+            description=f"The server is already working on {limit} requests; "
+            f"retry after {retry_after_s} s.",
+            headers={"Retry-After": str(retry_after_s)},
+        )
 
 
 class ShuttingDown(falcon.HTTPServiceUnavailable):
     """SIGTERM arrived: requests in flight finish, new ones go elsewhere."""
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__(title="Shutting down",
-                         description="This instance is draining; retry on another one.",
-                         headers={"Retry-After": str(retry_after_s), "Connection": "close"})
+        super().__init__(
+            title="Shutting down",
+            description="This instance is draining; retry on another one.",
+            headers={"Retry-After": str(retry_after_s), "Connection": "close"},
+        )
 
 
 class DeadlineExceeded(falcon.HTTPGatewayTimeout):
     """The request's work ran past REQUEST_TIMEOUT_S and was stopped."""
 
     def __init__(self, timeout_s: float) -> None:
-        super().__init__(title="Deadline exceeded",
-                         description=f"The request did not finish within {timeout_s:g} s "
-                                     "(REQUEST_TIMEOUT_S); its work was stopped.")
+        super().__init__(
+            title="Deadline exceeded",
+            description=f"The request did not finish within {timeout_s:g} s "
+            "(REQUEST_TIMEOUT_S); its work was stopped.",
+        )
 
 
 class Unauthorized(falcon.HTTPUnauthorized):
     """AUTH_TOKEN_HASH is set and the request has no (or a wrong) bearer token."""
 
     def __init__(self) -> None:
-        super().__init__(title="Unauthorized",
-                         description="Send 'Authorization: Bearer <token>'.",
-                         challenges=['Bearer realm="fastai-onnx-serve"'])
+        super().__init__(
+            title="Unauthorized",
+            description="Send 'Authorization: Bearer <token>'.",
+            challenges=['Bearer realm="fastai-onnx-serve"'],
+        )
 
 
 _DEFAULT_DESCRIPTIONS = {
@@ -134,8 +147,9 @@ def error_body_for(req: falcon.Request, title: str, description: str) -> bytes:
     return error_body(title, description)
 
 
-def serialize_error(req: falcon.Request, resp: falcon.Response,
-                    exception: falcon.HTTPError) -> None:
+def serialize_error(
+    req: falcon.Request, resp: falcon.Response, exception: falcon.HTTPError
+) -> None:
     """Falcon's error serializer, replaced so every error is JSON whatever the Accept header."""
     status_code = exception.status_code
     title = exception.title or falcon.code_to_http_status(status_code)[4:]
@@ -144,8 +158,9 @@ def serialize_error(req: falcon.Request, resp: falcon.Response,
     resp.data = error_body_for(req, title, description)
 
 
-def handle_unexpected(req: falcon.Request, resp: falcon.Response, ex: Exception,
-                      params: dict[str, Any]) -> None:
+def handle_unexpected(
+    req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, Any]
+) -> None:
     """Catch-all: log the traceback for us, answer 500 JSON without it for the client."""
     log.error("unhandled error on %s %s", req.method, req.path, exc_info=ex)
     resp.status = falcon.HTTP_500

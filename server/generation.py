@@ -22,8 +22,9 @@ class StepModel(Protocol):
 
     def initial_state(self, batch: int) -> list[np.ndarray]: ...
 
-    def step(self, ids: np.ndarray,
-             state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]: ...
+    def step(
+        self, ids: np.ndarray, state: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def allowed_logits(logits: np.ndarray, params: SamplingParams, unk_id: int) -> n
     if params.temperature > 0:
         scores /= params.temperature
     if params.top_k is not None and params.top_k < scores.shape[1]:
-        drop = np.argpartition(scores, -params.top_k, axis=1)[:, :-params.top_k]
+        drop = np.argpartition(scores, -params.top_k, axis=1)[:, : -params.top_k]
         np.put_along_axis(scores, drop, -np.inf, axis=1)
     return scores
 
@@ -76,8 +77,7 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
     return kept / kept.sum(axis=1, keepdims=True)
 
 
-def next_token_probabilities(logits: np.ndarray, params: SamplingParams,
-                             unk_id: int) -> np.ndarray:
+def next_token_probabilities(logits: np.ndarray, params: SamplingParams, unk_id: int) -> np.ndarray:
     """The (batch, vocab) distribution sampling draws from (one-hot argmax for temperature 0)."""
     scores = allowed_logits(logits, params, unk_id)
     if params.temperature == 0:
@@ -100,8 +100,9 @@ def sample_from(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.minimum(chosen, last_allowed).astype(np.int64)
 
 
-def choose_next(logits: np.ndarray, params: SamplingParams, unk_id: int,
-                rng: np.random.Generator) -> np.ndarray:
+def choose_next(
+    logits: np.ndarray, params: SamplingParams, unk_id: int, rng: np.random.Generator
+) -> np.ndarray:
     """Next token id for each row: argmax when temperature is 0, else a draw."""
     if params.temperature == 0:
         return allowed_logits(logits, params, unk_id).argmax(axis=1).astype(np.int64)
@@ -113,9 +114,15 @@ def _repeat_rows(state: list[np.ndarray], n: int) -> list[np.ndarray]:
     return [np.repeat(layer, n, axis=1) for layer in state]
 
 
-def generate_ids(model: StepModel, prompt_ids: Sequence[int], n_words: int, n_samples: int,
-                 params: SamplingParams, unk_id: int,
-                 rng: np.random.Generator) -> Iterator[np.ndarray]:
+def generate_ids(
+    model: StepModel,
+    prompt_ids: Sequence[int],
+    n_words: int,
+    n_samples: int,
+    params: SamplingParams,
+    unk_id: int,
+    rng: np.random.Generator,
+) -> Iterator[np.ndarray]:
     """Yield the (n_samples,) new token ids of each step, n_words times.
 
     The prompt runs once with batch 1 (its state and logits are then copied to every sample),

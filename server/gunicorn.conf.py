@@ -35,32 +35,43 @@ logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "server.logs.JsonFormatter"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                            "stream": "ext://sys.stderr"}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        }
+    },
     "root": {"handlers": ["stderr"], "level": "WARNING"},
     "loggers": {
-        "gunicorn.error": {"handlers": ["stderr"], "level": _settings.log_level.upper(),
-                           "propagate": False},
+        "gunicorn.error": {
+            "handlers": ["stderr"],
+            "level": _settings.log_level.upper(),
+            "propagate": False,
+        },
         # With a logconfig gunicorn always emits access lines (INFO); the level switches them.
-        "gunicorn.access": {"handlers": ["stderr"],
-                            "level": "INFO" if _settings.access_log else "WARNING",
-                            "propagate": False},
+        "gunicorn.access": {
+            "handlers": ["stderr"],
+            "level": "INFO" if _settings.access_log else "WARNING",
+            "propagate": False,
+        },
     },
 }
 
 
-def post_worker_init(worker):  # noqa: ANN001 (gunicorn hook signature)
+def post_worker_init(worker):
     """Warm the sessions inside the worker that will serve; /readyz turns 200 when done.
     SIGTERM first drains (server/shutdown.py), then runs gunicorn's own handler."""
     import server.wsgi
     from server.shutdown import install_sigterm_drain
 
-    server.wsgi.runtime.start_warm_up(exec_pid=os.getppid(),
-                                      exit_code_on_failure=server.wsgi.EXIT_BAD_BUNDLES)
+    server.wsgi.runtime.start_warm_up(
+        exec_pid=os.getppid(), exit_code_on_failure=server.wsgi.EXIT_BAD_BUNDLES
+    )
     install_sigterm_drain(worker, server.wsgi.runtime)
 
 
-def worker_exit(server, worker):  # noqa: ANN001 (gunicorn hook signature)
+def worker_exit(server, worker):
     """End a preloaded worker with os._exit once it has finished serving.
 
     The onnxruntime sessions were created in the master; in the forked worker the C++ static

@@ -33,7 +33,7 @@ GATED_METHODS = frozenset({"POST"})  # model work; GETs (probes, /models, /metri
 class RequestBudget:
     """One admitted request's deadline (monotonic seconds); a drain may only bring it closer."""
 
-    __slots__ = ("timeout_s", "deadline")
+    __slots__ = ("deadline", "timeout_s")
 
     def __init__(self, timeout_s: float, now: float | None = None) -> None:
         self.timeout_s = timeout_s
@@ -138,8 +138,9 @@ class AdmissionMiddleware:
         if req.method in GATED_METHODS:
             req.context.budget = self._gate.admit()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
-                         req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
         budget = req.context.get("budget")
         if budget is None:
             return

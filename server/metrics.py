@@ -44,8 +44,9 @@ def format_value(value: float) -> str:
     return repr(float(value))
 
 
-def _labels_text(names: Sequence[str], values: Sequence[str],
-                 extra: tuple[str, str] | None = None) -> str:
+def _labels_text(
+    names: Sequence[str], values: Sequence[str], extra: tuple[str, str] | None = None
+) -> str:
     pairs = [f'{name}="{_escape_label(value)}"' for name, value in zip(names, values, strict=True)]
     if extra is not None:
         pairs.append(f'{extra[0]}="{extra[1]}"')
@@ -98,8 +99,10 @@ class Counter(Metric):
     def render(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
-        return self.header() + [f"{self.name}{_labels_text(self.labelnames, key)} "
-                                f"{format_value(value)}" for key, value in items]
+        return self.header() + [
+            f"{self.name}{_labels_text(self.labelnames, key)} {format_value(value)}"
+            for key, value in items
+        ]
 
 
 class Gauge(Metric):
@@ -131,16 +134,24 @@ class Gauge(Metric):
     def render(self) -> list[str]:
         with self._lock:
             items = sorted(self._values.items())
-        return self.header() + [f"{self.name}{_labels_text(self.labelnames, key)} "
-                                f"{format_value(value)}" for key, value in items]
+        return self.header() + [
+            f"{self.name}{_labels_text(self.labelnames, key)} {format_value(value)}"
+            for key, value in items
+        ]
 
 
 class CallbackMetric(Metric):
     """A gauge (or counter) computed at scrape time (drift scores, process memory): nothing to
     keep in step with the thing it reports."""
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str],
-                 collect: Callable[[], Iterable[Sample]], kind: str = "gauge") -> None:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str],
+        collect: Callable[[], Iterable[Sample]],
+        kind: str = "gauge",
+    ) -> None:
         super().__init__(name, help_text, labelnames)
         self._collect = collect
         self.kind = kind
@@ -165,9 +176,13 @@ class Histogram(Metric):
 
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
-                 buckets: Sequence[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-                 ) -> None:
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    ) -> None:
         super().__init__(name, help_text, labelnames)
         bounds = sorted(float(b) for b in buckets if not math.isinf(b))
         if len(set(bounds)) != len(bounds) or not bounds:
@@ -202,16 +217,19 @@ class Histogram(Metric):
 
     def render(self) -> list[str]:
         with self._lock:
-            items = sorted((key, _HistogramSeries(list(s.counts), s.total, s.count))
-                           for key, s in self._series.items())
+            items = sorted(
+                (key, _HistogramSeries(list(s.counts), s.total, s.count))
+                for key, s in self._series.items()
+            )
         lines = self.header()
         for key, series in items:
             running = 0
             for bound, count in zip((*self.buckets, math.inf), series.counts, strict=True):
                 running += count
                 le = ("le", format_value(bound) if math.isinf(bound) else repr(bound))
-                lines.append(f"{self.name}_bucket{_labels_text(self.labelnames, key, le)} "
-                             f"{running}")
+                lines.append(
+                    f"{self.name}_bucket{_labels_text(self.labelnames, key, le)} {running}"
+                )
             labels = _labels_text(self.labelnames, key)
             lines.append(f"{self.name}_sum{labels} {format_value(series.total)}")
             lines.append(f"{self.name}_count{labels} {series.count}")
@@ -242,15 +260,25 @@ class Registry:
         self.register(metric)
         return metric
 
-    def histogram(self, name: str, help_text: str, labelnames: Sequence[str] = (),
-                  buckets: Sequence[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-                  ) -> Histogram:
+    def histogram(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str] = (),
+        buckets: Sequence[float] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+    ) -> Histogram:
         metric = Histogram(name, help_text, labelnames, buckets)
         self.register(metric)
         return metric
 
-    def callback(self, name: str, help_text: str, labelnames: Sequence[str],
-                 collect: Callable[[], Iterable[Sample]], kind: str = "gauge") -> CallbackMetric:
+    def callback(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Sequence[str],
+        collect: Callable[[], Iterable[Sample]],
+        kind: str = "gauge",
+    ) -> CallbackMetric:
         metric = CallbackMetric(name, help_text, labelnames, collect, kind)
         self.register(metric)
         return metric
@@ -265,8 +293,23 @@ class Registry:
 
 
 # Buckets. Latency: from a cached /healthz to a long /generate on one vCPU.
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                   30.0, 60.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # The same edges as the reference histograms that export writes (export/evaluate.py), used here
 # as upper bounds, so a dashboard can set live traffic beside the manifest's reference_stats.
@@ -299,45 +342,84 @@ class ServerMetrics:
         self.registry = registry or Registry()
         r = self.registry
         self.requests = r.counter(
-            "http_requests_total", "HTTP requests answered, by route template, method and status.",
-            ("endpoint", "method", "status"))
+            "http_requests_total",
+            "HTTP requests answered, by route template, method and status.",
+            ("endpoint", "method", "status"),
+        )
         self.latency = r.histogram(
             "http_request_duration_seconds",
             "Time from request received to response sent (streams: to the last event).",
-            ("endpoint", "method", "status"), LATENCY_BUCKETS)
+            ("endpoint", "method", "status"),
+            LATENCY_BUCKETS,
+        )
         self.in_flight = r.gauge("http_requests_in_flight", "Requests being handled right now.")
         self.inference_seconds = r.histogram(
-            "model_inference_seconds", "Time in onnxruntime per session call.", ("model",),
-            LATENCY_BUCKETS)
+            "model_inference_seconds",
+            "Time in onnxruntime per session call.",
+            ("model",),
+            LATENCY_BUCKETS,
+        )
         self.batch_size = r.histogram(
-            "model_batch_size", "Rows per onnxruntime call (texts of a /classify batch, samples "
-            "of a generation step).", ("model",), BATCH_BUCKETS)
+            "model_batch_size",
+            "Rows per onnxruntime call (texts of a /classify batch, samples of a generation step).",
+            ("model",),
+            BATCH_BUCKETS,
+        )
         self.coalesced_requests = r.histogram(
-            "classify_coalesced_requests", "Requests sharing one micro-batched /classify call "
-            "(MICROBATCH).", ("model",), BATCH_BUCKETS)
+            "classify_coalesced_requests",
+            "Requests sharing one micro-batched /classify call (MICROBATCH).",
+            ("model",),
+            BATCH_BUCKETS,
+        )
         self.generated_tokens = r.counter(
-            "model_generated_tokens_total", "Tokens sampled by the language model.", ("model",))
+            "model_generated_tokens_total", "Tokens sampled by the language model.", ("model",)
+        )
         self.input_tokens = r.histogram(
-            "model_input_tokens", "Tokens per classified text (xxbos included).", ("model",),
-            INPUT_TOKEN_BUCKETS)
+            "model_input_tokens",
+            "Tokens per classified text (xxbos included).",
+            ("model",),
+            INPUT_TOKEN_BUCKETS,
+        )
         self.unk_rate = r.histogram(
-            "model_input_unk_rate", "Share of a classified text's tokens that are xxunk "
-            "(out of vocabulary).", ("model",), UNK_RATE_BUCKETS)
+            "model_input_unk_rate",
+            "Share of a classified text's tokens that are xxunk (out of vocabulary).",
+            ("model",),
+            UNK_RATE_BUCKETS,
+        )
         self.predictions = r.counter(
-            "model_predictions_total", "Predicted labels.", ("model", "label"))
+            "model_predictions_total", "Predicted labels.", ("model", "label")
+        )
         self.confidence = r.histogram(
-            "model_prediction_confidence", "Probability of the predicted label.", ("model",),
-            CONFIDENCE_BUCKETS)
+            "model_prediction_confidence",
+            "Probability of the predicted label.",
+            ("model",),
+            CONFIDENCE_BUCKETS,
+        )
         self.model_info = r.gauge(
-            "model_info", "Loaded bundles (value 1), by name, version and task.",
-            ("model", "version", "task"))
+            "model_info",
+            "Loaded bundles (value 1), by name, version and task.",
+            ("model", "version", "task"),
+        )
         started = time.time()
-        r.callback("process_start_time_seconds", "Start of this process (Unix time).", (),
-                   lambda: [({}, started)])
-        r.callback("process_resident_memory_bytes", "Resident memory of this process.", (),
-                   lambda: [({}, _process_samples()["resident_memory_bytes"])])
-        r.callback("process_cpu_seconds_total", "User + system CPU time of this process.", (),
-                   lambda: [({}, _process_samples()["cpu_seconds_total"])], kind="counter")
+        r.callback(
+            "process_start_time_seconds",
+            "Start of this process (Unix time).",
+            (),
+            lambda: [({}, started)],
+        )
+        r.callback(
+            "process_resident_memory_bytes",
+            "Resident memory of this process.",
+            (),
+            lambda: [({}, _process_samples()["resident_memory_bytes"])],
+        )
+        r.callback(
+            "process_cpu_seconds_total",
+            "User + system CPU time of this process.",
+            (),
+            lambda: [({}, _process_samples()["cpu_seconds_total"])],
+            kind="counter",
+        )
 
     def render(self) -> bytes:
         return self.registry.render()

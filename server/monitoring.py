@@ -22,15 +22,17 @@ from server.runtime import LoadedModels
 request_log = logging.getLogger("server.requests")
 
 # Probes and scrapes arrive every few seconds: logged at DEBUG so they do not drown the rest.
-QUIET_ENDPOINTS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live",
-                             "/v2/health/ready"})
+QUIET_ENDPOINTS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/|$)")
 UNMATCHED = "unmatched"
 # Methods become a label: anything outside HTTP's registered set is "other", so a client making
 # up method names cannot create series either.
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
-                           "CONNECT"})
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
 
 
 def request_id_of(req: falcon.Request) -> tuple[str, str | None]:
@@ -88,8 +90,9 @@ class RequestMonitor:
     are counted too.
     """
 
-    def __init__(self, metrics: ServerMetrics, route_models: dict[str, str],
-                 log_requests: bool) -> None:
+    def __init__(
+        self, metrics: ServerMetrics, route_models: dict[str, str], log_requests: bool
+    ) -> None:
         self._metrics = metrics
         self._route_models = route_models
         self._log_requests = log_requests
@@ -113,8 +116,9 @@ class RequestMonitor:
         req.context.request_id, req.context.trace_id = request_id_of(req)
         self._metrics.in_flight.inc()
 
-    def process_response(self, req: falcon.Request, resp: falcon.Response, resource: Any,
-                         req_succeeded: bool) -> None:
+    def process_response(
+        self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
+    ) -> None:
         started = req.context.get("monitor_started")
         if started is None:  # process_request never ran for this request
             return
@@ -145,9 +149,13 @@ class RequestMonitor:
             "latency_s": round(seconds, 6),
             "model": model,
             # Cloud Logging's own request fields (the path only: a query could carry text).
-            "httpRequest": {"requestMethod": req.method, "requestUrl": req.path,
-                            "status": resp.status_code, "latency": f"{seconds:.6f}s",
-                            "protocol": req.env.get("SERVER_PROTOCOL")},
+            "httpRequest": {
+                "requestMethod": req.method,
+                "requestUrl": req.path,
+                "status": resp.status_code,
+                "latency": f"{seconds:.6f}s",
+                "protocol": req.env.get("SERVER_PROTOCOL"),
+            },
         }
         if req.context.trace_id:
             entry["trace_id"] = req.context.trace_id
@@ -172,11 +180,13 @@ class Monitoring:
         classifier = language_model = None
         for name, model in models.by_name.items():
             manifest = model.manifest
-            self.metrics.model_info.set(1, model=manifest.model_id, version=manifest.version,
-                                        task=manifest.task)
+            self.metrics.model_info.set(
+                1, model=manifest.model_id, version=manifest.version, task=manifest.task
+            )
             if model is models.classifier:
-                drift = DriftMonitor.for_manifest(manifest, settings.drift_window,
-                                                  settings.drift_min_documents)
+                drift = DriftMonitor.for_manifest(
+                    manifest, settings.drift_window, settings.drift_min_documents
+                )
                 if drift is not None:
                     self.drift[name] = drift
                 by_name[name] = classifier = ObservedClassifier(model, self.metrics, drift)
@@ -186,12 +196,18 @@ class Monitoring:
                 by_name[name] = model
         self.models = LoadedModels(by_name, classifier, language_model)
         self.metrics.registry.callback(
-            "drift_psi", "Population stability index of live traffic (last DRIFT_WINDOW texts) "
+            "drift_psi",
+            "Population stability index of live traffic (last DRIFT_WINDOW texts) "
             "against the bundle's reference_stats; absent until DRIFT_MIN_DOCUMENTS texts.",
-            ("model", "statistic"), self._drift_samples)
+            ("model", "statistic"),
+            self._drift_samples,
+        )
         self.metrics.registry.callback(
-            "drift_window_documents", "Texts in the drift window.", ("model",),
-            lambda: [({"model": d.model_id}, float(d.documents())) for d in self.drift.values()])
+            "drift_window_documents",
+            "Texts in the drift window.",
+            ("model",),
+            lambda: [({"model": d.model_id}, float(d.documents())) for d in self.drift.values()],
+        )
         self.shadow = self._load_shadow(settings, classifier)
         route_models = {}
         if classifier is not None:
@@ -207,16 +223,24 @@ class Monitoring:
         from server.shadow import ShadowConfigError, ShadowRunner, load_candidate
 
         if primary is None:
-            raise ShadowConfigError("SHADOW_MODEL_DIR is set but MODEL_DIR has no classifier "
-                                    "to compare the candidate with")
-        candidate = load_candidate(settings.shadow_model_dir, settings.ort_intra_op_threads,
-                                   settings.ort_inter_op_threads)
+            raise ShadowConfigError(
+                "SHADOW_MODEL_DIR is set but MODEL_DIR has no classifier "
+                "to compare the candidate with"
+            )
+        candidate = load_candidate(
+            settings.shadow_model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
+        )
         logging.getLogger("server.shadow").info(
-            "shadow candidate loaded", extra={"candidate": candidate.manifest.model_id,
-                                              "primary": primary.manifest.model_id,
-                                              "fraction": settings.shadow_fraction})
-        return ShadowRunner(candidate, settings.shadow_fraction, settings.shadow_queue,
-                            self.metrics)
+            "shadow candidate loaded",
+            extra={
+                "candidate": candidate.manifest.model_id,
+                "primary": primary.manifest.model_id,
+                "fraction": settings.shadow_fraction,
+            },
+        )
+        return ShadowRunner(
+            candidate, settings.shadow_fraction, settings.shadow_queue, self.metrics
+        )
 
     def _drift_samples(self) -> list[tuple[dict[str, str], float]]:
         samples = []
@@ -235,7 +259,9 @@ class Monitoring:
         model_id = classifier.manifest.model_id
         batcher.observers.append(
             lambda requests, texts, seconds: self.metrics.coalesced_requests.observe(
-                requests, model=model_id))
+                requests, model=model_id
+            )
+        )
 
     # ------------------------------------------------------------------ hooks for resources
     def classified(self, texts: list[str], labels: list[str], probabilities: Any) -> None:

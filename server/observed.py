@@ -49,8 +49,9 @@ def unk_count(ids: Sequence[int], unk_id: int) -> int:
 class ObservedClassifier(ClassifierModel):
     """A ClassifierModel whose calls feed the metrics and the drift window."""
 
-    def __init__(self, model: ClassifierModel, metrics: ServerMetrics,
-                 drift: DriftMonitor | None) -> None:
+    def __init__(
+        self, model: ClassifierModel, metrics: ServerMetrics, drift: DriftMonitor | None
+    ) -> None:
         super().__init__(model.manifest, model.tokenizer, model.session)
         self._metrics = metrics
         self.drift = drift
@@ -64,8 +65,9 @@ class ObservedClassifier(ClassifierModel):
             self._record(batch, probabilities, seconds)
         return probabilities
 
-    def _record(self, batch: Sequence[Sequence[int]], probabilities: np.ndarray,
-                seconds: float) -> None:
+    def _record(
+        self, batch: Sequence[Sequence[int]], probabilities: np.ndarray, seconds: float
+    ) -> None:
         metrics, model = self._metrics, self._model_id
         lengths = [len(ids) for ids in batch]
         unk_rates = [unk_count(ids, self.unk_id) / max(len(ids), 1) for ids in batch]
@@ -80,10 +82,14 @@ class ObservedClassifier(ClassifierModel):
             if count:
                 metrics.predictions.inc(float(count), model=model, label=self.labels[index])
         if self.drift is not None:
-            self.drift.observe([
-                Observation(length, rate, int(label), float(confidence))
-                for length, rate, label, confidence in zip(lengths, unk_rates, predicted,
-                                                           confidences, strict=True)])
+            self.drift.observe(
+                [
+                    Observation(length, rate, int(label), float(confidence))
+                    for length, rate, label, confidence in zip(
+                        lengths, unk_rates, predicted, confidences, strict=True
+                    )
+                ]
+            )
 
     def warm_up(self) -> None:
         with unrecorded():
@@ -98,13 +104,15 @@ class ObservedLanguageModel(LanguageModel):
         self._metrics = metrics
         self._model_id = model.manifest.model_id
 
-    def step(self, ids: np.ndarray, state: State, *args: Any,
-             **kwargs: Any) -> tuple[np.ndarray, State]:
+    def step(
+        self, ids: np.ndarray, state: State, *args: Any, **kwargs: Any
+    ) -> tuple[np.ndarray, State]:
         started = time.perf_counter()
         result = super().step(ids, state, *args, **kwargs)
         if _recording():
-            self._metrics.inference_seconds.observe(time.perf_counter() - started,
-                                                    model=self._model_id)
+            self._metrics.inference_seconds.observe(
+                time.perf_counter() - started, model=self._model_id
+            )
             self._metrics.batch_size.observe(int(np.shape(ids)[0]), model=self._model_id)
         return result
 

@@ -65,15 +65,19 @@ def load_models(settings: Settings) -> LoadedModels:
     by_name: dict[str, Model] = {}
     by_task: dict[str, Model] = {}
     for directory in bundle_dirs(settings.model_dir):
-        model = load_bundle(directory, threads=settings.ort_intra_op_threads,
-                            inter_threads=settings.ort_inter_op_threads)
+        model = load_bundle(
+            directory,
+            threads=settings.ort_intra_op_threads,
+            inter_threads=settings.ort_inter_op_threads,
+        )
         manifest = model.manifest
         if manifest.name in by_name:
             raise ModelDirError(f"two bundles named {manifest.name!r} in {settings.model_dir}")
         if manifest.task in by_task:
             raise ModelDirError(
                 f"two '{manifest.task}' bundles in {settings.model_dir}: "
-                f"{by_task[manifest.task].manifest.name} and {manifest.name}")
+                f"{by_task[manifest.task].manifest.name} and {manifest.name}"
+            )
         by_name[manifest.name] = by_task[manifest.task] = model
     classifier = by_task.get("classify")
     language_model = by_task.get("generate")
@@ -132,8 +136,10 @@ class ServerRuntime:
         self.classify_batcher: ClassifyBatcher | None = None
         if settings.microbatch and models.classifier is not None:
             self.classify_batcher = ClassifyBatcher(
-                classifier_runner(models.classifier, settings.classify_max_tokens), settings.microbatch_max_texts,
-                settings.microbatch_wait_ms / 1000)
+                classifier_runner(models.classifier, settings.classify_max_tokens),
+                settings.microbatch_max_texts,
+                settings.microbatch_wait_ms / 1000,
+            )
         self._warm_up_started = False
         self._warm_up_lock = threading.Lock()
 
@@ -141,11 +147,14 @@ class ServerRuntime:
     def load(cls, settings: Settings) -> ServerRuntime:
         started = time.perf_counter()
         models = load_models(settings)
-        log.info("models loaded", extra={
-            "load_s": round(time.perf_counter() - started, 3),
-            "since_exec_s": seconds_since_exec(),
-            "models": sorted(m.manifest.model_id for m in models.by_name.values()),
-        })
+        log.info(
+            "models loaded",
+            extra={
+                "load_s": round(time.perf_counter() - started, 3),
+                "since_exec_s": seconds_since_exec(),
+                "models": sorted(m.manifest.model_id for m in models.by_name.values()),
+            },
+        )
         return cls(settings, models)
 
     def warm_up(self, exec_pid: int | None = None, exit_code_on_failure: int | None = None) -> None:
@@ -166,22 +175,30 @@ class ServerRuntime:
             if exit_code_on_failure is None:
                 log.exception("warm-up failed; /readyz stays 503")
                 return
-            log.critical("warm-up failed; not serving these bundles",
-                         extra={"error": str(exc).splitlines()[0][:500]})
+            log.critical(
+                "warm-up failed; not serving these bundles",
+                extra={"error": str(exc).splitlines()[0][:500]},
+            )
             logging.shutdown()
             os._exit(exit_code_on_failure)
         self.readiness.mark_ready()
-        log.info("ready", extra={"warm_up_s": round(time.perf_counter() - started, 3),
-                                 "since_exec_s": seconds_since_exec(exec_pid),
-                                 "pid": os.getpid()})
+        log.info(
+            "ready",
+            extra={
+                "warm_up_s": round(time.perf_counter() - started, 3),
+                "since_exec_s": seconds_since_exec(exec_pid),
+                "pid": os.getpid(),
+            },
+        )
 
-    def start_warm_up(self, exec_pid: int | None = None,
-                      exit_code_on_failure: int | None = None) -> None:
+    def start_warm_up(
+        self, exec_pid: int | None = None, exit_code_on_failure: int | None = None
+    ) -> None:
         """Warm up in a background thread (once per process): the port is already serving."""
         with self._warm_up_lock:
             if self._warm_up_started:
                 return
             self._warm_up_started = True
-        threading.Thread(target=self.warm_up, args=(exec_pid, exit_code_on_failure),
-                         name="warm-up", daemon=True).start()
-
+        threading.Thread(
+            target=self.warm_up, args=(exec_pid, exit_code_on_failure), name="warm-up", daemon=True
+        ).start()

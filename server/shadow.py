@@ -46,19 +46,20 @@ def find_shadow_bundle(directory: Path) -> Path:
     if len(found) != 1:
         raise ShadowConfigError(
             f"SHADOW_MODEL_DIR {directory} must be one bundle or hold exactly one "
-            f"(found {len(found)})")
+            f"(found {len(found)})"
+        )
     return found[0]
 
 
 def load_candidate(directory: Path, threads: int, inter_threads: int) -> ClassifierModel:
     """Verify and load the candidate like any bundle (hashes, vocab size): a bad one stops
     the server at start-up, before it takes traffic."""
-    model = load_bundle(find_shadow_bundle(directory), threads=threads,
-                        inter_threads=inter_threads)
+    model = load_bundle(find_shadow_bundle(directory), threads=threads, inter_threads=inter_threads)
     if not isinstance(model, ClassifierModel):
         raise ShadowConfigError(
             f"SHADOW_MODEL_DIR {directory}: the candidate must be a classify bundle, "
-            f"not '{model.manifest.task}'")
+            f"not '{model.manifest.task}'"
+        )
     return model
 
 
@@ -73,8 +74,14 @@ class ShadowJob:
 class ShadowRunner:
     """Compares a candidate with the primary on a sampled fraction of classified texts."""
 
-    def __init__(self, candidate: ClassifierModel, fraction: float, queue_size: int,
-                 metrics: ServerMetrics, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        candidate: ClassifierModel,
+        fraction: float,
+        queue_size: int,
+        metrics: ServerMetrics,
+        rng: random.Random | None = None,
+    ) -> None:
         self.candidate = candidate
         self.fraction = fraction
         self._queue: queue.Queue[ShadowJob] = queue.Queue(maxsize=queue_size)
@@ -85,42 +92,74 @@ class ShadowRunner:
         self.candidate_id = candidate.manifest.model_id
         r = metrics.registry
         self.sampled = r.counter(
-            "shadow_sampled_total", "Requests sampled for the candidate (SHADOW_FRACTION).",
-            ("candidate",))
+            "shadow_sampled_total",
+            "Requests sampled for the candidate (SHADOW_FRACTION).",
+            ("candidate",),
+        )
         self.jobs = r.counter(
-            "shadow_jobs_total", "Sampled /classify requests by what became of them in shadow: "
-            "compared, dropped (queue full) or failed.", ("candidate", "outcome"))
+            "shadow_jobs_total",
+            "Sampled /classify requests by what became of them in shadow: "
+            "compared, dropped (queue full) or failed.",
+            ("candidate", "outcome"),
+        )
         self.texts = r.counter(
-            "shadow_texts_total", "Texts the candidate classified, by agreement with the primary.",
-            ("candidate", "agreement"))
+            "shadow_texts_total",
+            "Texts the candidate classified, by agreement with the primary.",
+            ("candidate", "agreement"),
+        )
         self.latency = r.histogram(
-            "shadow_inference_seconds", "Candidate time per job (tokenizing + onnxruntime).",
-            ("candidate",), LATENCY_BUCKETS)
+            "shadow_inference_seconds",
+            "Candidate time per job (tokenizing + onnxruntime).",
+            ("candidate",),
+            LATENCY_BUCKETS,
+        )
         self.delay = r.histogram(
-            "shadow_queue_seconds", "Time a job waited between the primary's answer and the "
-            "candidate's start.", ("candidate",), LATENCY_BUCKETS)
+            "shadow_queue_seconds",
+            "Time a job waited between the primary's answer and the candidate's start.",
+            ("candidate",),
+            LATENCY_BUCKETS,
+        )
         self.diff = r.histogram(
-            "shadow_probability_diff", "Largest |candidate - primary| probability over the "
-            "labels both models have, per text.", ("candidate",), DIFF_BUCKETS)
-        r.callback("shadow_agreement_ratio", "Share of compared texts on which the candidate "
-                   "predicted the primary's label (NaN before the first).", ("candidate",),
-                   lambda: [({"candidate": self.candidate_id}, self.agreement())])
-        r.callback("shadow_queue_depth", "Jobs waiting for the candidate.", ("candidate",),
-                   lambda: [({"candidate": self.candidate_id}, float(self._queue.qsize()))])
-        r.callback("shadow_fraction", "Configured share of /classify requests sent to the "
-                   "candidate (SHADOW_FRACTION).", ("candidate",),
-                   lambda: [({"candidate": self.candidate_id}, self.fraction)])
+            "shadow_probability_diff",
+            "Largest |candidate - primary| probability over the labels both models have, per text.",
+            ("candidate",),
+            DIFF_BUCKETS,
+        )
+        r.callback(
+            "shadow_agreement_ratio",
+            "Share of compared texts on which the candidate "
+            "predicted the primary's label (NaN before the first).",
+            ("candidate",),
+            lambda: [({"candidate": self.candidate_id}, self.agreement())],
+        )
+        r.callback(
+            "shadow_queue_depth",
+            "Jobs waiting for the candidate.",
+            ("candidate",),
+            lambda: [({"candidate": self.candidate_id}, float(self._queue.qsize()))],
+        )
+        r.callback(
+            "shadow_fraction",
+            "Configured share of /classify requests sent to the candidate (SHADOW_FRACTION).",
+            ("candidate",),
+            lambda: [({"candidate": self.candidate_id}, self.fraction)],
+        )
 
     # ------------------------------------------------------------------ request side
-    def submit(self, texts: Sequence[str], primary_labels: Sequence[str],
-               primary_probabilities: np.ndarray) -> bool:
+    def submit(
+        self, texts: Sequence[str], primary_labels: Sequence[str], primary_probabilities: np.ndarray
+    ) -> bool:
         """Sample this request and queue it for the candidate; never blocks."""
         if self.fraction <= 0 or (self.fraction < 1 and self._rng.random() >= self.fraction):
             return False
         self.sampled.inc(candidate=self.candidate_id)
         self._ensure_thread()
-        job = ShadowJob(tuple(texts), tuple(primary_labels), np.array(primary_probabilities),
-                        time.perf_counter())
+        job = ShadowJob(
+            tuple(texts),
+            tuple(primary_labels),
+            np.array(primary_probabilities),
+            time.perf_counter(),
+        )
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -165,17 +204,22 @@ class ShadowRunner:
         probabilities = self.candidate.predict_texts(list(job.texts))
         self.latency.observe(time.perf_counter() - started, candidate=self.candidate_id)
         labels = self.candidate.labels
-        common = [(job.primary_labels.index(label), index) for index, label in enumerate(labels)
-                  if label in job.primary_labels]
+        common = [
+            (job.primary_labels.index(label), index)
+            for index, label in enumerate(labels)
+            if label in job.primary_labels
+        ]
         agree = 0
         diffs: list[float] = []
-        for primary_row, candidate_row in zip(job.primary_probabilities, probabilities,
-                                              strict=True):
+        for primary_row, candidate_row in zip(
+            job.primary_probabilities, probabilities, strict=True
+        ):
             if job.primary_labels[int(primary_row.argmax())] == labels[int(candidate_row.argmax())]:
                 agree += 1
             if common:
-                diffs.append(max(abs(float(primary_row[p]) - float(candidate_row[c]))
-                                 for p, c in common))
+                diffs.append(
+                    max(abs(float(primary_row[p]) - float(candidate_row[c])) for p, c in common)
+                )
         self.texts.inc(agree, candidate=self.candidate_id, agreement="agree")
         self.texts.inc(len(job.texts) - agree, candidate=self.candidate_id, agreement="disagree")
         self.diff.observe_many(diffs, candidate=self.candidate_id)
@@ -199,8 +243,14 @@ class ShadowRunner:
     def summary(self) -> dict[str, object]:
         """The shadow part of GET /models."""
         agreement = self.agreement()
-        outcome = {name: int(self.jobs.value(candidate=self.candidate_id, outcome=name))
-                   for name in ("compared", "dropped", "failed")}
-        return {"candidate": self.candidate_id, "fraction": self.fraction,
-                "jobs": outcome, "queued": self._queue.qsize(),
-                "agreement": None if agreement != agreement else round(agreement, 6)}
+        outcome = {
+            name: int(self.jobs.value(candidate=self.candidate_id, outcome=name))
+            for name in ("compared", "dropped", "failed")
+        }
+        return {
+            "candidate": self.candidate_id,
+            "fraction": self.fraction,
+            "jobs": outcome,
+            "queued": self._queue.qsize(),
+            "agreement": None if agreement != agreement else round(agreement, 6),
+        }

@@ -28,8 +28,10 @@ def begin_drain(runtime: ServerRuntime, grace_s: float) -> None:
     runtime.readiness.begin_draining()
     until = time.monotonic() + max(grace_s - ANSWER_MARGIN_S, 0.0)
     cut = runtime.admission.close(until)
-    log.info("draining", extra={"in_flight": runtime.admission.in_flight,
-                                "deadlines_cut": cut, "grace_s": grace_s})
+    log.info(
+        "draining",
+        extra={"in_flight": runtime.admission.in_flight, "deadlines_cut": cut, "grace_s": grace_s},
+    )
 
 
 def install_sigterm_drain(worker: Any, runtime: ServerRuntime) -> None:

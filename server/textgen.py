@@ -6,7 +6,7 @@ Kept apart from the HTTP resource so the demo page and /generate share one code 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +22,7 @@ class GenerationRequest:
     prompt: str
     n_words: int = 40
     n_samples: int = 1
-    sampling: SamplingParams = SamplingParams()
+    sampling: SamplingParams = field(default_factory=SamplingParams)
     seed: int | None = None
 
 
@@ -42,10 +42,18 @@ def prompt_ids(model: LanguageModel, prompt: str) -> list[int]:
     return ids
 
 
-def _token_steps(model: LanguageModel, request: GenerationRequest,
-                 prompt: list[int]) -> Iterator[np.ndarray]:
-    return generate_ids(model, prompt, request.n_words, request.n_samples, request.sampling,
-                        model.unk_id, make_rng(request.seed))
+def _token_steps(
+    model: LanguageModel, request: GenerationRequest, prompt: list[int]
+) -> Iterator[np.ndarray]:
+    return generate_ids(
+        model,
+        prompt,
+        request.n_words,
+        request.n_samples,
+        request.sampling,
+        model.unk_id,
+        make_rng(request.seed),
+    )
 
 
 def join_prompt(prompt: str, continuation: str) -> str:
@@ -55,8 +63,12 @@ def join_prompt(prompt: str, continuation: str) -> str:
     return prompt + continuation
 
 
-def stream_pieces(model: LanguageModel, request: GenerationRequest, samples_out: list[str],
-                  check: Callable[[], None] | None = None) -> Iterator[Piece]:
+def stream_pieces(
+    model: LanguageModel,
+    request: GenerationRequest,
+    samples_out: list[str],
+    check: Callable[[], None] | None = None,
+) -> Iterator[Piece]:
     """Yield the new text of each sample as each word completes; fill `samples_out` at the end.
 
     Each sample has its own StreamDecoder, primed with the prompt's tokens so spacing and
@@ -90,8 +102,9 @@ def stream_pieces(model: LanguageModel, request: GenerationRequest, samples_out:
     samples_out[:] = [join_prompt(request.prompt, text) for text in continuations]
 
 
-def generate_texts(model: LanguageModel, request: GenerationRequest,
-                   check: Callable[[], None] | None = None) -> list[str]:
+def generate_texts(
+    model: LanguageModel, request: GenerationRequest, check: Callable[[], None] | None = None
+) -> list[str]:
     """The samples in one piece: the streaming path, drained (so both answers are identical)."""
     samples: list[str] = []
     for _ in stream_pieces(model, request, samples, check):

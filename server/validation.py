@@ -25,8 +25,14 @@ def reject_unknown_fields(body: dict[str, Any], allowed: Iterable[str]) -> None:
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object"}.get(type(value), type(value).__name__)
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+    }.get(type(value), type(value).__name__)
 
 
 def check_text(value: Any, where: str, max_chars: int) -> str:
@@ -37,7 +43,8 @@ def check_text(value: Any, where: str, max_chars: int) -> str:
         raise InvalidRequest(f"'{where}' must not be empty or only whitespace.")
     if len(value) > max_chars:
         raise InvalidRequest(
-            f"'{where}' has {len(value)} characters; the limit is {max_chars} (MAX_TEXT_CHARS).")
+            f"'{where}' has {len(value)} characters; the limit is {max_chars} (MAX_TEXT_CHARS)."
+        )
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
@@ -59,12 +66,20 @@ def text_list(body: dict[str, Any], key: str, max_items: int, max_chars: int) ->
         raise InvalidRequest(f"'{key}' must contain at least one text.")
     if len(value) > max_items:
         raise InvalidRequest(
-            f"'{key}' has {len(value)} items; the limit is {max_items} (MAX_BATCH_TEXTS).")
+            f"'{key}' has {len(value)} items; the limit is {max_items} (MAX_BATCH_TEXTS)."
+        )
     return [check_text(item, f"{key}[{index}]", max_chars) for index, item in enumerate(value)]
 
 
-def optional_int(body: dict[str, Any], key: str, default: int | None, low: int, high: int,
-                 *, nullable: bool = False) -> int | None:
+def optional_int(
+    body: dict[str, Any],
+    key: str,
+    default: int | None,
+    low: int,
+    high: int,
+    *,
+    nullable: bool = False,
+) -> int | None:
     """An integer (booleans and 2.0 are not) within [low, high]; null only if nullable."""
     value = body.get(key, _MISSING)
     if value is _MISSING:
@@ -79,9 +94,16 @@ def optional_int(body: dict[str, Any], key: str, default: int | None, low: int, 
     return value
 
 
-def optional_number(body: dict[str, Any], key: str, default: float | None, low: float,
-                    high: float, *, low_exclusive: bool = False,
-                    nullable: bool = False) -> float | None:
+def optional_number(
+    body: dict[str, Any],
+    key: str,
+    default: float | None,
+    low: float,
+    high: float,
+    *,
+    low_exclusive: bool = False,
+    nullable: bool = False,
+) -> float | None:
     """A finite JSON number within the range (the JSON parser already refused NaN/Infinity)."""
     value = body.get(key, _MISSING)
     if value is _MISSING:

@@ -24,8 +24,9 @@ logs.configure(settings.log_level)
 try:
     runtime = ServerRuntime.load(settings)
 except load_failures() as exc:
-    logging.getLogger("server").critical("cannot load the bundles; not starting",
-                                         extra={"error": str(exc),
-                                                "model_dir": str(settings.model_dir)})
+    logging.getLogger("server").critical(
+        "cannot load the bundles; not starting",
+        extra={"error": str(exc), "model_dir": str(settings.model_dir)},
+    )
     sys.exit(EXIT_BAD_BUNDLES)
 app = create_app(settings, runtime)

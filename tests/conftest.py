@@ -1,5 +1,6 @@
 """Shared fixtures. `tiny_bundles` really trains the `tiny` fastai config on a synthetic corpus
 and really exports it, so server tests run against bundles made by the shipped pipeline."""
+
 from __future__ import annotations
 
 import fcntl
@@ -34,9 +35,13 @@ def _pipeline_digest() -> str:
 
 
 def run_module(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+    )
     if proc.returncode != 0:
-        raise AssertionError(f"python -m {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"python -m {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -47,9 +52,33 @@ def build_tiny_bundles(work: Path, out: Path) -> Path:
 
     data = write_corpus(work / "data")
     # a relative --out, as users type it (fastai joins relative export names onto learn.path)
-    run_module("training", "all", "--config", "tiny", "--threads", "1", "--data", str(data), "--out", "run", cwd=work)
-    run_module("export", "--run", str(work / "run"), "--out", str(out), "--data", str(data), "--lm-eval-docs", "20",
-               "--keep-fp32", "--version", "tiny-test")
+    run_module(
+        "training",
+        "all",
+        "--config",
+        "tiny",
+        "--threads",
+        "1",
+        "--data",
+        str(data),
+        "--out",
+        "run",
+        cwd=work,
+    )
+    run_module(
+        "export",
+        "--run",
+        str(work / "run"),
+        "--out",
+        str(out),
+        "--data",
+        str(data),
+        "--lm-eval-docs",
+        "20",
+        "--keep-fp32",
+        "--version",
+        "tiny-test",
+    )
     return out
 
 
@@ -69,7 +98,9 @@ def tiny_run_and_bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 
 
 @pytest.fixture(scope="session")
-def tiny_bundles(tiny_run_and_bundles: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_bundles(
+    tiny_run_and_bundles: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A private copy of the tiny bundles (tests may not damage the shared cache)."""
     copy = tmp_path_factory.mktemp("bundles")
     shutil.copytree(tiny_run_and_bundles[1], copy, dirs_exist_ok=True)

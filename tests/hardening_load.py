@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,16 +71,22 @@ class Client:
         started = time.monotonic()
         try:
             if self._connection is None:
-                self._connection = http.client.HTTPConnection(self._host, self._port,
-                                                              timeout=self._timeout)
+                self._connection = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self._timeout
+                )
             headers = {"Content-Type": "application/json"} if body is not None else {}
             self._connection.request(method, path, body=body, headers=headers)
             response = self._connection.getresponse()
             data = response.read()
             if response.getheader("Connection", "").lower() == "close":
                 self.close()
-            return Outcome(started, time.monotonic(), response.status,
-                           retry_after=response.getheader("Retry-After"), body=data)
+            return Outcome(
+                started,
+                time.monotonic(),
+                response.status,
+                retry_after=response.getheader("Retry-After"),
+                body=data,
+            )
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             return Outcome(started, time.monotonic(), None, f"{type(exc).__name__}: {exc}")
@@ -93,8 +100,14 @@ class Client:
             self._connection = None
 
 
-def closed_loop(base_url: str, path: str, bodies: Sequence[bytes], clients: int,
-                stop: threading.Event, max_seconds: float) -> list[Outcome]:
+def closed_loop(
+    base_url: str,
+    path: str,
+    bodies: Sequence[bytes],
+    clients: int,
+    stop: threading.Event,
+    max_seconds: float,
+) -> list[Outcome]:
     """`clients` threads, each sending its next request when the last is answered, until `stop`
     is set or `max_seconds` pass. Keeps going after transport errors (a refused connection
     is an outcome too), pausing briefly so a dead server is not hammered."""
@@ -122,8 +135,14 @@ def closed_loop(base_url: str, path: str, bodies: Sequence[bytes], clients: int,
     return outcomes
 
 
-def open_loop(base_url: str, path: str, bodies: Sequence[bytes], rate_per_s: float,
-              seconds: float, max_pending: int = 256) -> list[Outcome]:
+def open_loop(
+    base_url: str,
+    path: str,
+    bodies: Sequence[bytes],
+    rate_per_s: float,
+    seconds: float,
+    max_pending: int = 256,
+) -> list[Outcome]:
     """Requests sent on a fixed schedule (`rate_per_s`), whatever the answers: the offered load
     does not slow down when the server does, as real traffic does not. Each request has its own
     connection. `started` is the scheduled time and `sent` the real one, so the client's own
@@ -140,8 +159,16 @@ def open_loop(base_url: str, path: str, bodies: Sequence[bytes], rate_per_s: flo
         outcome = client.post(path, bodies[index % len(bodies)])
         client.close()
         with lock:
-            outcomes.append(Outcome(scheduled, outcome.ended, outcome.status, outcome.error,
-                                    outcome.retry_after, sent=outcome.started))
+            outcomes.append(
+                Outcome(
+                    scheduled,
+                    outcome.ended,
+                    outcome.status,
+                    outcome.error,
+                    outcome.retry_after,
+                    sent=outcome.started,
+                )
+            )
 
     with ThreadPoolExecutor(max_workers=max_pending) as pool:
         for index in range(total):
@@ -159,7 +186,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 def worker_pid(master_pid: int) -> int | None:
     """The gunicorn worker: the master's only child (Linux /proc)."""
     try:
-        children = open(f"/proc/{master_pid}/task/{master_pid}/children").read().split()
+        children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     except OSError:
         return None
     return int(children[0]) if children else None

@@ -65,23 +65,40 @@ class RunningServer:
 
 def server_env(model_dir: Path, port: int, **overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAX_", "WEB_", "ORT_"))}
-    env.update(HOST="127.0.0.1", PORT=str(port), MODEL_DIR=str(model_dir), PYTHONUNBUFFERED="1",
-               LOG_LEVEL="info")
+    env.update(
+        HOST="127.0.0.1",
+        PORT=str(port),
+        MODEL_DIR=str(model_dir),
+        PYTHONUNBUFFERED="1",
+        LOG_LEVEL="info",
+    )
     env.update(overrides)
     return env
 
 
-def start_server(model_dir: Path, log_dir: Path, *, python: str = sys.executable,
-                 cwd: Path = REPO_ROOT, wait_ready: bool = True, timeout: float = 90.0,
-                 **env_overrides: str) -> RunningServer:
+def start_server(
+    model_dir: Path,
+    log_dir: Path,
+    *,
+    python: str = sys.executable,
+    cwd: Path = REPO_ROOT,
+    wait_ready: bool = True,
+    timeout: float = 90.0,
+    **env_overrides: str,
+) -> RunningServer:
     """Start the server and wait for /healthz (and /readyz unless `wait_ready` is False)."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen([python, "-m", "server"], cwd=cwd, stdout=log_file,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=server_env(model_dir, port, **env_overrides))
+        process = subprocess.Popen(
+            [python, "-m", "server"],
+            cwd=cwd,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env(model_dir, port, **env_overrides),
+        )
     server = RunningServer(process, f"http://127.0.0.1:{port}", log_path)
     probe = "/readyz" if wait_ready else "/healthz"
     deadline = time.monotonic() + timeout
@@ -128,8 +145,12 @@ def parse_sse(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 # ---------------------------------------------------------------- OpenAPI 3.0 schema checking
 _TYPES: dict[str, tuple[type, ...]] = {
-    "object": (dict,), "array": (list,), "string": (str,), "boolean": (bool,),
-    "integer": (int,), "number": (int, float),
+    "object": (dict,),
+    "array": (list,),
+    "string": (str,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
 }
 
 
@@ -141,9 +162,28 @@ class SchemaChecker:
     An unknown keyword fails loudly, so the spec cannot outgrow the checker unnoticed.
     """
 
-    KNOWN = {"$ref", "type", "nullable", "enum", "required", "properties", "additionalProperties",
-             "items", "minItems", "maxItems", "minLength", "maxLength", "pattern", "minimum",
-             "maximum", "exclusiveMinimum", "oneOf", "description", "default", "example"}
+    KNOWN = {
+        "$ref",
+        "type",
+        "nullable",
+        "enum",
+        "required",
+        "properties",
+        "additionalProperties",
+        "items",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "oneOf",
+        "description",
+        "default",
+        "example",
+    }
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = spec
@@ -162,13 +202,17 @@ class SchemaChecker:
         if unknown:
             return [f"{where}: checker does not support {sorted(unknown)}"]
         if value is None:
-            return [] if schema.get("nullable") or "type" not in schema and "oneOf" not in schema \
+            return (
+                []
+                if schema.get("nullable") or ("type" not in schema and "oneOf" not in schema)
                 else [f"{where}: null not allowed"]
+            )
         problems: list[str] = []
         kind = schema.get("type")
         if kind:
             ok = isinstance(value, _TYPES[kind]) and not (
-                kind in ("integer", "number") and isinstance(value, bool))
+                kind in ("integer", "number") and isinstance(value, bool)
+            )
             if not ok:
                 return [f"{where}: expected {kind}, got {type(value).__name__}"]
         if "enum" in schema and value not in schema["enum"]:
@@ -191,8 +235,9 @@ class SchemaChecker:
                 elif isinstance(extra, dict):
                     problems += self.errors(item, extra, f"{where}.{key}")
         if isinstance(value, list):
-            if len(value) < schema.get("minItems", 0) or len(value) > schema.get("maxItems",
-                                                                               len(value)):
+            if len(value) < schema.get("minItems", 0) or len(value) > schema.get(
+                "maxItems", len(value)
+            ):
                 problems.append(f"{where}: {len(value)} items out of bounds")
             if "items" in schema:
                 for index, item in enumerate(value):
@@ -211,8 +256,9 @@ class SchemaChecker:
                 problems.append(f"{where}: {value} above {high}")
         return problems
 
-    def response_schema(self, path: str, method: str, status: int,
-                        content_type: str = "application/json") -> dict[str, Any] | None:
+    def response_schema(
+        self, path: str, method: str, status: int, content_type: str = "application/json"
+    ) -> dict[str, Any] | None:
         """The documented schema of a response, or None when that status is not documented."""
         responses = self.spec["paths"][path][method.lower()]["responses"]
         response = responses.get(str(status))

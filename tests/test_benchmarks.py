@@ -22,29 +22,62 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SECTIONS = ("## Targets (issue 5)", "## Setup", "## Cold start", "## Latency and throughput over HTTP",
-            "## Where our time goes", "## Memory of the serving processes", "## Footprint",
-            "## Micro-batching of /classify (issue 6)", "## Same answers")
+SECTIONS = (
+    "## Targets (issue 5)",
+    "## Setup",
+    "## Cold start",
+    "## Latency and throughput over HTTP",
+    "## Where our time goes",
+    "## Memory of the serving processes",
+    "## Footprint",
+    "## Micro-batching of /classify (issue 6)",
+    "## Same answers",
+)
 PLOTS = ("cold_start.png", "latency_classify.png", "latency_generate.png")
 
 
 @pytest.fixture(scope="module")
-def quick_run(tiny_run_and_bundles: tuple[Path, Path], imdb: Path,
-              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def quick_run(
+    tiny_run_and_bundles: tuple[Path, Path], imdb: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     if not (imdb / "test.csv.gz").is_file():
         pytest.skip(f"no IMDB test split at {imdb}")
     run_dir, bundles = tiny_run_and_bundles
     out = tmp_path_factory.mktemp("bench")
-    argv = ["run", "--run", str(run_dir), "--models", str(bundles), "--quick",
-            "--imdb", str(imdb), "--results", str(out / "results"), "--report",
-            str(out / "BENCHMARKS.md"), "--image-record", str(out / "no-container-record.json")]
+    argv = [
+        "run",
+        "--run",
+        str(run_dir),
+        "--models",
+        str(bundles),
+        "--quick",
+        "--imdb",
+        str(imdb),
+        "--results",
+        str(out / "results"),
+        "--report",
+        str(out / "BENCHMARKS.md"),
+        "--image-record",
+        str(out / "no-container-record.json"),
+    ]
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = json.loads((out / "results" / "benchmark.json").read_text(encoding="utf-8"))
-    return {"out": out, "results": results, "argv": argv, "stderr": proc.stderr,
-            "started": started, "report": (out / "BENCHMARKS.md").read_text(encoding="utf-8")}
+    return {
+        "out": out,
+        "results": results,
+        "argv": argv,
+        "stderr": proc.stderr,
+        "started": started,
+        "report": (out / "BENCHMARKS.md").read_text(encoding="utf-8"),
+    }
 
 
 pytestmark = pytest.mark.slow
@@ -53,7 +86,8 @@ pytestmark = pytest.mark.slow
 def test_cold_starts_of_both_servers_with_phases_that_add_up(quick_run: dict[str, Any]) -> None:
     rows = quick_run["results"]["cold_start"]
     assert {(r["server"], r["kind"]) for r in rows} == {
-        (s, k) for s in ("ours", "naive") for k in ("classify", "generate")}
+        (s, k) for s in ("ours", "naive") for k in ("classify", "generate")
+    }
     for row in rows:
         assert row["total_s"] > 0
         assert row["phases_s"] is not None, f"{row['server']}: startup log not parsed"
@@ -68,21 +102,37 @@ def test_cold_starts_of_both_servers_with_phases_that_add_up(quick_run: dict[str
 def test_every_latency_cell_ran_without_errors(quick_run: dict[str, Any]) -> None:
     results = quick_run["results"]
     cfg = results["config"]
-    expected = {"readyz (no model)", "classify short", "classify median", "classify long",
-                f"generate 1x{cfg['n_words']}", f"generate 5x{cfg['n_words']}"}
+    expected = {
+        "readyz (no model)",
+        "classify short",
+        "classify median",
+        "classify long",
+        f"generate 1x{cfg['n_words']}",
+        f"generate 5x{cfg['n_words']}",
+    }
     for server in ("ours", "naive"):
         cells = results["latency"][server]["cells"]
         assert {c["workload"] for c in cells} == expected
         for cell in cells:
-            levels = [min(cfg["concurrency"])] if cell["workload"].startswith("readyz") \
+            levels = (
+                [min(cfg["concurrency"])]
+                if cell["workload"].startswith("readyz")
                 else cfg["concurrency"]
+            )
             assert cell["concurrency"] in levels
             assert cell["errors"] == 0, cell["error_examples"]
             assert cell["n"] == len(cell["samples_ms"]) >= cell["concurrency"]
-            assert cell["n"] <= max(cfg["classify_requests"], cfg["generate_requests"],
-                                    cell["concurrency"])
-            assert 0 < cell["min_ms"] <= cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"] \
+            assert cell["n"] <= max(
+                cfg["classify_requests"], cfg["generate_requests"], cell["concurrency"]
+            )
+            assert (
+                0
+                < cell["min_ms"]
+                <= cell["p50_ms"]
+                <= cell["p95_ms"]
+                <= cell["p99_ms"]
                 <= cell["max_ms"]
+            )
             assert cell["throughput_rps"] > 0
         assert results["latency"][server]["memory"]["peak_tree_pss_mib"] > 10
         assert results["latency"][server]["memory"]["processes"] == 2  # master + one worker
@@ -101,8 +151,10 @@ def test_http_answers_match_the_in_process_path(quick_run: dict[str, Any]) -> No
         for index, label in answers.items():
             assert label == raw[band]["labels"][int(index)], (band, index)
         assert raw[band]["session"]["p50_ms"] > 0
-        assert raw[band]["in_process"]["n"] == len(raw[band]["labels"]) * \
-            results["config"]["raw_repeats"]
+        assert (
+            raw[band]["in_process"]["n"]
+            == len(raw[band]["labels"]) * results["config"]["raw_repeats"]
+        )
     agreement = results["derived"]["label_agreement"]
     assert agreement["compared"] == sum(len(v) for v in http.values())
 
@@ -147,8 +199,11 @@ def _row(report: str, first_cell: str, second_cell: str | None = None) -> list[s
     """The cells of the report's table row that starts with `first_cell` (and `second_cell`)."""
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and cells[0] == first_cell and \
-                (second_cell is None or cells[1] == second_cell):
+        if (
+            line.startswith("|")
+            and cells[0] == first_cell
+            and (second_cell is None or cells[1] == second_cell)
+        ):
             return cells
     raise AssertionError(f"no row {first_cell!r} {second_cell!r} in the report")
 
@@ -164,8 +219,11 @@ def test_report_figures_are_the_runs_own(quick_run: dict[str, Any]) -> None:
     latency = results["latency"]
     assert latency["ours"]["skipped_cells"] == latency["naive"]["skipped_cells"] == []
     for ours in latency["ours"]["cells"]:
-        naive = next(c for c in latency["naive"]["cells"]
-                     if (c["workload"], c["concurrency"]) == (ours["workload"], ours["concurrency"]))
+        naive = next(
+            c
+            for c in latency["naive"]["cells"]
+            if (c["workload"], c["concurrency"]) == (ours["workload"], ours["concurrency"])
+        )
         row = _row(report, f"`{ours['workload']}`", str(ours["concurrency"]))
         for column, cell in ((2, ours), (4, naive)):
             assert row[column] == " / ".join(_ms(cell[k]) for k in ("p50_ms", "p95_ms", "p99_ms"))
@@ -187,8 +245,12 @@ def test_report_figures_are_the_runs_own(quick_run: dict[str, Any]) -> None:
             assert row[1].startswith(f"{target['value']:,.2f}")
             assert row[3] == ("yes" if target["met"] else "**no**")
     memory = _row(report, "peak PSS, master + worker (MiB)")
-    assert memory[1:3] == [str(latency[s]["memory"]["peak_tree_pss_mib"]) for s in ("ours", "naive")]
+    assert memory[1:3] == [
+        str(latency[s]["memory"]["peak_tree_pss_mib"]) for s in ("ours", "naive")
+    ]
     microbatch = json.loads((REPO / "benchmarks" / "results" / "microbatch.json").read_text())
     for row in microbatch["table"]:
-        assert _row(report, row["setting"], str(row["concurrency"]))[2] == \
-            f"{row['throughput_rps']:,.2f}"
+        assert (
+            _row(report, row["setting"], str(row["concurrency"]))[2]
+            == f"{row['throughput_rps']:,.2f}"
+        )

@@ -30,12 +30,13 @@ class EchoHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive, as gunicorn's gthread worker
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/slow":
             time.sleep(0.05)
-        status, answer = (200, {"echo": body}) if self.path in ("/echo", "/slow") \
-            else (500, {"title": "boom"})
+        status, answer = (
+            (200, {"echo": body}) if self.path in ("/echo", "/slow") else (500, {"title": "boom"})
+        )
         data = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -59,29 +60,47 @@ def echo_url() -> Iterator[str]:
 
 def test_load_generator_counts_times_and_keeps_answers_in_order(echo_url: str) -> None:
     bodies = [{"i": i} for i in range(5)]
-    result = run_load(echo_url, Workload("echo", "/echo", bodies, "echo"), concurrency=3,
-                      max_requests=20, max_seconds=60, keep_answers=True)
+    result = run_load(
+        echo_url,
+        Workload("echo", "/echo", bodies, "echo"),
+        concurrency=3,
+        max_requests=20,
+        max_seconds=60,
+        keep_answers=True,
+    )
     assert result.errors == 0 and result.completed == 20
     assert all(ms > 0 for ms in result.latencies_ms)
     # Request k carried body k % 5; each answer must be the echo of the body it was sent.
     assert sorted(result.body_index) == sorted(k % 5 for k in range(20))
-    assert all(answer == bodies[i] for i, answer in zip(result.body_index, result.answers))
+    assert all(
+        answer == bodies[i] for i, answer in zip(result.body_index, result.answers, strict=False)
+    )
     summary = result.summary()
     assert summary["n"] == 20 and summary["throughput_rps"] > 0
 
 
 def test_load_generator_stops_at_its_time_budget(echo_url: str) -> None:
     started = time.perf_counter()
-    result = run_load(echo_url, Workload("slow", "/slow", [{"x": 1}], "echo"), concurrency=2,
-                      max_requests=10_000, max_seconds=0.3)
+    result = run_load(
+        echo_url,
+        Workload("slow", "/slow", [{"x": 1}], "echo"),
+        concurrency=2,
+        max_requests=10_000,
+        max_seconds=0.3,
+    )
     elapsed = time.perf_counter() - started
     assert elapsed < 2.0
     assert 2 <= result.completed < 40  # ~50 ms each, two at a time, for ~0.3 s
 
 
 def test_load_generator_counts_failures_instead_of_timing_them(echo_url: str) -> None:
-    result = run_load(echo_url, Workload("bad", "/missing", [{"x": 1}], "echo"), concurrency=2,
-                      max_requests=6, max_seconds=30)
+    result = run_load(
+        echo_url,
+        Workload("bad", "/missing", [{"x": 1}], "echo"),
+        concurrency=2,
+        max_requests=6,
+        max_seconds=30,
+    )
     assert result.completed == 0 and result.errors == 6
     assert "HTTP 500" in result.error_examples[0]
     wrong_key = run_load(echo_url, Workload("key", "/echo", [{"x": 1}], "label"), 1, 2, 30)
@@ -105,8 +124,15 @@ def test_cells_predicted_past_the_cap_are_skipped_not_run(echo_url: str) -> None
     each with the service time and prediction it was skipped on."""
     workload = Workload("slow", "/slow", [{"x": 1}, {"x": 2}], "echo")
     started = time.perf_counter()
-    cells, skipped, answers = run_cells(echo_url, workload, (8, 1, 4), max_requests=1000,
-                                        cell_seconds=0.2, cell_max_seconds=0.3, keep_level=1)
+    cells, skipped, answers = run_cells(
+        echo_url,
+        workload,
+        (8, 1, 4),
+        max_requests=1000,
+        cell_seconds=0.2,
+        cell_max_seconds=0.3,
+        keep_level=1,
+    )
     assert time.perf_counter() - started < 1.5
     assert [c["concurrency"] for c in cells] == [1]
     assert cells[0]["errors"] == 0 and cells[0]["n"] == len(cells[0]["samples_ms"]) >= 3
@@ -184,16 +210,36 @@ def test_image_record_is_read_when_the_container_test_left_one(tmp_path: Path) -
 
 
 def test_cli_quick_defaults_flags_and_unpinned(tmp_path: Path) -> None:
-    argv = ["run", "--run", str(tmp_path), "--models", str(tmp_path), "--quick",
-            "--cold-runs", "3", "--server-cpu", "none"]
+    argv = [
+        "run",
+        "--run",
+        str(tmp_path),
+        "--models",
+        str(tmp_path),
+        "--quick",
+        "--cold-runs",
+        "3",
+        "--server-cpu",
+        "none",
+    ]
     cfg = config_from(parser().parse_args(argv), argv)
     assert cfg.quick and cfg.cold_runs == 3  # an explicit flag beats the quick preset
     assert cfg.classify_requests == BenchConfig.quick_defaults()["classify_requests"]
     assert cfg.cell_max_seconds == BenchConfig.quick_defaults()["cell_max_seconds"]
     assert cfg.server_cpu is None and cfg.client_cpu == 1
     assert cfg.fresh_venv is False and cfg.command.startswith("python -m benchmarks run --run")
-    full = ["run", "--run", "r", "--models", "m", "--concurrency", "2,6", "--fresh-venv",
-            "--cell-max-seconds", "90"]
+    full = [
+        "run",
+        "--run",
+        "r",
+        "--models",
+        "m",
+        "--concurrency",
+        "2,6",
+        "--fresh-venv",
+        "--cell-max-seconds",
+        "90",
+    ]
     cfg = config_from(parser().parse_args(full), full)
     assert (cfg.cold_runs, cfg.concurrency, cfg.fresh_venv, cfg.server_cpu) == (5, (2, 6), True, 0)
     assert (cfg.cell_seconds, cfg.cell_max_seconds, cfg.n_words) == (15.0, 90.0, 40)
@@ -210,8 +256,12 @@ def test_inputs_are_real_reviews_by_length_band(imdb: Path) -> None:
     assert inputs.test_reviews == 25_000
     assert [len(v) for v in inputs.reviews.values()] == [5, 5, 5]
     short, median, long = (inputs.reviews[b] for b in ("short", "median", "long"))
-    assert max(map(len, short)) <= min(map(len, median)) <= max(map(len, median)) <= \
-        min(map(len, long))
+    assert (
+        max(map(len, short))
+        <= min(map(len, median))
+        <= max(map(len, median))
+        <= min(map(len, long))
+    )
     assert len(inputs.prompts) == 4
     assert all(len(p.split()) == PROMPT_WORDS for p in inputs.prompts)
     assert pick_inputs(imdb, per_band=5, n_prompts=4) == inputs  # the same every run
@@ -228,8 +278,12 @@ def _fake_run_and_bundles(root: Path, emb: int, vocab: int) -> tuple[Path, Path]
     (run / "vocab.json").write_text(json.dumps([f"w{i}" for i in range(96)]))
     for name, task in (("imdb-lm", "generate"), ("imdb-sentiment", "classify")):
         (models / name).mkdir(parents=True)
-        manifest = {"name": name, "task": task, "architecture": {"vocab_size": vocab},
-                    "training": {"config": {**config, "emb_sz": emb}, "run_dir": "run"}}
+        manifest = {
+            "name": name,
+            "task": task,
+            "architecture": {"vocab_size": vocab},
+            "training": {"config": {**config, "emb_sz": emb}, "run_dir": "run"},
+        }
         (models / name / "manifest.json").write_text(json.dumps(manifest))
     return run, models
 
@@ -237,8 +291,10 @@ def _fake_run_and_bundles(root: Path, emb: int, vocab: int) -> tuple[Path, Path]
 def test_check_paths_refuses_bundles_from_another_run(tmp_path: Path) -> None:
     run, models = _fake_run_and_bundles(tmp_path / "same", emb=32, vocab=96)
     provenance = check_paths(BenchConfig(run_dir=run, models=models))
-    assert provenance == {n: {"run_dir_recorded": "run", "same_training_config": True}
-                          for n in ("imdb-lm", "imdb-sentiment")}
+    assert provenance == {
+        n: {"run_dir_recorded": "run", "same_training_config": True}
+        for n in ("imdb-lm", "imdb-sentiment")
+    }
     run, models = _fake_run_and_bundles(tmp_path / "other", emb=200, vocab=15008)
     with pytest.raises(SystemExit, match=r"imdb-lm was not exported from .*emb_sz, vocab size"):
         check_paths(BenchConfig(run_dir=run, models=models))

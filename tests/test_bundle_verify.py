@@ -26,12 +26,16 @@ def bundle_source(request: pytest.FixtureRequest) -> Path:
     tiny_bundles fixture."""
     named = os.environ.get("DEPLOY_TEST_BUNDLES")
     if named:
-        assert Path(named, "imdb-lm", "manifest.json").is_file(), f"DEPLOY_TEST_BUNDLES={named} holds no imdb-lm/"
+        assert Path(named, "imdb-lm", "manifest.json").is_file(), (
+            f"DEPLOY_TEST_BUNDLES={named} holds no imdb-lm/"
+        )
         return Path(named)
     try:
         return Path(request.getfixturevalue("tiny_bundles"))
     except pytest.FixtureLookupError:
-        pytest.skip("no bundles: needs the tiny_bundles fixture (tests/conftest.py) or $DEPLOY_TEST_BUNDLES")
+        pytest.skip(
+            "no bundles: needs the tiny_bundles fixture (tests/conftest.py) or $DEPLOY_TEST_BUNDLES"
+        )
 
 
 @pytest.fixture
@@ -45,8 +49,13 @@ def models(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 
 def verify(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bundle.verify", *map(str, args)],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "bundle.verify", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
 
 
 def model_file(bundle: Path) -> Path:
@@ -110,16 +119,23 @@ def test_a_graph_that_is_not_a_softmax_fails_the_inference_check(models: Path) -
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["lengths"], ["len_f"], to=TensorProto.FLOAT),
-         helper.make_node("Unsqueeze", ["len_f", "axes"], ["col"]),
-         helper.make_node("Concat", ["col", "col"], ["probabilities"], axis=1),
-         helper.make_node("Identity", ["input_ids"], ["ids_unused"])],
+        [
+            helper.make_node("Cast", ["lengths"], ["len_f"], to=TensorProto.FLOAT),
+            helper.make_node("Unsqueeze", ["len_f", "axes"], ["col"]),
+            helper.make_node("Concat", ["col", "col"], ["probabilities"], axis=1),
+            helper.make_node("Identity", ["input_ids"], ["ids_unused"]),
+        ],
         "not_a_softmax",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-         helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
-         helper.make_tensor_value_info("ids_unused", TensorProto.INT64, ["batch", "seq"])],
-        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+            helper.make_tensor_value_info("lengths", TensorProto.INT64, ["batch"]),
+        ],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("ids_unused", TensorProto.INT64, ["batch", "seq"]),
+        ],
+        initializer=[helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     clf = models / "imdb-sentiment"
@@ -133,22 +149,51 @@ def test_a_graph_that_is_not_a_softmax_fails_the_inference_check(models: Path) -
     assert "outside [0, 1]" in result.stderr or "do not sum to 1" in result.stderr, result.stderr
 
 
-def test_deploy_script_dry_run_verifies_uploads_and_stages_only_build_inputs(models: Path, tmp_path: Path) -> None:
+def test_deploy_script_dry_run_verifies_uploads_and_stages_only_build_inputs(
+    models: Path, tmp_path: Path
+) -> None:
     """scripts/deploy.sh up to the gcloud calls (printed, not run: gcloud is not installed here)."""
     stage = tmp_path / "stage"
-    env = {**os.environ, "DRY_RUN": "1", "GCP_PROJECT": "test-project", "MODEL_BUCKET": "test-bucket",
-           "ALLOW_DIRTY": "1", "LOCAL_MODELS": str(models), "STAGE_DIR": str(stage), "PYTHON": sys.executable}
-    result = subprocess.run(["bash", "scripts/deploy.sh"], capture_output=True, text=True, env=env, cwd=REPO,
-                            timeout=300)
+    env = {
+        **os.environ,
+        "DRY_RUN": "1",
+        "GCP_PROJECT": "test-project",
+        "MODEL_BUCKET": "test-bucket",
+        "ALLOW_DIRTY": "1",
+        "LOCAL_MODELS": str(models),
+        "STAGE_DIR": str(stage),
+        "PYTHON": sys.executable,
+    }
+    result = subprocess.run(
+        ["bash", "scripts/deploy.sh"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     commands = [line for line in result.stdout.splitlines() if line.startswith("DRY_RUN gcloud")]
     assert len(commands) == 2
     upload, submit = commands
     prefix = re.search(r"gs://test-bucket/(bundles/\d{8}T\d{6}Z-[0-9a-f]+)", upload)
     assert "storage rsync" in upload and str(models) in upload and prefix
-    assert "builds submit" in submit and f"_BUNDLE_PREFIX={prefix.group(1)}" in submit.replace("\\", "")
+    assert "builds submit" in submit and f"_BUNDLE_PREFIX={prefix.group(1)}" in submit.replace(
+        "\\", ""
+    )
     staged = {p.relative_to(stage).as_posix() for p in stage.rglob("*") if p.is_file()}
-    assert {"cloudbuild.yaml", "Dockerfile", ".dockerignore", "pyproject.toml", "scripts/serve_requirements.py",
-            "bundle/verify.py", "server/__main__.py"} <= staged
-    assert not [p for p in staged if p.split("/")[0] in ("training", "export", "tests", "models", ".git")
-                or "__pycache__" in p], "only the build inputs are uploaded; bundles come from the bucket"
+    assert {
+        "cloudbuild.yaml",
+        "Dockerfile",
+        ".dockerignore",
+        "pyproject.toml",
+        "scripts/serve_requirements.py",
+        "bundle/verify.py",
+        "server/__main__.py",
+    } <= staged
+    assert not [
+        p
+        for p in staged
+        if p.split("/")[0] in ("training", "export", "tests", "models", ".git")
+        or "__pycache__" in p
+    ], "only the build inputs are uploaded; bundles come from the bucket"

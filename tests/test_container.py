@@ -35,8 +35,17 @@ SCRIPTS = REPO / "scripts"
 IMAGE = "localhost/fastai-onnx-serve:test"
 PORT = 9090  # not the default: proves the image honours PORT
 # Copied into the build context beside the runtime files, so .dockerignore has something to keep out.
-CONTEXT_ITEMS = ("Dockerfile", ".dockerignore", "pyproject.toml", "scripts", "bundle", "server",
-                 "training", "export", "tests")
+CONTEXT_ITEMS = (
+    "Dockerfile",
+    ".dockerignore",
+    "pyproject.toml",
+    "scripts",
+    "bundle",
+    "server",
+    "training",
+    "export",
+    "tests",
+)
 RUNTIME_TOP_LEVEL = {"bundle", "models", "server"}
 HEAVY_PACKAGES = ("torch", "torchvision", "fastai", "fastcore", "spacy", "pandas", "onnx", "sympy")
 
@@ -66,18 +75,18 @@ for path in glob.glob("/proc/[0-9]*/smaps_rollup"):
         pass
 print(total)
 """
-INSPECT = """
+INSPECT = f"""
 import importlib.util, json, os, shutil
-print(json.dumps({
+print(json.dumps({{
     "uid": os.getuid(),
     "app": sorted(os.listdir("/app")),
-    "heavy": [m for m in %r if importlib.util.find_spec(m)],
+    "heavy": [m for m in {HEAVY_PACKAGES!r} if importlib.util.find_spec(m)],
     "compilers": [c for c in ("gcc", "cc", "g++", "make") if shutil.which(c)],
     "pip_cache": [p for p in ("/root/.cache/pip", "/tmp/requirements-serve.txt") if os.path.exists(p)],
     "app_writable": os.access("/app/models", os.W_OK),
     "pyc": sum(f.endswith(".pyc") for _, _, fs in os.walk("/app/server") for f in fs),
-}))
-""" % (HEAVY_PACKAGES,)
+}}))
+"""
 
 
 _METRICS = pytest.StashKey[dict]()
@@ -85,8 +94,12 @@ _METRICS = pytest.StashKey[dict]()
 
 def podman_environment() -> dict[str, str]:
     """The variables scripts/podman-env.sh exports (storage, runtime, ulimits for this host)."""
-    result = subprocess.run(["bash", "-c", f". {SCRIPTS / 'podman-env.sh'} && env -0"],
-                            capture_output=True, check=True, timeout=60)
+    result = subprocess.run(
+        ["bash", "-c", f". {SCRIPTS / 'podman-env.sh'} && env -0"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
     pairs = (item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
     return dict(pairs)
 
@@ -95,11 +108,17 @@ class Podman:
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout)
+    def __call__(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["podman", *args], capture_output=True, text=True, env=self.env, timeout=timeout
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args[:3])} ... failed ({result.returncode}):\n"
-                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            raise AssertionError(
+                f"podman {' '.join(args[:3])} ... failed ({result.returncode}):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
 
@@ -112,7 +131,9 @@ def bundle_source(request: pytest.FixtureRequest) -> Path:
     conftest.py, else the repo's models/ when it holds both bundles."""
     named = os.environ.get("DEPLOY_TEST_BUNDLES")
     if named:
-        assert _holds_both_bundles(Path(named)), f"DEPLOY_TEST_BUNDLES={named} lacks imdb-lm/ + imdb-sentiment/"
+        assert _holds_both_bundles(Path(named)), (
+            f"DEPLOY_TEST_BUNDLES={named} lacks imdb-lm/ + imdb-sentiment/"
+        )
         return Path(named)
     try:
         return Path(request.getfixturevalue("tiny_bundles"))
@@ -120,7 +141,9 @@ def bundle_source(request: pytest.FixtureRequest) -> Path:
         pass
     if _holds_both_bundles(REPO / "models"):
         return REPO / "models"
-    pytest.skip("no bundles to bake in: no tiny_bundles fixture and models/ holds no imdb-lm + imdb-sentiment")
+    pytest.skip(
+        "no bundles to bake in: no tiny_bundles fixture and models/ holds no imdb-lm + imdb-sentiment"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -130,16 +153,21 @@ def podman() -> Podman:
     if os.geteuid() != 0:
         pytest.skip("needs root: the stand-in base is made with debootstrap + chroot")
     env = podman_environment()
-    base = subprocess.run([str(SCRIPTS / "make-base-image.sh")], env=env, timeout=900, capture_output=True, text=True)
+    base = subprocess.run(
+        [str(SCRIPTS / "make-base-image.sh")], env=env, timeout=900, capture_output=True, text=True
+    )
     if base.returncode != 0:
-        raise AssertionError(f"scripts/make-base-image.sh failed (debootstrap needs the Debian mirror):\n"
-                             f"{base.stdout[-2000:]}\n{base.stderr[-2000:]}")
+        raise AssertionError(
+            f"scripts/make-base-image.sh failed (debootstrap needs the Debian mirror):\n"
+            f"{base.stdout[-2000:]}\n{base.stderr[-2000:]}"
+        )
     return Podman(env)
 
 
 @pytest.fixture(scope="module")
-def image(podman: Podman, request: pytest.FixtureRequest,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def image(
+    podman: Podman, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The image built from a context holding the repo's files plus the test bundles."""
     context = tmp_path_factory.mktemp("context")
     for item in CONTEXT_ITEMS:
@@ -155,12 +183,25 @@ def image(podman: Podman, request: pytest.FixtureRequest,
         shutil.copytree(bundles / name, context / "models" / name)
 
     start = time.perf_counter()
-    podman("build", "--isolation=chroot", "--network=host", "--pull=never", "-t", IMAGE, str(context), timeout=900)
+    podman(
+        "build",
+        "--isolation=chroot",
+        "--network=host",
+        "--pull=never",
+        "-t",
+        IMAGE,
+        str(context),
+        timeout=900,
+    )
     build_s = time.perf_counter() - start
     size = int(podman("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout.strip())
-    request.config.stash.setdefault(_METRICS, {}).update(build_s=round(build_s, 1), image_bytes=size)
-    print(f"\nimage {IMAGE}: built in {build_s:.1f} s, {size / 1e6:.0f} MB "
-          f"(storage driver {podman.env.get('STORAGE_DRIVER')})")
+    request.config.stash.setdefault(_METRICS, {}).update(
+        build_s=round(build_s, 1), image_bytes=size
+    )
+    print(
+        f"\nimage {IMAGE}: built in {build_s:.1f} s, {size / 1e6:.0f} MB "
+        f"(storage driver {podman.env.get('STORAGE_DRIVER')})"
+    )
     yield IMAGE
     podman("rmi", "-f", IMAGE, check=False)
     podman("image", "prune", "-f", check=False)
@@ -191,9 +232,22 @@ def wait_until(probe: Callable[[], bool], timeout_s: float) -> float:
     raise AssertionError(f"not ready within {timeout_s} s")
 
 
-def test_image_holds_only_the_runtime(podman: Podman, image: str, record_property: Callable) -> None:
-    facts = json.loads(podman("run", "--rm", "--network=none", "--entrypoint", "python", image,
-                              "-c", INSPECT, timeout=120).stdout)
+def test_image_holds_only_the_runtime(
+    podman: Podman, image: str, record_property: Callable
+) -> None:
+    facts = json.loads(
+        podman(
+            "run",
+            "--rm",
+            "--network=none",
+            "--entrypoint",
+            "python",
+            image,
+            "-c",
+            INSPECT,
+            timeout=120,
+        ).stdout
+    )
     assert facts["uid"] != 0, "the server must not run as root"
     assert set(facts["app"]) == RUNTIME_TOP_LEVEL, f"/app holds {facts['app']}"
     assert facts["heavy"] == [], f"training-side packages in the runtime image: {facts['heavy']}"
@@ -205,9 +259,9 @@ def test_image_holds_only_the_runtime(podman: Podman, image: str, record_propert
     assert size < 600e6, f"image is {size / 1e6:.0f} MB; something heavy got in"
 
 
-def test_container_serves_offline_and_stops_cleanly_on_sigterm(podman: Podman, image: str,
-                                                                request: pytest.FixtureRequest,
-                                                                record_property: Callable) -> None:
+def test_container_serves_offline_and_stops_cleanly_on_sigterm(
+    podman: Podman, image: str, request: pytest.FixtureRequest, record_property: Callable
+) -> None:
     started = time.perf_counter()
     container = podman("run", "-d", "--network=none", "-e", f"PORT={PORT}", image).stdout.strip()
     try:
@@ -221,7 +275,9 @@ def test_container_serves_offline_and_stops_cleanly_on_sigterm(podman: Podman, i
 
         def ready() -> bool:
             if podman("inspect", "-f", "{{.State.Running}}", container).stdout.strip() != "true":
-                raise AssertionError("container exited during startup:\n" + podman("logs", container).stderr[-3000:])
+                raise AssertionError(
+                    "container exited during startup:\n" + podman("logs", container).stderr[-3000:]
+                )
             return call("/readyz")[0] == 200
 
         wait_until(ready, timeout_s=120)
@@ -243,21 +299,32 @@ def test_container_serves_offline_and_stops_cleanly_on_sigterm(podman: Podman, i
         stop_started = time.perf_counter()
         podman("stop", "-t", "10", container, timeout=60)
         stop_s = time.perf_counter() - stop_started
-        state = podman("inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", container).stdout.split()
+        state = podman(
+            "inspect", "-f", "{{.State.ExitCode}} {{.State.OOMKilled}}", container
+        ).stdout.split()
         log_result = podman("logs", container)
         logs = log_result.stdout + log_result.stderr
     finally:
         podman("rm", "-f", "-t", "0", container, check=False)
 
-    metrics = {"ready_s": round(ready_s, 2), "pss_mib": round(pss_kib / 1024, 1), "stop_s": round(stop_s, 2)}
+    metrics = {
+        "ready_s": round(ready_s, 2),
+        "pss_mib": round(pss_kib / 1024, 1),
+        "stop_s": round(stop_s, 2),
+    }
     request.config.stash.setdefault(_METRICS, {}).update(metrics)
     for key, value in metrics.items():
         record_property(key, value)
-    print(f"\nready after {ready_s:.2f} s (incl. podman exec polling), {pss_kib / 1024:.0f} MiB PSS, "
-          f"stopped in {stop_s:.2f} s")
+    print(
+        f"\nready after {ready_s:.2f} s (incl. podman exec polling), {pss_kib / 1024:.0f} MiB PSS, "
+        f"stopped in {stop_s:.2f} s"
+    )
     assert state == ["0", "false"], f"exit code / OOM after SIGTERM: {state}\n{logs[-3000:]}"
     assert stop_s < 10, "the server ignored SIGTERM until podman's 10 s kill"
-    crashes = [line for line in logs.splitlines()
-               if re.search(r"SIGABRT|SIGKILL|Segmentation|terminate called|Traceback", line)]
+    crashes = [
+        line
+        for line in logs.splitlines()
+        if re.search(r"SIGABRT|SIGKILL|Segmentation|terminate called|Traceback", line)
+    ]
     assert not crashes, "unclean shutdown:\n" + "\n".join(crashes)
     assert "Failed to persist telemetry" not in logs, "ORT_DISABLE_TELEMETRY is not effective"

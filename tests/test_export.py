@@ -1,5 +1,6 @@
 """Export round trip on real fastai learners (tiny config): ONNX outputs match torch, padding and
 state carry are exact, the graphs have real (quantized) LSTM nodes, manifests carry the figures."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ def learners(tiny_run_and_bundles: tuple[Path, Path]) -> dict:
     from fastai.text.all import load_learner
 
     run, _ = tiny_run_and_bundles
-    return {"run": run, "lm": load_learner(run / "lm.pkl"), "clf": load_learner(run / "classifier.pkl"),
-            "vocab": json.loads((run / "vocab.json").read_text())}
+    return {
+        "run": run,
+        "lm": load_learner(run / "lm.pkl"),
+        "clf": load_learner(run / "classifier.pkl"),
+        "vocab": json.loads((run / "vocab.json").read_text()),
+    }
 
 
 def test_classifier_fp32_and_int8_match_fastai(learners: dict, tiny_bundles: Path) -> None:
@@ -37,7 +42,7 @@ def test_classifier_fp32_and_int8_match_fastai(learners: dict, tiny_bundles: Pat
     int8 = load_bundle(bundle_dir)
     assert isinstance(fp32, ClassifierModel) and isinstance(int8, ClassifierModel)
     model = learners["clf"].model.eval()
-    for text, ids in zip(TEXTS, _fastai_ids(learners["vocab"], TEXTS)):
+    for text, ids in zip(TEXTS, _fastai_ids(learners["vocab"], TEXTS), strict=False):
         assert fp32.tokenizer.encode(text) == ids  # our tokenizer gives fastai's ids
         model.reset()
         with torch.no_grad():
@@ -45,7 +50,7 @@ def test_classifier_fp32_and_int8_match_fastai(learners: dict, tiny_bundles: Pat
         assert np.abs(fp32.predict_texts([text])[0] - ref).max() <= 1e-4
         assert np.abs(int8.predict_texts([text])[0] - ref).max() <= 0.05
     # fastai's own predict agrees on the label
-    label, _, probs = learners["clf"].predict(TEXTS[0])
+    label, _, _probs = learners["clf"].predict(TEXTS[0])
     assert fp32.labels[int(np.argmax(fp32.predict_texts([TEXTS[0]])[0]))] == str(label)
 
 
@@ -128,7 +133,9 @@ def test_structure_check_fails_on_a_graph_without_lstm(tmp_path: Path) -> None:
 def test_manifests_record_measured_figures(tiny_bundles: Path) -> None:
     lm = load_manifest(tiny_bundles / "imdb-lm").raw
     clf = load_manifest(tiny_bundles / "imdb-sentiment").raw
-    assert lm["task"] == "generate" and clf["task"] == "classify" and clf["labels"] == ["neg", "pos"]
+    assert (
+        lm["task"] == "generate" and clf["task"] == "classify" and clf["labels"] == ["neg", "pos"]
+    )
     for m in (lm, clf):
         assert m["metrics"]["parity"]["max_abs_diff_vs_torch"] <= 1e-4
         assert m["model"]["quantization"] == "dynamic-int8"
@@ -142,19 +149,32 @@ def test_manifests_record_measured_figures(tiny_bundles: Path) -> None:
     assert clf["metrics"]["sizes"]["int8_bytes"] < clf["metrics"]["sizes"]["fp32_bytes"]
 
 
-def test_export_refuses_to_publish_when_a_bound_is_violated(tiny_run_and_bundles: tuple[Path, Path], tmp_path: Path) -> None:
+def test_export_refuses_to_publish_when_a_bound_is_violated(
+    tiny_run_and_bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
     run, _ = tiny_run_and_bundles
     data = EvalData(texts=TEXTS, labels=["pos", "neg", "pos"], lm_texts=TEXTS)
     with pytest.raises(ExportError, match="max_abs_diff_vs_torch"):
-        export_classifier_bundle(run, tmp_path, "imdb-sentiment", "x", data, bounds=Bounds(max_abs_diff_fp32=0.0))
+        export_classifier_bundle(
+            run, tmp_path, "imdb-sentiment", "x", data, bounds=Bounds(max_abs_diff_fp32=0.0)
+        )
     assert not (tmp_path / "imdb-sentiment").exists()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("tamper", "sha256"), ("truncate", "bytes"), ("remove", "missing file"),
-    ("schema", "unknown schema_version"), ("vocab", "tokenizer has"), ("manifest", "not valid JSON"),
-])
-def test_damaged_bundles_are_refused(tiny_bundles: Path, tmp_path: Path, damage: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("tamper", "sha256"),
+        ("truncate", "bytes"),
+        ("remove", "missing file"),
+        ("schema", "unknown schema_version"),
+        ("vocab", "tokenizer has"),
+        ("manifest", "not valid JSON"),
+    ],
+)
+def test_damaged_bundles_are_refused(
+    tiny_bundles: Path, tmp_path: Path, damage: str, message: str
+) -> None:
     bundle_dir = tmp_path / "b"
     shutil.copytree(tiny_bundles / "imdb-sentiment", bundle_dir)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())

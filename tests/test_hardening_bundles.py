@@ -26,9 +26,14 @@ START_TIMEOUT_S = 90
 
 def run_to_exit(model_dir: Path) -> subprocess.CompletedProcess[str]:
     """The production server on `model_dir`, until it exits (a healthy one would not)."""
-    return subprocess.run([sys.executable, "-m", "server"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=START_TIMEOUT_S,
-                          env=server_env(model_dir, free_port()))
+    return subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        env=server_env(model_dir, free_port()),
+    )
 
 
 def read_manifest(bundle: Path) -> dict[str, Any]:
@@ -86,8 +91,9 @@ def swapped_model_file(bundle: Path) -> None:
     manifest = read_manifest(bundle)
     other = "imdb-lm" if bundle.name == "imdb-sentiment" else "imdb-sentiment"
     other_manifest = read_manifest(bundle.parent / other)
-    shutil.copy(bundle.parent / other / other_manifest["model"]["file"],
-                bundle / manifest["model"]["file"])
+    shutil.copy(
+        bundle.parent / other / other_manifest["model"]["file"], bundle / manifest["model"]["file"]
+    )
     rehash(bundle, manifest["model"]["file"])
 
 
@@ -95,21 +101,35 @@ CASES: list[tuple[str, str, Callable[[Path], None], str]] = [
     # id, bundle, damage, what the message must say
     ("truncated-classifier", "imdb-sentiment", truncate_model, "truncated or replaced"),
     ("truncated-lm", "imdb-lm", truncate_model, "truncated or replaced"),
-    ("unknown-schema-version", "imdb-sentiment", unknown_schema_version,
-     "unknown schema_version 99"),
+    (
+        "unknown-schema-version",
+        "imdb-sentiment",
+        unknown_schema_version,
+        "unknown schema_version 99",
+    ),
     ("manifest-vocab-vs-tokenizer", "imdb-lm", manifest_vocab_disagrees, "mismatched tokenizer"),
     ("lm-tokenizer-bigger-than-model", "imdb-lm", bigger_tokenizer, "predicts over"),
-    ("classifier-tokenizer-bigger-than-model", "imdb-sentiment", bigger_tokenizer,
-     "warm-up failed"),
+    (
+        "classifier-tokenizer-bigger-than-model",
+        "imdb-sentiment",
+        bigger_tokenizer,
+        "warm-up failed",
+    ),
     ("manifest-not-json", "imdb-lm", manifest_not_json, "not valid JSON"),
     ("swapped-graph", "imdb-sentiment", swapped_model_file, "model inputs"),
 ]
 
 
-@pytest.mark.parametrize("bundle_name,damage,expected",
-                         [case[1:] for case in CASES], ids=[case[0] for case in CASES])
-def test_damaged_bundle_refuses_to_start(tiny_bundles: Path, tmp_path: Path, bundle_name: str,
-                                         damage: Callable[[Path], None], expected: str) -> None:
+@pytest.mark.parametrize(
+    "bundle_name,damage,expected", [case[1:] for case in CASES], ids=[case[0] for case in CASES]
+)
+def test_damaged_bundle_refuses_to_start(
+    tiny_bundles: Path,
+    tmp_path: Path,
+    bundle_name: str,
+    damage: Callable[[Path], None],
+    expected: str,
+) -> None:
     models = tmp_path / "models"
     shutil.copytree(tiny_bundles, models)
     damage(models / bundle_name)

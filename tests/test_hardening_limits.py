@@ -83,7 +83,9 @@ def test_a_run_past_its_deadline_is_terminated(classifier: ClassifierModel) -> N
     full_times, stopped_times = [], []
     for _ in range(3):
         started = time.perf_counter()
-        np.testing.assert_allclose(run(batch, time.monotonic() + 600, 600), full, atol=1e-6)  # the control
+        np.testing.assert_allclose(
+            run(batch, time.monotonic() + 600, 600), full, atol=1e-6
+        )  # the control
         full_times.append(time.perf_counter() - started)
         before = RUN_DEADLINES.terminated_total
         started = time.perf_counter()
@@ -129,8 +131,9 @@ def ids_of(model: ClassifierModel, count: int) -> list[list[list[int]]]:
     return [[[model.bos_id] + [5 + (j % 30) for j in range(3 + 7 * i)]] for i in range(count)]
 
 
-def submit_all(batcher: ClassifyBatcher, requests: list[list[list[int]]],
-               timeout_s: float = 30) -> tuple[list[threading.Thread], dict[int, object]]:
+def submit_all(
+    batcher: ClassifyBatcher, requests: list[list[list[int]]], timeout_s: float = 30
+) -> tuple[list[threading.Thread], dict[int, object]]:
     answers: dict[int, object] = {}
 
     def one(index: int) -> None:
@@ -161,7 +164,8 @@ def test_a_lone_request_runs_at_once_in_its_own_thread(classifier: ClassifierMod
 
 
 def test_concurrent_requests_share_one_call_and_get_their_own_rows(
-        classifier: ClassifierModel) -> None:
+    classifier: ClassifierModel,
+) -> None:
     runner = GatedRunner(classifier)
     batcher = ClassifyBatcher(runner, max_texts=64)
     observed: list[tuple[int, int]] = []
@@ -187,11 +191,12 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows(
             np.testing.assert_array_equal(answer, classifier.predict_ids(request))
             continue
         row = second_call.index(request[0])
-        np.testing.assert_array_equal(answer, together[row:row + 1])
+        np.testing.assert_array_equal(answer, together[row : row + 1])
 
 
 def test_calls_never_exceed_max_texts_and_big_requests_run_alone(
-        classifier: ClassifierModel) -> None:
+    classifier: ClassifierModel,
+) -> None:
     runner = GatedRunner(classifier)
     batcher = ClassifyBatcher(runner, max_texts=4)
     small = ids_of(classifier, 6)
@@ -282,9 +287,9 @@ def test_run_slots_let_one_run_at_a_time_and_a_waiter_keeps_its_deadline() -> No
     thread.start()
     assert holding.wait(5)
     started = time.perf_counter()
-    with pytest.raises(DeadlineExceeded):  # the slot stays busy past this request's deadline
-        with slots.hold(time.monotonic() + 0.2, 0.2):
-            pass
+    # the slot stays busy past this request's deadline
+    with pytest.raises(DeadlineExceeded), slots.hold(time.monotonic() + 0.2, 0.2):
+        pass
     assert 0.15 < time.perf_counter() - started < 2
     got_it = threading.Event()
 
@@ -304,9 +309,9 @@ def test_run_slots_let_one_run_at_a_time_and_a_waiter_keeps_its_deadline() -> No
 def test_classifier_runs_wait_for_a_slot(classifier: ClassifierModel) -> None:
     run = classifier_runner(classifier)
     CLASSIFY_RUNS.configure(1)
-    with CLASSIFY_RUNS.hold(time.monotonic() + 10, 10):  # another request's run holds the slot
-        with pytest.raises(DeadlineExceeded):
-            run([[classifier.bos_id, 5, 6]], time.monotonic() + 0.2, 0.2)
+    # another request's run holds the slot
+    with CLASSIFY_RUNS.hold(time.monotonic() + 10, 10), pytest.raises(DeadlineExceeded):
+        run([[classifier.bos_id, 5, 6]], time.monotonic() + 0.2, 0.2)
     assert run([[classifier.bos_id, 5, 6]], time.monotonic() + 10, 10).shape == (1, 2)  # free again
 
 
@@ -321,10 +326,17 @@ def test_token_runs_cover_every_text_once_within_the_budget() -> None:
     assert len(token_runs(ids, max_tokens=10**6)) == 1
 
 
-def test_classifier_runner_splits_by_tokens_and_keeps_the_order(classifier: ClassifierModel) -> None:
-    texts = [[classifier.bos_id] + [5 + (i * j) % 40 for j in range(n)] for i, n in enumerate([30, 3, 90, 12, 60])]
+def test_classifier_runner_splits_by_tokens_and_keeps_the_order(
+    classifier: ClassifierModel,
+) -> None:
+    texts = [
+        [classifier.bos_id] + [5 + (i * j) % 40 for j in range(n)]
+        for i, n in enumerate([30, 3, 90, 12, 60])
+    ]
     alone = np.concatenate([classifier.predict_ids([t]) for t in texts])
-    split = classifier_runner(classifier, max_tokens=1)(texts, time.monotonic() + 60, 60)  # every text alone
+    split = classifier_runner(classifier, max_tokens=1)(
+        texts, time.monotonic() + 60, 60
+    )  # every text alone
     np.testing.assert_array_equal(split, alone)
     # 64 tokens: the two shortest (4 and 13 ids) share a run, the others run alone; rows come back in order
     mixed = classifier_runner(classifier, max_tokens=64)(texts, time.monotonic() + 60, 60)

@@ -33,10 +33,12 @@ SLOWER_CLASSIFY = {"texts": ["a dull film , and far too long . " * 600] * 64}
 
 
 @pytest.fixture(scope="module")
-def small_server(tiny_bundles: Path,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tiny_bundles, tmp_path_factory.mktemp("overload-logs"),
-                           WEB_THREADS=str(SLOTS))
+def small_server(
+    tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    running = start_server(
+        tiny_bundles, tmp_path_factory.mktemp("overload-logs"), WEB_THREADS=str(SLOTS)
+    )
     yield running
     assert running.stop() == 0, running.log()
 
@@ -81,7 +83,9 @@ def test_excess_requests_are_shed_at_once_with_retry_after(small_server: Running
         assert not spec.errors(body, schema)
     # Shed means answered now, not after waiting behind the admitted work.
     assert max(o.latency_ms for o in shed) < min(o.latency_ms for o in admitted), (
-        [round(o.latency_ms) for o in shed], [round(o.latency_ms) for o in admitted])
+        [round(o.latency_ms) for o in shed],
+        [round(o.latency_ms) for o in admitted],
+    )
 
 
 def test_probes_answer_while_every_slot_is_busy(small_server: RunningServer) -> None:
@@ -94,8 +98,11 @@ def test_probes_answer_while_every_slot_is_busy(small_server: RunningServer) -> 
     threads = [threading.Thread(target=occupy) for _ in range(SLOTS)]
     for thread in threads:
         thread.start()
-    probes = [Client(small_server.base_url).request("GET", path)
-              for path in ("/healthz", "/readyz", "/models") for _ in range(3)]
+    probes = [
+        Client(small_server.base_url).request("GET", path)
+        for path in ("/healthz", "/readyz", "/models")
+        for _ in range(3)
+    ]
     for thread in threads:
         thread.join(120)
     assert [p.status for p in probes] == [200] * len(probes)
@@ -108,21 +115,29 @@ def test_slots_are_freed_after_errors_and_streams(small_server: RunningServer) -
     """Every way a request can end gives its slot back: 4xx, JSON, stream read to the end."""
     for _ in range(3 * SLOTS):
         assert small_server.post("/classify", json={"text": ""}).status_code == 400
-        with small_server.post("/generate", json={"prompt": "hi", "n_words": 5, "stream": True},
-                               stream=True) as response:
+        with small_server.post(
+            "/generate", json={"prompt": "hi", "n_words": 5, "stream": True}, stream=True
+        ) as response:
             assert response.status_code == 200
             response.content  # noqa: B018 (read the stream to its end)
-        assert small_server.post("/generate", json={"prompt": "hi", "n_words": 2}).status_code \
-            == 200
+        assert (
+            small_server.post("/generate", json={"prompt": "hi", "n_words": 2}).status_code == 200
+        )
 
 
 # ------------------------------------------------------------------------------ deadlines
 @pytest.fixture(scope="module")
-def hurried_server(tiny_bundles: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tiny_bundles, tmp_path_factory.mktemp("deadline-logs"),
-                           REQUEST_TIMEOUT_S="0.25", MAX_N_WORDS="20000", MAX_N_SAMPLES="16",
-                           MAX_BODY_BYTES=str(4 * 1024 * 1024))
+def hurried_server(
+    tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    running = start_server(
+        tiny_bundles,
+        tmp_path_factory.mktemp("deadline-logs"),
+        REQUEST_TIMEOUT_S="0.25",
+        MAX_N_WORDS="20000",
+        MAX_N_SAMPLES="16",
+        MAX_BODY_BYTES=str(4 * 1024 * 1024),
+    )
     yield running
     assert running.stop() == 0, running.log()
 
@@ -144,10 +159,10 @@ def test_generate_past_the_deadline_is_504(hurried_server: RunningServer) -> Non
     assert response.elapsed.total_seconds() < 10
 
 
-def test_a_stream_past_the_deadline_ends_with_an_error_event(
-        hurried_server: RunningServer) -> None:
-    with hurried_server.post("/generate", json={**LONG_GENERATE, "stream": True},
-                             stream=True) as response:
+def test_a_stream_past_the_deadline_ends_with_an_error_event(hurried_server: RunningServer) -> None:
+    with hurried_server.post(
+        "/generate", json={**LONG_GENERATE, "stream": True}, stream=True
+    ) as response:
         assert response.status_code == 200
         events = parse_sse(response.content.decode("utf-8"))
     kind, data = events[-1]

@@ -20,10 +20,13 @@ from server_harness import start_server
 CLOUD_RUN_WINDOW_S = 10.0
 CLASSIFY_CLIENTS, GENERATE_CLIENTS = 3, 4
 CLIENTS = CLASSIFY_CLIENTS + GENERATE_CLIENTS
-CLASSIFY = [encode({"texts": [f"review {i}: the film was good , then dull . " * 20] * 8})
-            for i in range(4)]
-GENERATE = [encode({"prompt": f"The movie number {i} was", "n_words": 120, "n_samples": 4})
-            for i in range(4)]
+CLASSIFY = [
+    encode({"texts": [f"review {i}: the film was good , then dull . " * 20] * 8}) for i in range(4)
+]
+GENERATE = [
+    encode({"prompt": f"The movie number {i} was", "n_words": 120, "n_samples": 4})
+    for i in range(4)
+]
 
 
 def test_sigterm_under_load_fails_no_in_flight_request(tiny_bundles: Path, tmp_path: Path) -> None:
@@ -37,8 +40,10 @@ def test_sigterm_under_load_fails_no_in_flight_request(tiny_bundles: Path, tmp_p
         with lock:
             outcomes.extend(result)
 
-    loaders = [threading.Thread(target=load, args=("/classify", CLASSIFY, CLASSIFY_CLIENTS)),
-               threading.Thread(target=load, args=("/generate", GENERATE, GENERATE_CLIENTS))]
+    loaders = [
+        threading.Thread(target=load, args=("/classify", CLASSIFY, CLASSIFY_CLIENTS)),
+        threading.Thread(target=load, args=("/generate", GENERATE, GENERATE_CLIENTS)),
+    ]
     for thread in loaders:
         thread.start()
     probe = Client(server.base_url, timeout_s=5)
@@ -75,14 +80,16 @@ def test_sigterm_under_load_fails_no_in_flight_request(tiny_bundles: Path, tmp_p
     refused = [o for o in before if o.status == 503 and b"Shutting down" in o.body]
     failed = [o for o in before if o.status != 200 and o not in refused]
     figures = {
-        "requests_before_sigterm": len(before), "in_flight_at_sigterm": len(in_flight),
+        "requests_before_sigterm": len(before),
+        "in_flight_at_sigterm": len(in_flight),
         "failed_of_those_sent_before_sigterm": len(failed),
         "in_transit_at_sigterm_refused_as_draining": len(refused),
         "answered_after_sigterm": sum(o.ended >= sigterm_at and o.status == 200 for o in before),
         "sent_after_sigterm": len(after),
         "sent_after_sigterm_answered_503": sum(o.status == 503 for o in after),
         "sent_after_sigterm_refused_connection": sum(o.status is None for o in after),
-        "exit_code": exit_code, "exit_after_sigterm_s": round(exited_at - sigterm_at, 2),
+        "exit_code": exit_code,
+        "exit_after_sigterm_s": round(exited_at - sigterm_at, 2),
         "readyz_while_draining": draining.status,
     }
     print("SIGTERM drain:", json.dumps(figures))
@@ -97,5 +104,8 @@ def test_sigterm_under_load_fails_no_in_flight_request(tiny_bundles: Path, tmp_p
     assert all(o.retry_after == "1" for o in after if o.status == 503)
     log = server.log()
     assert "SIGABRT" not in log and "Traceback" not in log, log[-3000:]
-    assert any(json.loads(line).get("message") == "draining"
-               for line in log.splitlines() if line.startswith("{")), log[-3000:]
+    assert any(
+        json.loads(line).get("message") == "draining"
+        for line in log.splitlines()
+        if line.startswith("{")
+    ), log[-3000:]

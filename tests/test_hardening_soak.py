@@ -31,12 +31,21 @@ CAPACITY_S = env_seconds("SOAK_CAPACITY_SECONDS", 5)
 SLOTS = 4
 # Heavy enough (32 reviews a request) that capacity is tens of requests a second: the Python
 # load generator on the same small machine then keeps its schedule.
-BODIES = [encode({"texts": [f"Review {i}-{j}: the acting was fine, the plot thin . " * 30
-                            for j in range(32)]}) for i in range(16)]
+BODIES = [
+    encode(
+        {
+            "texts": [
+                f"Review {i}-{j}: the acting was fine, the plot thin . " * 30 for j in range(32)
+            ]
+        }
+    )
+    for i in range(16)
+]
 
 
-def test_twice_capacity_sheds_the_excess_and_stays_bounded(tiny_bundles: Path,
-                                                             tmp_path: Path) -> None:
+def test_twice_capacity_sheds_the_excess_and_stays_bounded(
+    tiny_bundles: Path, tmp_path: Path
+) -> None:
     server = start_server(tiny_bundles, tmp_path, WEB_THREADS=str(SLOTS))
     try:
         stop = threading.Event()
@@ -63,9 +72,12 @@ def test_twice_capacity_sheds_the_excess_and_stays_bounded(tiny_bundles: Path,
         first_half = max(mb for _, mb in rss.samples[:half])
         second_half = max(mb for _, mb in rss.samples[half:])
         figures = {
-            "soak_s": SOAK_S, "capacity_rps": round(capacity, 1),
-            "offered_rps": round(2 * capacity, 1), "requests": len(outcomes),
-            "admitted": len(admitted), "shed_503": len(shed),
+            "soak_s": SOAK_S,
+            "capacity_rps": round(capacity, 1),
+            "offered_rps": round(2 * capacity, 1),
+            "requests": len(outcomes),
+            "admitted": len(admitted),
+            "shed_503": len(shed),
             "other": len(outcomes) - len(admitted) - len(shed),
             "shed_rate": round(len(shed) / len(outcomes), 3),
             "admitted_rps": round(len(admitted) / SOAK_S, 1),

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from corpus import review
 
 from bundle import ClassifierModel, LanguageModel, load_bundle
-from corpus import review
 from server.generation import SamplingParams, choose_next, make_rng
 
 ROUNDS = 20
@@ -60,8 +60,9 @@ def test_one_lm_step_for_five_samples(benchmark, language_model: LanguageModel) 
     batch_state = [np.repeat(layer, SAMPLES, axis=1) for layer in state]
     next_ids = np.full((SAMPLES, 1), int(logits.argmax()), dtype=np.int64)
 
-    out_logits, out_state = benchmark.pedantic(language_model.step, args=(next_ids, batch_state),
-                                               rounds=ROUNDS, warmup_rounds=1)
+    out_logits, out_state = benchmark.pedantic(
+        language_model.step, args=(next_ids, batch_state), rounds=ROUNDS, warmup_rounds=1
+    )
     assert out_logits.shape == (SAMPLES, language_model.vocab_size)
     assert np.isfinite(out_logits).all()
     sizes = [int(s["size"]) for s in language_model.manifest.raw["states"] for _ in (0, 1)]
@@ -69,8 +70,9 @@ def test_one_lm_step_for_five_samples(benchmark, language_model: LanguageModel) 
     single_logits, _ = language_model.step(next_ids[:1], state)
     # Five identical rows are five copies of the batch-1 step (dynamic int8 scales see the
     # same values), so a batching bug that mixes rows or states would show here.
-    np.testing.assert_allclose(out_logits, np.repeat(single_logits, SAMPLES, axis=0),
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(
+        out_logits, np.repeat(single_logits, SAMPLES, axis=0), rtol=0, atol=1e-4
+    )
 
 
 def test_sampling_step_for_five_samples(benchmark, language_model: LanguageModel) -> None:
@@ -85,21 +87,25 @@ def test_sampling_step_for_five_samples(benchmark, language_model: LanguageModel
     chosen = benchmark.pedantic(draw, rounds=ROUNDS, warmup_rounds=1)
     assert chosen.shape == (SAMPLES,) and chosen.dtype == np.int64
     assert (chosen != language_model.unk_id).all()
-    allowed = np.argsort(-np.where(np.arange(logits.shape[1]) == language_model.unk_id,
-                                   -np.inf, logits), axis=1)[:, :20]
-    assert all(c in row for c, row in zip(chosen, allowed))  # inside each row's top-k
+    allowed = np.argsort(
+        -np.where(np.arange(logits.shape[1]) == language_model.unk_id, -np.inf, logits), axis=1
+    )[:, :20]
+    assert all(c in row for c, row in zip(chosen, allowed, strict=False))  # inside each row's top-k
     np.testing.assert_array_equal(chosen, draw())  # the seed reproduces the draw
 
 
 def test_classifier_batch(benchmark, classifier: ClassifierModel, reviews: list[str]) -> None:
     ids = [classifier.tokenizer.encode(text) for text in reviews]
-    probabilities = benchmark.pedantic(classifier.predict_ids, args=(ids,), rounds=ROUNDS,
-                                       warmup_rounds=1)
+    probabilities = benchmark.pedantic(
+        classifier.predict_ids, args=(ids,), rounds=ROUNDS, warmup_rounds=1
+    )
     assert probabilities.shape == (BATCH, len(classifier.labels))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     # Same probabilities as one review at a time, within the int8 tolerance the bundle records
     # (dynamic quantization scales over the whole batch; padding itself is exact).
-    measured = classifier.manifest.metrics["quantization"]["max_abs_diff_probabilities_int8_vs_fp32"]
+    measured = classifier.manifest.metrics["quantization"][
+        "max_abs_diff_probabilities_int8_vs_fp32"
+    ]
     singles = np.concatenate([classifier.predict_ids([row]) for row in ids])
     np.testing.assert_allclose(probabilities, singles, rtol=0, atol=2 * measured + 0.01)
     # The tiny model learned the corpus' sentiment words: reviews alternate pos/neg.

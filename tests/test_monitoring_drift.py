@@ -21,7 +21,7 @@ from test_monitoring_metrics import parse, value
 from server.drift import BinnedReference, DriftMonitor, Observation, RollingCounts, psi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import review  # noqa: E402  (the generator the tiny bundles were trained on)
+from corpus import review
 
 LENGTH_EDGES = [0, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]  # export's bins
 
@@ -38,8 +38,7 @@ def test_psi_matches_the_formula() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=0, max_value=5000, allow_nan=False), min_size=1,
-                max_size=50))
+@given(st.lists(st.floats(min_value=0, max_value=5000, allow_nan=False), min_size=1, max_size=50))
 def test_binning_is_the_same_as_exports_numpy_histogram(values: list[float]) -> None:
     """export/evaluate.py bins with numpy.histogram over lower edges + inf; so must we."""
     reference = BinnedReference.parse({"edges": LENGTH_EDGES, "fractions": [0] * 12})
@@ -57,29 +56,39 @@ def test_rolling_window_keeps_only_the_last_observations() -> None:
 
 
 def synthetic_reference() -> dict[str, Any]:
-    return {"documents": 1000,
-            "length": {"edges": LENGTH_EDGES, "fractions": [0.0, 0.3, 0.6, 0.1] + [0.0] * 8},
-            "unk_rate": {"edges": [0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16],
-                         "fractions": [0.9, 0.1, 0, 0, 0, 0, 0]},
-            "predicted_label": {"neg": 0.5, "pos": 0.5},
-            "confidence": {"edges": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
-                           "fractions": [0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.1]}}
+    return {
+        "documents": 1000,
+        "length": {"edges": LENGTH_EDGES, "fractions": [0.0, 0.3, 0.6, 0.1] + [0.0] * 8},
+        "unk_rate": {
+            "edges": [0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16],
+            "fractions": [0.9, 0.1, 0, 0, 0, 0, 0],
+        },
+        "predicted_label": {"neg": 0.5, "pos": 0.5},
+        "confidence": {
+            "edges": [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+            "fractions": [0.1, 0.1, 0.1, 0.2, 0.2, 0.2, 0.1],
+        },
+    }
 
 
 def test_monitor_scores_only_once_the_window_is_full_enough() -> None:
-    monitor = DriftMonitor("m@1", synthetic_reference(), ["neg", "pos"], window=100,
-                           min_documents=50)
+    monitor = DriftMonitor(
+        "m@1", synthetic_reference(), ["neg", "pos"], window=100, min_documents=50
+    )
     rng = random.Random(0)
 
     def like_reference() -> Observation:
-        return Observation(rng.choice([40] * 3 + [100] * 6 + [150]),
-                           rng.choice([0.0] * 9 + [0.007]), rng.randrange(2),
-                           rng.choice([0.55, 0.65, 0.75, 0.85, 0.85, 0.92, 0.92, 0.97, 0.97,
-                                       0.995]))
+        return Observation(
+            rng.choice([40] * 3 + [100] * 6 + [150]),
+            rng.choice([0.0] * 9 + [0.007]),
+            rng.randrange(2),
+            rng.choice([0.55, 0.65, 0.75, 0.85, 0.85, 0.92, 0.92, 0.97, 0.97, 0.995]),
+        )
 
     monitor.observe([like_reference() for _ in range(49)])
-    assert monitor.scores() == dict.fromkeys(("length", "unk_rate", "predicted_label",
-                                              "confidence"))
+    assert monitor.scores() == dict.fromkeys(
+        ("length", "unk_rate", "predicted_label", "confidence")
+    )
     monitor.observe([like_reference() for _ in range(100)])
     calm = monitor.scores()
     assert max(calm.values()) < 0.25, calm  # type: ignore[type-var]
@@ -103,16 +112,20 @@ WINDOW = 80
 
 @pytest.fixture(scope="module")
 def server(tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tiny_bundles, tmp_path_factory.mktemp("drift-logs"),
-                           DRIFT_WINDOW=str(WINDOW), DRIFT_MIN_DOCUMENTS="60",
-                           MAX_BATCH_TEXTS="40")
+    running = start_server(
+        tiny_bundles,
+        tmp_path_factory.mktemp("drift-logs"),
+        DRIFT_WINDOW=str(WINDOW),
+        DRIFT_MIN_DOCUMENTS="60",
+        MAX_BATCH_TEXTS="40",
+    )
     yield running
     assert running.stop() == 0, running.log()
 
 
 def classify_all(server: RunningServer, texts: list[str]) -> None:
     for start in range(0, len(texts), 40):
-        response = server.post("/classify", json={"texts": texts[start:start + 40]})
+        response = server.post("/classify", json={"texts": texts[start : start + 40]})
         assert response.status_code == 200, response.text
 
 
@@ -157,6 +170,7 @@ def test_drift_score_rises_on_shifted_traffic(server: RunningServer, tiny_bundle
     # /metrics reports the same scores.
     _, samples = parse(server.get("/metrics").text)
     for statistic, score in drifted["psi"].items():
-        assert value(samples, "drift_psi", model="imdb-sentiment@tiny-test",
-                     statistic=statistic) == pytest.approx(score, abs=1e-6)
+        assert value(
+            samples, "drift_psi", model="imdb-sentiment@tiny-test", statistic=statistic
+        ) == pytest.approx(score, abs=1e-6)
     assert value(samples, "drift_window_documents", model="imdb-sentiment@tiny-test") == WINDOW

@@ -24,19 +24,29 @@ def entries(log: str) -> list[dict[str, Any]]:
     return parsed
 
 
-def test_request_lines_carry_id_latency_model_and_no_text(tiny_bundles: Path,
-                                                          tmp_path: Path) -> None:
+def test_request_lines_carry_id_latency_model_and_no_text(
+    tiny_bundles: Path, tmp_path: Path
+) -> None:
     secret = f"zebracornucopia{uuid.uuid4().hex}"
     server = start_server(tiny_bundles, tmp_path)
     try:
-        ok = server.post("/classify", json={"text": f"{secret} was wonderful"},
-                         headers={"X-Request-ID": "req-42"})
+        ok = server.post(
+            "/classify",
+            json={"text": f"{secret} was wonderful"},
+            headers={"X-Request-ID": "req-42"},
+        )
         assert ok.status_code == 200 and ok.headers["X-Request-ID"] == "req-42"
-        generated = server.post("/generate", json={"prompt": secret, "n_words": 3},
-                                headers={"X-Cloud-Trace-Context": f"{TRACE_ID}/1;o=1"})
+        generated = server.post(
+            "/generate",
+            json={"prompt": secret, "n_words": 3},
+            headers={"X-Cloud-Trace-Context": f"{TRACE_ID}/1;o=1"},
+        )
         assert generated.status_code == 200 and generated.headers["X-Request-ID"] == TRACE_ID
-        bad = server.post("/classify", json={"text": secret, "lang": secret},
-                          headers={"X-Request-ID": "not a valid id!"})
+        bad = server.post(
+            "/classify",
+            json={"text": secret, "lang": secret},
+            headers={"X-Request-ID": "not a valid id!"},
+        )
         assert bad.status_code == 400
         fresh_id = bad.headers["X-Request-ID"]
         assert len(fresh_id) == 32 and fresh_id != "not a valid id!"
@@ -84,10 +94,19 @@ def test_debug_level_logs_probes_too(tiny_bundles: Path, tmp_path: Path) -> None
     assert probes and all(e["severity"] == "DEBUG" for e in probes)
 
 
-@pytest.mark.parametrize("status,endpoint,level", [
-    (200, "/classify", "INFO"), (400, "/classify", "INFO"), (500, "/classify", "ERROR"),
-    (502, "/generate", "ERROR"), (503, "/classify", "WARNING"), (504, "/generate", "WARNING"),
-    (200, "/readyz", "DEBUG"), (503, "/readyz", "DEBUG"), (500, "/metrics", "ERROR"),
-])
+@pytest.mark.parametrize(
+    "status,endpoint,level",
+    [
+        (200, "/classify", "INFO"),
+        (400, "/classify", "INFO"),
+        (500, "/classify", "ERROR"),
+        (502, "/generate", "ERROR"),
+        (503, "/classify", "WARNING"),
+        (504, "/generate", "WARNING"),
+        (200, "/readyz", "DEBUG"),
+        (503, "/readyz", "DEBUG"),
+        (500, "/metrics", "ERROR"),
+    ],
+)
 def test_severity_by_status_and_endpoint(status: int, endpoint: str, level: str) -> None:
     assert logging.getLevelName(severity(status, endpoint)) == level

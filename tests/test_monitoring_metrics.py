@@ -43,8 +43,9 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 # ------------------------------------------------------------------------ the format itself
 def test_rendering_is_read_back_exactly_by_the_reference_parser() -> None:
     registry = Registry()
-    counter = registry.counter("jobs_total", "Jobs.\nSecond help line with a \\ backslash.",
-                               ("kind",))
+    counter = registry.counter(
+        "jobs_total", "Jobs.\nSecond help line with a \\ backslash.", ("kind",)
+    )
     gauge = registry.gauge("queue_depth", "Depth.")
     histogram = registry.histogram("size", "Sizes.", ("model",), buckets=(1, 5, 10))
     odd = 'quote " backslash \\ newline \n end'
@@ -59,8 +60,9 @@ def test_rendering_is_read_back_exactly_by_the_reference_parser() -> None:
     assert value(samples, "jobs_total", kind="plain") == 2.5
     assert value(samples, "queue_depth") == -3
     # Buckets are cumulative (le is an upper bound, inclusive); +Inf equals the count.
-    assert [value(samples, "size_bucket", model="m", le=le) for le in ("1.0", "5.0", "10.0",
-                                                                         "+Inf")] == [2, 3, 4, 6]
+    assert [
+        value(samples, "size_bucket", model="m", le=le) for le in ("1.0", "5.0", "10.0", "+Inf")
+    ] == [2, 3, 4, 6]
     assert value(samples, "size_count", model="m") == 6
     assert value(samples, "size_sum", model="m") == pytest.approx(122.5)
 
@@ -93,9 +95,17 @@ def test_concurrent_updates_are_not_lost() -> None:
     assert value(samples, "lat_count") == 40_000 == value(samples, "lat_bucket", le="0.5")
 
 
-@pytest.mark.parametrize("number,text", [(3.0, "3"), (0.25, "0.25"), (math.inf, "+Inf"),
-                                         (-math.inf, "-Inf"), (math.nan, "NaN"),
-                                         (2**60, "1.152921504606847e+18")])
+@pytest.mark.parametrize(
+    "number,text",
+    [
+        (3.0, "3"),
+        (0.25, "0.25"),
+        (math.inf, "+Inf"),
+        (-math.inf, "-Inf"),
+        (math.nan, "NaN"),
+        (2**60, "1.152921504606847e+18"),
+    ],
+)
 def test_number_spelling(number: float, text: str) -> None:
     assert format_value(number) == text
 
@@ -103,8 +113,12 @@ def test_number_spelling(number: float, text: str) -> None:
 # ------------------------------------------------------------------------ a real server
 @pytest.fixture(scope="module")
 def server(tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tiny_bundles, tmp_path_factory.mktemp("metrics-logs"),
-                           MAX_BATCH_TEXTS="16", MICROBATCH="false")
+    running = start_server(
+        tiny_bundles,
+        tmp_path_factory.mktemp("metrics-logs"),
+        MAX_BATCH_TEXTS="16",
+        MICROBATCH="false",
+    )
     yield running
     assert running.stop() == 0, running.log()
 
@@ -122,11 +136,18 @@ def token_count(server: RunningServer, text: str) -> tuple[int, int]:
     return len(body["ids"]), body["tokens"].count("xxunk")
 
 
-SINGLES = ["The acting was wonderful and the plot felt great.",
-           "Every scene was dreadful and the music felt boring.",
-           "Qwzx vbnm plokij uhygt frdes zaqxsw cdevfr bgtnhy."]
-BATCH = ["This movie was superb.", "The plot was awful.", "I loved it.", "I hated the ending.",
-         "The soundtrack was moving and the night felt brilliant."]
+SINGLES = [
+    "The acting was wonderful and the plot felt great.",
+    "Every scene was dreadful and the music felt boring.",
+    "Qwzx vbnm plokij uhygt frdes zaqxsw cdevfr bgtnhy.",
+]
+BATCH = [
+    "This movie was superb.",
+    "The plot was awful.",
+    "I loved it.",
+    "I hated the ending.",
+    "The soundtrack was moving and the night felt brilliant.",
+]
 
 
 def test_metrics_count_the_traffic_we_sent(server: RunningServer) -> None:
@@ -148,9 +169,16 @@ def test_metrics_count_the_traffic_we_sent(server: RunningServer) -> None:
     assert server.post("/classify", json={"nope": 1}).status_code == 400
     assert server.get("/no/such/route").status_code == 404
     assert requests.request("FROBNICATE", server.url("/classify"), timeout=30).status_code in (
-        400, 405, 501)
-    assert server.post("/generate", json={"prompt": "The film", "n_words": 7,
-                                          "n_samples": 3}).status_code == 200
+        400,
+        405,
+        501,
+    )
+    assert (
+        server.post(
+            "/generate", json={"prompt": "The film", "n_words": 7, "n_samples": 3}
+        ).status_code
+        == 200
+    )
     types, after = scrape(server)
 
     def delta(name: str, **labels: str) -> float:
@@ -180,11 +208,13 @@ def test_metrics_count_the_traffic_we_sent(server: RunningServer) -> None:
     assert delta("model_input_tokens_count", model=classifier) == len(counts)
     assert delta("model_input_tokens_sum", model=classifier) == sum(n for n, _ in counts)
     assert delta("model_input_unk_rate_sum", model=classifier) == pytest.approx(
-        sum(unk / n for n, unk in counts))
+        sum(unk / n for n, unk in counts)
+    )
     assert counts[2][1] > 0  # the made-up words really are out of vocabulary
     for label in ("neg", "pos"):
         assert delta("model_predictions_total", model=classifier, label=label) == labels.count(
-            label)
+            label
+        )
     assert delta("model_prediction_confidence_count", model=classifier) == len(labels)
     assert value(after, "model_prediction_confidence_bucket", model=classifier, le="0.5") == 0
     assert value(after, "model_info", model=classifier, version="tiny-test", task="classify") == 1
@@ -196,8 +226,9 @@ def test_streamed_latency_covers_the_whole_stream(server: RunningServer) -> None
     """A stream is timed to its last event, not to its headers: the events are generated lazily,
     after the headers, so the recorded latency must hold all of the stream's model time."""
     _, before = scrape(server)
-    response = server.post("/generate", json={"prompt": "The film", "n_words": 150,
-                                              "n_samples": 4, "stream": True})
+    response = server.post(
+        "/generate", json={"prompt": "The film", "n_words": 150, "n_samples": 4, "stream": True}
+    )
     assert response.status_code == 200 and "event: done" in response.text
     labels = {"endpoint": "/generate", "method": "POST", "status": "200"}
     # gunicorn sends the last chunk, then closes the body iterator (where the stream is timed):
@@ -206,7 +237,8 @@ def test_streamed_latency_covers_the_whole_stream(server: RunningServer) -> None
     while True:
         _, after = scrape(server)
         if value(after, "http_request_duration_seconds_count", **labels) > value(
-                before, "http_request_duration_seconds_count", **labels):
+            before, "http_request_duration_seconds_count", **labels
+        ):
             break
         assert time.monotonic() < deadline, "the stream was never recorded"
         time.sleep(0.02)
@@ -221,8 +253,7 @@ def test_streamed_latency_covers_the_whole_stream(server: RunningServer) -> None
     assert value(after, "http_requests_in_flight") == 1
 
 
-def test_micro_batched_calls_account_for_every_request(tiny_bundles: Path,
-                                                       tmp_path: Path) -> None:
+def test_micro_batched_calls_account_for_every_request(tiny_bundles: Path, tmp_path: Path) -> None:
     """With MICROBATCH on, concurrent requests may share calls: whatever the grouping, the
     calls' rows add up to the texts sent and their request counts to the requests sent."""
     server = start_server(tiny_bundles, tmp_path, MICROBATCH="true")

@@ -11,8 +11,19 @@ from test_deploy_files import flags, load_cloudbuild, run_deploy_step
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # `gcloud run services update-traffic` flags (gcloud reference); anything else is a typo.
-UPDATE_TRAFFIC_FLAGS = {"region", "to-tags", "to-latest", "to-revisions", "remove-tags",
-                        "set-tags", "update-tags", "clear-tags", "project", "platform", "async"}
+UPDATE_TRAFFIC_FLAGS = {
+    "region",
+    "to-tags",
+    "to-latest",
+    "to-revisions",
+    "remove-tags",
+    "set-tags",
+    "update-tags",
+    "clear-tags",
+    "project",
+    "platform",
+    "async",
+}
 
 
 def canary_commands() -> list[list[str]]:
@@ -20,8 +31,11 @@ def canary_commands() -> list[list[str]]:
     section = text.split("## Canary releases", 1)[1].split("\n## ", 1)[0]
     block = section.split("```sh", 1)[1].split("```", 1)[0]
     joined = block.replace("\\\n", " ")
-    return [shlex.split(line.split("#", 1)[0]) for line in joined.splitlines()
-            if line.strip().startswith(("gcloud", "make"))]
+    return [
+        shlex.split(line.split("#", 1)[0])
+        for line in joined.splitlines()
+        if line.strip().startswith(("gcloud", "make"))
+    ]
 
 
 def test_canary_commands_match_the_build(tmp_path: Path) -> None:

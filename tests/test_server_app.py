@@ -20,8 +20,13 @@ from server.config import Settings
 
 @pytest.fixture(scope="module")
 def settings(tiny_bundles: Path) -> Settings:
-    return Settings(model_dir=tiny_bundles, max_n_words=33, max_n_samples=4, max_batch_texts=7,
-                    max_text_chars=999)
+    return Settings(
+        model_dir=tiny_bundles,
+        max_n_words=33,
+        max_n_samples=4,
+        max_batch_texts=7,
+        max_text_chars=999,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +52,9 @@ def test_standalone_app_warms_up_in_the_background(client: falcon.testing.TestCl
     assert result.status_code == 200
 
 
-def test_unexpected_errors_are_500_json_and_logged(client: falcon.testing.TestClient,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_unexpected_errors_are_500_json_and_logged(
+    client: falcon.testing.TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
     logging.getLogger("server").propagate = True  # logs.configure may have turned it off
     with caplog.at_level(logging.ERROR, logger="server.errors"):
         result = client.simulate_get("/boom")

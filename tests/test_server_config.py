@@ -41,22 +41,41 @@ def test_defaults_without_environment() -> None:
 
 
 def test_values_are_parsed_and_typed(tmp_path: Path) -> None:
-    settings = Settings.from_env({
-        "PORT": " 9001 ", "MODEL_DIR": str(tmp_path), "WEB_THREADS": "3", "MAX_BODY_BYTES": "4096",
-        "LOG_LEVEL": "DEBUG", "ACCESS_LOG": "yes", "GRACEFUL_TIMEOUT_S": "2",
-        "WARMUP_DELAY_S": "0.5"})
+    settings = Settings.from_env(
+        {
+            "PORT": " 9001 ",
+            "MODEL_DIR": str(tmp_path),
+            "WEB_THREADS": "3",
+            "MAX_BODY_BYTES": "4096",
+            "LOG_LEVEL": "DEBUG",
+            "ACCESS_LOG": "yes",
+            "GRACEFUL_TIMEOUT_S": "2",
+            "WARMUP_DELAY_S": "0.5",
+        }
+    )
     assert settings.port == 9001 and settings.model_dir == tmp_path
     assert settings.web_threads == 3 and settings.max_body_bytes == 4096
     assert settings.log_level == "debug" and settings.access_log is True
     assert settings.graceful_timeout_s == 2 and settings.warmup_delay_s == 0.5
 
 
-@pytest.mark.parametrize("name,value", [
-    ("PORT", "0"), ("PORT", "http"), ("PORT", "70000"), ("WEB_WORKERS", "0"),
-    ("MAX_BODY_BYTES", "-1"), ("GRACEFUL_TIMEOUT_S", "10"), ("GRACEFUL_TIMEOUT_S", "2.5"),
-    ("LOG_LEVEL", "loud"), ("ACCESS_LOG", "maybe"), ("MODEL_DIR", " "), ("HOST", ""),
-    ("MAX_N_SAMPLES", "1.5"),
-])
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("PORT", "0"),
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("WEB_WORKERS", "0"),
+        ("MAX_BODY_BYTES", "-1"),
+        ("GRACEFUL_TIMEOUT_S", "10"),
+        ("GRACEFUL_TIMEOUT_S", "2.5"),
+        ("LOG_LEVEL", "loud"),
+        ("ACCESS_LOG", "maybe"),
+        ("MODEL_DIR", " "),
+        ("HOST", ""),
+        ("MAX_N_SAMPLES", "1.5"),
+    ],
+)
 def test_invalid_values_are_refused_by_name(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env({name: value})

@@ -135,16 +135,34 @@ class BigramModel:
 
 def test_prompt_encoded_once_then_one_step_per_token() -> None:
     model = BigramModel()
-    steps = list(generate_ids(model, [2, 5, 7, 9], n_words=6, n_samples=3,
-                              params=SamplingParams(0.8), unk_id=UNK, rng=make_rng(0)))
+    steps = list(
+        generate_ids(
+            model,
+            [2, 5, 7, 9],
+            n_words=6,
+            n_samples=3,
+            params=SamplingParams(0.8),
+            unk_id=UNK,
+            rng=make_rng(0),
+        )
+    )
     assert len(steps) == 6 and all(s.shape == (3,) for s in steps)
     assert model.calls == [(1, 4)] + [(3, 1)] * 5  # no wasted step after the last token
 
 
 def test_generated_tokens_follow_the_carried_state() -> None:
     model = BigramModel()
-    steps = list(generate_ids(model, [2, 5], n_words=5, n_samples=1,
-                              params=SamplingParams(temperature=0), unk_id=UNK, rng=make_rng(0)))
+    steps = list(
+        generate_ids(
+            model,
+            [2, 5],
+            n_words=5,
+            n_samples=1,
+            params=SamplingParams(temperature=0),
+            unk_id=UNK,
+            rng=make_rng(0),
+        )
+    )
     previous = 5
     for step in steps:
         row = model.table[previous].copy()
@@ -163,7 +181,12 @@ def test_seed_reproduces_and_different_seeds_differ() -> None:
 
 
 def test_sampling_params_reject_bad_values() -> None:
-    for bad in (dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_k=0),
-                dict(top_p=0.0), dict(top_p=1.5)):
+    for bad in (
+        {"temperature": -0.1},
+        {"temperature": float("nan")},
+        {"top_k": 0},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+    ):
         with pytest.raises(ValueError):
             SamplingParams(**bad)

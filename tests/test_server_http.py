@@ -30,9 +30,15 @@ PROMPT = "My favorite part was when"
 
 @pytest.fixture(scope="module")
 def server(tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tiny_bundles, tmp_path_factory.mktemp("server-logs"),
-                           MAX_BODY_BYTES="65536", MAX_TEXT_CHARS="5000", MAX_BATCH_TEXTS="16",
-                           MAX_N_WORDS="60", MAX_N_SAMPLES="6")
+    running = start_server(
+        tiny_bundles,
+        tmp_path_factory.mktemp("server-logs"),
+        MAX_BODY_BYTES="65536",
+        MAX_TEXT_CHARS="5000",
+        MAX_BATCH_TEXTS="16",
+        MAX_N_WORDS="60",
+        MAX_N_SAMPLES="6",
+    )
     yield running
     assert running.stop() == 0, running.log()
 
@@ -54,8 +60,9 @@ def manifests(tiny_bundles: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def assert_matches_spec(spec: SchemaChecker, path: str, method: str,
-                        response: requests.Response) -> None:
+def assert_matches_spec(
+    spec: SchemaChecker, path: str, method: str, response: requests.Response
+) -> None:
     schema = spec.response_schema(path, method, response.status_code)
     assert schema is not None, f"{method} {path} -> {response.status_code} is not documented"
     problems = spec.errors(response.json(), schema)
@@ -74,8 +81,9 @@ def test_health_and_readiness(server: RunningServer, spec: SchemaChecker) -> Non
         assert_matches_spec(spec, path, "get", response)
 
 
-def test_classify_single(server: RunningServer, spec: SchemaChecker,
-                         manifests: dict[str, dict[str, Any]]) -> None:
+def test_classify_single(
+    server: RunningServer, spec: SchemaChecker, manifests: dict[str, dict[str, Any]]
+) -> None:
     response = post_json(server, "/classify", {"text": "I loved this movie, the acting was great"})
     assert response.status_code == 200, response.text
     assert_matches_spec(spec, "/classify", "post", response)
@@ -88,9 +96,15 @@ def test_classify_single(server: RunningServer, spec: SchemaChecker,
 
 
 def test_classify_batch_keeps_order_and_matches_singles(
-        server: RunningServer, spec: SchemaChecker, manifests: dict[str, dict[str, Any]]) -> None:
-    texts = ["Great film.", "Terrible, boring and far too long. I want my money back!",
-             "An average movie with a few good moments, " * 20, "meh", "Great film."]
+    server: RunningServer, spec: SchemaChecker, manifests: dict[str, dict[str, Any]]
+) -> None:
+    texts = [
+        "Great film.",
+        "Terrible, boring and far too long. I want my money back!",
+        "An average movie with a few good moments, " * 20,
+        "meh",
+        "Great film.",
+    ]
     response = post_json(server, "/classify", {"texts": texts})
     assert response.status_code == 200, response.text
     assert_matches_spec(spec, "/classify", "post", response)
@@ -105,7 +119,8 @@ def test_classify_batch_keeps_order_and_matches_singles(
     # Against single requests: int8 dynamic quantization scales activations per call, so each
     # answer may move by the int8-vs-fp32 error the export measured, in both directions.
     measured = manifests["classify"]["metrics"]["quantization"][
-        "max_abs_diff_probabilities_int8_vs_fp32"]
+        "max_abs_diff_probabilities_int8_vs_fp32"
+    ]
     tolerance = 2 * measured + 0.01
     for text, result in zip(texts, results, strict=True):
         single = post_json(server, "/classify", {"text": text}).json()
@@ -114,8 +129,9 @@ def test_classify_batch_keeps_order_and_matches_singles(
 
 
 def test_generate_shape_and_prompt(server: RunningServer, spec: SchemaChecker) -> None:
-    response = post_json(server, "/generate", {"prompt": PROMPT, "n_words": 12, "n_samples": 3,
-                                               "seed": 1})
+    response = post_json(
+        server, "/generate", {"prompt": PROMPT, "n_words": 12, "n_samples": 3, "seed": 1}
+    )
     assert response.status_code == 200, response.text
     assert_matches_spec(spec, "/generate", "post", response)
     samples = response.json()["samples"]
@@ -128,8 +144,14 @@ def test_generate_shape_and_prompt(server: RunningServer, spec: SchemaChecker) -
 
 
 def test_generate_seed_reproduces(server: RunningServer) -> None:
-    body = {"prompt": PROMPT, "n_words": 20, "n_samples": 2, "temperature": 1.2, "top_k": 50,
-            "top_p": 0.95}
+    body = {
+        "prompt": PROMPT,
+        "n_words": 20,
+        "n_samples": 2,
+        "temperature": 1.2,
+        "top_k": 50,
+        "top_p": 0.95,
+    }
     first = post_json(server, "/generate", {**body, "seed": 123}).json()["samples"]
     again = post_json(server, "/generate", {**body, "seed": 123}).json()["samples"]
     other = post_json(server, "/generate", {**body, "seed": 124}).json()["samples"]
@@ -172,8 +194,9 @@ def test_tokenize(server: RunningServer, spec: SchemaChecker) -> None:
     assert "xxunk" in body["tokens"]  # the made-up word is not in any vocabulary
 
 
-def test_models_lists_manifests(server: RunningServer, spec: SchemaChecker,
-                                manifests: dict[str, dict[str, Any]]) -> None:
+def test_models_lists_manifests(
+    server: RunningServer, spec: SchemaChecker, manifests: dict[str, dict[str, Any]]
+) -> None:
     response = server.get("/models")
     assert response.status_code == 200
     assert_matches_spec(spec, "/models", "get", response)
@@ -264,22 +287,27 @@ ERROR_CASES: list[tuple[str, str, Any, int]] = [
 ]
 
 
-@pytest.mark.parametrize("path,case,body,status", ERROR_CASES,
-                         ids=[f"{path}-{case}" for path, case, _, _ in ERROR_CASES])
-def test_invalid_input_is_400_json(server: RunningServer, spec: SchemaChecker, path: str, case: str,
-                                   body: Any, status: int) -> None:
+@pytest.mark.parametrize(
+    "path,case,body,status", ERROR_CASES, ids=[f"{path}-{case}" for path, case, _, _ in ERROR_CASES]
+)
+def test_invalid_input_is_400_json(
+    server: RunningServer, spec: SchemaChecker, path: str, case: str, body: Any, status: int
+) -> None:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = server.post(path, data=data, headers={"Content-Type": "application/json"})
     assert_json_error(response, status)
     assert_matches_spec(spec, path, "post", response)
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "application/json; charset=latin-1"])
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"],
+)
 def test_non_json_is_415(server: RunningServer, content_type: str | None) -> None:
     headers = {"Content-Type": content_type} if content_type else {}
-    response = requests.post(server.url("/classify"), data=b'{"text": "good"}', headers=headers,
-                             timeout=30)
+    response = requests.post(
+        server.url("/classify"), data=b'{"text": "good"}', headers=headers, timeout=30
+    )
     assert_json_error(response, 415)
 
 
@@ -291,6 +319,7 @@ def test_body_over_limit_is_413(server: RunningServer) -> None:
 
 def test_chunked_body_over_limit_is_413(server: RunningServer) -> None:
     """No Content-Length: the limit is enforced on the bytes actually read."""
+
     def chunks() -> Iterator[bytes]:
         yield b'{"text": "'
         for _ in range(100):
@@ -306,8 +335,10 @@ def test_lying_content_length_is_not_a_500(server: RunningServer) -> None:
     """A Content-Length larger than the bytes sent, then the client closes: no crash, no 500."""
     host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\nConnection: close\r\n\r\n{\"text\": \"a\"}")
+        sock.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\nConnection: close\r\n\r\n{"text": "a"}'
+        )
         sock.shutdown(socket.SHUT_WR)
         reply = sock.recv(65536).decode("latin-1")
     assert reply == "" or not reply.startswith("HTTP/1.1 5"), reply[:200]
@@ -317,9 +348,11 @@ def test_lying_content_length_is_not_a_500(server: RunningServer) -> None:
 def test_broken_chunked_framing_is_not_a_500(server: RunningServer) -> None:
     host, port = server.base_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-                     b"5\r\n{\"tex\r\nzz\r\nnot hex\r\n\r\n")
+        sock.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+            b'5\r\n{"tex\r\nzz\r\nnot hex\r\n\r\n'
+        )
         reply = sock.recv(65536).decode("latin-1")
     status_line = reply.split("\r\n", 1)[0]
     assert status_line.startswith("HTTP/1.1 4"), reply[:300]
@@ -332,9 +365,17 @@ def test_unknown_route_is_404_json(server: RunningServer) -> None:
         assert_json_error(server.post(path, json={"text": "a"}), 404)
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/classify"), ("GET", "/generate"),
-                                         ("PUT", "/classify"), ("DELETE", "/tokenize"),
-                                         ("POST", "/healthz"), ("POST", "/models")])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/classify"),
+        ("GET", "/generate"),
+        ("PUT", "/classify"),
+        ("DELETE", "/tokenize"),
+        ("POST", "/healthz"),
+        ("POST", "/models"),
+    ],
+)
 def test_wrong_method_is_405_json(server: RunningServer, method: str, path: str) -> None:
     response = requests.request(method, server.url(path), timeout=30)
     assert_json_error(response, 405)
@@ -347,30 +388,57 @@ def test_errors_are_json_whatever_the_client_accepts(server: RunningServer) -> N
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=40)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.text(max_size=40)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6),
-                                                                      children, max_size=3),
-    max_leaves=6)
-FIELDS = ["text", "texts", "prompt", "n_words", "n_samples", "temperature", "top_k", "top_p",
-          "seed", "no_unk", "stream", "model", "extra"]
-SMALL_VALUES = {"n_words": st.integers(-3, 70), "n_samples": st.integers(-1, 8),
-                "temperature": st.floats(-1, 12), "top_p": st.floats(-0.5, 1.5),
-                "top_k": st.none() | st.integers(-1, 3000), "texts": st.lists(st.text(max_size=30),
-                                                                              max_size=20)}
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+FIELDS = [
+    "text",
+    "texts",
+    "prompt",
+    "n_words",
+    "n_samples",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "no_unk",
+    "stream",
+    "model",
+    "extra",
+]
+SMALL_VALUES = {
+    "n_words": st.integers(-3, 70),
+    "n_samples": st.integers(-1, 8),
+    "temperature": st.floats(-1, 12),
+    "top_p": st.floats(-0.5, 1.5),
+    "top_k": st.none() | st.integers(-1, 3000),
+    "texts": st.lists(st.text(max_size=30), max_size=20),
+}
 
 
 @st.composite
 def request_bodies(draw: st.DrawFn) -> dict[str, Any]:
     names = draw(st.lists(st.sampled_from(FIELDS), max_size=6, unique=True))
-    return {name: draw(st.one_of(SMALL_VALUES[name], JSON_VALUES) if name in SMALL_VALUES
-                       else JSON_VALUES) for name in names}
+    return {
+        name: draw(
+            st.one_of(SMALL_VALUES[name], JSON_VALUES) if name in SMALL_VALUES else JSON_VALUES
+        )
+        for name in names
+    }
 
 
 @settings(max_examples=300, deadline=None)
 @given(path=st.sampled_from(["/classify", "/generate", "/tokenize"]), body=request_bodies())
-def test_generated_bodies_never_cause_a_5xx(server: RunningServer, spec: SchemaChecker, path: str,
-                                            body: dict[str, Any]) -> None:
+def test_generated_bodies_never_cause_a_5xx(
+    server: RunningServer, spec: SchemaChecker, path: str, body: dict[str, Any]
+) -> None:
     response = server.post(path, json=body)
     assert response.status_code in (200, 400), (body, response.status_code, response.text[:200])
     assert_no_traceback(response.text)

@@ -14,9 +14,14 @@ from server_harness import REPO_ROOT, assert_json_error, free_port, server_env, 
 
 
 def run_to_exit(model_dir: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server"], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout,
-                          env=server_env(model_dir, free_port(), **env))
+    return subprocess.run(
+        [sys.executable, "-m", "server"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=server_env(model_dir, free_port(), **env),
+    )
 
 
 def test_readyz_is_503_until_warm_up_has_run(tiny_bundles: Path, tmp_path: Path) -> None:
@@ -91,8 +96,13 @@ def test_invalid_configuration_refuses_to_start(tiny_bundles: Path) -> None:
 
 
 def test_unexpected_arguments_are_refused(tiny_bundles: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "server", "--bind", "0.0.0.0:1"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "--bind", "0.0.0.0:1"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 2 and "usage" in result.stderr
 
 
@@ -108,8 +118,9 @@ def test_more_onnxruntime_threads_load_in_the_worker(tiny_bundles: Path, tmp_pat
 
 
 @pytest.mark.parametrize("task_dir", ["imdb-lm", "imdb-sentiment"])
-def test_one_bundle_serves_its_task_and_404s_the_other(tiny_bundles: Path, tmp_path: Path,
-                                                       task_dir: str) -> None:
+def test_one_bundle_serves_its_task_and_404s_the_other(
+    tiny_bundles: Path, tmp_path: Path, task_dir: str
+) -> None:
     models = tmp_path / "models"
     shutil.copytree(tiny_bundles / task_dir, models / task_dir)
     server = start_server(models, tmp_path)

@@ -49,8 +49,9 @@ def refeed_greedy(model: LanguageModel, ids: list[int], n_words: int) -> list[in
 
 def test_carried_state_equals_fastai_refeed(lm_fp32: LanguageModel) -> None:
     prompt = prompt_ids(lm_fp32, PROMPT)
-    steps = generate_ids(lm_fp32, prompt, 30, 1, SamplingParams(temperature=0), lm_fp32.unk_id,
-                         make_rng(0))
+    steps = generate_ids(
+        lm_fp32, prompt, 30, 1, SamplingParams(temperature=0), lm_fp32.unk_id, make_rng(0)
+    )
     carried = prompt + [int(step[0]) for step in steps]
     assert carried == refeed_greedy(lm_fp32, prompt, 30)
 

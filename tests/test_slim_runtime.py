@@ -26,21 +26,41 @@ def slim_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv.EnvBuilder(with_pip=True, clear=True).create(root)
     python = root / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         f"{REPO_ROOT}[serve]"],
-        capture_output=True, text=True, timeout=900, cwd=root)
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"{REPO_ROOT}[serve]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=root,
+    )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     return python
 
 
 def test_heavy_packages_are_not_importable(slim_python: Path) -> None:
-    probe = ("import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(n) "
-             f"is not None for n in {FORBIDDEN!r}}}))")
-    result = subprocess.run([str(slim_python), "-c", probe], capture_output=True, text=True,
-                            timeout=60, cwd=slim_python.parent)
+    probe = (
+        "import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(n) "
+        f"is not None for n in {FORBIDDEN!r}}}))"
+    )
+    result = subprocess.run(
+        [str(slim_python), "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=slim_python.parent,
+    )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == '{"torch": false, "fastai": false, "fastcore": false, ' \
-                                    '"spacy": false}'
+    assert (
+        result.stdout.strip() == '{"torch": false, "fastai": false, "fastcore": false, '
+        '"spacy": false}'
+    )
 
 
 def test_server_package_imports_nothing_heavy(slim_python: Path, tiny_bundles: Path) -> None:
@@ -51,26 +71,31 @@ def test_server_package_imports_nothing_heavy(slim_python: Path, tiny_bundles: P
         "rt = ServerRuntime.load(Settings(model_dir=__import__('pathlib').Path(sys.argv[1]))); "
         "create_app(rt.settings, rt); rt.warm_up(); "
         f"print(sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})); "
-        "print(sys.modules['server'].__file__); os._exit(0)")
-    result = subprocess.run([str(slim_python), "-c", probe, str(tiny_bundles)],
-                            capture_output=True, text=True, timeout=120, cwd=slim_python.parent)
+        "print(sys.modules['server'].__file__); os._exit(0)"
+    )
+    result = subprocess.run(
+        [str(slim_python), "-c", probe, str(tiny_bundles)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=slim_python.parent,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     imported, location = result.stdout.strip().splitlines()[-2:]
     assert imported == "[]"
     assert "site-packages" in location  # the installed package, not the repo checkout
 
 
-def test_slim_server_serves_both_endpoints(slim_python: Path, tiny_bundles: Path,
-                                           tmp_path: Path) -> None:
+def test_slim_server_serves_both_endpoints(
+    slim_python: Path, tiny_bundles: Path, tmp_path: Path
+) -> None:
     # cwd outside the repo: `python -m server` must come from the venv's site-packages.
-    server = start_server(tiny_bundles, tmp_path / "logs", python=str(slim_python),
-                          cwd=tmp_path)
+    server = start_server(tiny_bundles, tmp_path / "logs", python=str(slim_python), cwd=tmp_path)
     try:
         classify = server.post("/classify", json={"texts": ["great fun", "awful"]})
         assert classify.status_code == 200, classify.text
         assert len(classify.json()["results"]) == 2
-        generate = server.post("/generate", json={"prompt": "The film", "n_words": 10,
-                                                  "seed": 3})
+        generate = server.post("/generate", json={"prompt": "The film", "n_words": 10, "seed": 3})
         assert generate.status_code == 200, generate.text
         assert generate.json()["samples"][0].startswith("The film")
         assert server.get("/openapi.json").status_code == 200

@@ -5,6 +5,7 @@ a file written by export loads and behaves, importing the tokenizer stays free o
 torch, and generated token streams decode into readable text, identically in one go and token by
 token.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,30 @@ def tokenizer_file(tmp_path_factory) -> Path:
     pytest.importorskip("fastai")
     from export.tokenizer_tables import write_tokenizer_json
 
-    words = ["the", ".", ",", "movie", "was", "i", "did", "n't", "like", "it", "good", "bad", "!",
-             "\n\n", "\n\u2581", "'s", "(", ")", '"', "-", "a", "great"]
+    words = [
+        "the",
+        ".",
+        ",",
+        "movie",
+        "was",
+        "i",
+        "did",
+        "n't",
+        "like",
+        "it",
+        "good",
+        "bad",
+        "!",
+        "\n\n",
+        "\n\u2581",
+        "'s",
+        "(",
+        ")",
+        '"',
+        "-",
+        "a",
+        "great",
+    ]
     vocab = SPECIALS + words
     vocab += ["xxfake"] * (8 - len(vocab) % 8)
     path = tmp_path_factory.mktemp("bundle") / "tokenizer.json"
@@ -51,17 +74,34 @@ def test_from_file_reads_what_export_wrote(tokenizer_file: Path, tok: Tokenizer)
     assert (tok.unk_id, tok.pad_id, tok.bos_id) == (0, 1, 2)
     assert raw["special_ids"]["xxmaj"] == 8
     assert raw["spacy"]["version"] and raw["spacy"]["special_cases"]["xxbos"] == ["xxbos"]
-    assert [r["name"] for r in raw["text_rules"]][0] == "fix_html"
+    assert next(r["name"] for r in raw["text_rules"]) == "fix_html"
     assert b"\n" not in tokenizer_file.read_bytes()  # compact: one line, no indentation
 
 
 def test_encode_and_ids(tok: Tokenizer) -> None:
     tokens = tok.tokenize("I didn't like it. The movie was GOOD!")
-    assert tokens == ["xxbos", "i", "did", "n't", "like", "it", ".", "xxmaj", "the", "movie", "was",
-                      "xxup", "good", "!"]
+    assert tokens == [
+        "xxbos",
+        "i",
+        "did",
+        "n't",
+        "like",
+        "it",
+        ".",
+        "xxmaj",
+        "the",
+        "movie",
+        "was",
+        "xxup",
+        "good",
+        "!",
+    ]
     ids = tok.encode("I didn't like it. The movie was GOOD!")
     assert ids == tok.tokens_to_ids(tokens) and tok.ids_to_tokens(ids) == tokens
-    assert tok.encode_batch(["I didn't", "zorblax xxfake"]) == [tok.encode("I didn't"), tok.encode("zorblax xxfake")]
+    assert tok.encode_batch(["I didn't", "zorblax xxfake"]) == [
+        tok.encode("I didn't"),
+        tok.encode("zorblax xxfake"),
+    ]
     # unknown words and fastai's xxfake padding entries both map to xxunk
     assert tok.encode("zorblax xxfake") == [tok.bos_id, tok.unk_id, tok.unk_id]
     with pytest.raises(ValueError):
@@ -83,13 +123,16 @@ def test_post_rule_marks_spaces_inside_tokens(tok: Tokenizer) -> None:
     assert tok.encode("end. <br /> Start")[3] == tok.vocab.index("\n\u2581")
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda t: t.update(format="other"), "format"),
-    (lambda t: t.update(schema_version=99), "schema_version"),
-    (lambda t: t["text_rules"].append({"name": "translate_to_french"}), "translate_to_french"),
-    (lambda t: t.pop("vocab"), "malformed"),
-    (lambda t: t.update(unk_id=10_000), "outside"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda t: t.update(format="other"), "format"),
+        (lambda t: t.update(schema_version=99), "schema_version"),
+        (lambda t: t["text_rules"].append({"name": "translate_to_french"}), "translate_to_french"),
+        (lambda t: t.pop("vocab"), "malformed"),
+        (lambda t: t.update(unk_id=10_000), "outside"),
+    ],
+)
 def test_bad_tables_are_refused(tokenizer_file: Path, mutate, message: str) -> None:
     tables = json.loads(tokenizer_file.read_text(encoding="utf-8"))
     mutate(tables)
@@ -114,40 +157,122 @@ def test_import_and_use_without_spacy_fastai_torch(tokenizer_file: Path) -> None
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("spacy", "fastai", "fastcore", "torch", "thinc"))
         print(heavy)
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 # --------------------------------------------------------------------------- readable decoding
-@pytest.mark.parametrize("tokens, text", [
-    (["xxbos", "xxmaj", "this", "is", "a", "xxup", "test", "."], "This is a TEST."),
-    (["xxbos", "i", "did", "n't", "like", "it", ",", "but", "it", "'s", "fine", "!"], "I didn't like it, but it's fine!"),
-    (["xxup", "do", "n't", "xxmaj", "i", "'m", "xxmaj", "we", "'re", "they", "’ve"], "DON'T I'm We're they’ve"),
-    (["xxmaj", "gon", "na", "see", "it", ",", "ca", "n't", "wait"], "Gonna see it, can't wait"),
-    (["xxmaj", "it", "was", "s", "xxrep", "5", "o", "bad", "xxrep", "4", "!"], "It was sooooo bad!!!!"),
-    (["xxmaj", "b", "xxrep", "4", "a", "d", "movie", "."], "Baaaad movie."),
-    (["xxwrep", "3", "xxmaj", "bad", "movie"], "Bad Bad Bad movie"),
-    (["xxwrep", "4", "very", "good"], "Very very very very good"),
-    (["xxmaj", "a", "movie", "(", "xxunk", "really", ")", "[", "sic", "]", "costs", "$", "5", "."],
-     "A movie (really) [sic] costs $5."),
-    (["xxmaj", "he", "said", '"', "no", '"', "and", "'", "maybe", "'", "."], "He said \"no\" and 'maybe'."),
-    (["end", ".", "\n\n", "xxmaj", "next", "\n\u2581", "line"], "End.\n\nNext\nLine"),
-    (["a", "<", "br", "/", ">", "b", "<", "br", ">", "c", "<", "d"], "A\nB\nC < d"),
-    (["well", "-", "known", "and", "/", "or", "#", "tag", "e", "-", "mail"], "Well-known and/or #tag e-mail"),
-    (["1", ",", "xxrep", "3", "0", "fans", "and", "10", "%", "..."], "1,000 fans and 10%..."),
-    (["xxbos", "xxpad", "xxfake", "xxeos", "xxfld", "xxunk"], ""),
-    (["wait", "\x85", "what", "\t", "?"], "Wait… what?"),
-    (["hello", "xxrep"], "Hello"),
-    (["xxrep", "x", "y"], "X y"),
-    (["what", "?", "!", "really", "…", "ok", ":", "fine", ";", "done", ":)"], "What?! Really… ok: fine; done :)"),
-])
+@pytest.mark.parametrize(
+    "tokens, text",
+    [
+        (["xxbos", "xxmaj", "this", "is", "a", "xxup", "test", "."], "This is a TEST."),
+        (
+            ["xxbos", "i", "did", "n't", "like", "it", ",", "but", "it", "'s", "fine", "!"],
+            "I didn't like it, but it's fine!",
+        ),
+        (
+            ["xxup", "do", "n't", "xxmaj", "i", "'m", "xxmaj", "we", "'re", "they", "’ve"],
+            "DON'T I'm We're they’ve",
+        ),
+        (["xxmaj", "gon", "na", "see", "it", ",", "ca", "n't", "wait"], "Gonna see it, can't wait"),
+        (
+            ["xxmaj", "it", "was", "s", "xxrep", "5", "o", "bad", "xxrep", "4", "!"],
+            "It was sooooo bad!!!!",
+        ),
+        (["xxmaj", "b", "xxrep", "4", "a", "d", "movie", "."], "Baaaad movie."),
+        (["xxwrep", "3", "xxmaj", "bad", "movie"], "Bad Bad Bad movie"),
+        (["xxwrep", "4", "very", "good"], "Very very very very good"),
+        (
+            [
+                "xxmaj",
+                "a",
+                "movie",
+                "(",
+                "xxunk",
+                "really",
+                ")",
+                "[",
+                "sic",
+                "]",
+                "costs",
+                "$",
+                "5",
+                ".",
+            ],
+            "A movie (really) [sic] costs $5.",
+        ),
+        (
+            ["xxmaj", "he", "said", '"', "no", '"', "and", "'", "maybe", "'", "."],
+            "He said \"no\" and 'maybe'.",
+        ),
+        (["end", ".", "\n\n", "xxmaj", "next", "\n\u2581", "line"], "End.\n\nNext\nLine"),
+        (["a", "<", "br", "/", ">", "b", "<", "br", ">", "c", "<", "d"], "A\nB\nC < d"),
+        (
+            ["well", "-", "known", "and", "/", "or", "#", "tag", "e", "-", "mail"],
+            "Well-known and/or #tag e-mail",
+        ),
+        (["1", ",", "xxrep", "3", "0", "fans", "and", "10", "%", "..."], "1,000 fans and 10%..."),
+        (["xxbos", "xxpad", "xxfake", "xxeos", "xxfld", "xxunk"], ""),
+        (["wait", "\x85", "what", "\t", "?"], "Wait… what?"),
+        (["hello", "xxrep"], "Hello"),
+        (["xxrep", "x", "y"], "X y"),
+        (
+            ["what", "?", "!", "really", "…", "ok", ":", "fine", ";", "done", ":)"],
+            "What?! Really… ok: fine; done :)",
+        ),
+    ],
+)
 def test_decode_is_readable(tokens: list[str], text: str) -> None:
     assert decode_tokens(tokens) == text
 
 
-_TOKEN_ALPHABET = (SPECIALS + ["xxfake", "3", "12", "0", "the", "i", "it", "'s", "n't", "do", "gon", "na", "a",
-                   "d", "o", ".", ",", "!", "?", "(", ")", '"', "'", "-", "/", "<", "br", ">", "\n", "\n\n",
-                   "\n\u2581", " ", "\t", "…", ":)", "$", "%", "movie", "xxrep", "xxwrep", "xxmaj", "xxup"])
+_TOKEN_ALPHABET = [
+    *SPECIALS,
+    "xxfake",
+    "3",
+    "12",
+    "0",
+    "the",
+    "i",
+    "it",
+    "'s",
+    "n't",
+    "do",
+    "gon",
+    "na",
+    "a",
+    "d",
+    "o",
+    ".",
+    ",",
+    "!",
+    "?",
+    "(",
+    ")",
+    '"',
+    "'",
+    "-",
+    "/",
+    "<",
+    "br",
+    ">",
+    "\n",
+    "\n\n",
+    "\n▁",
+    " ",
+    "\t",
+    "…",
+    ":)",
+    "$",
+    "%",
+    "movie",
+    "xxrep",
+    "xxwrep",
+    "xxmaj",
+    "xxup",
+]
 
 
 @settings(max_examples=400, deadline=None)
@@ -179,13 +304,16 @@ def test_stream_holds_possible_br_remnant_until_resolved() -> None:
     assert decoder.flush() == " <"
 
 
-@pytest.mark.parametrize("text", [
-    "I didn't like it, but it's fine.",
-    "The movie (2005) was GREAT! Really.",
-    "He said \"wow\" and left.",
-    "Ten out of 10 - no, 11/10!",
-    "We're gonna watch it again; can't wait...",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I didn't like it, but it's fine.",
+        "The movie (2005) was GREAT! Really.",
+        'He said "wow" and left.',
+        "Ten out of 10 - no, 11/10!",
+        "We're gonna watch it again; can't wait...",
+    ],
+)
 def test_decode_inverts_tokenize_on_plain_text(tok: Tokenizer, text: str) -> None:
     expected = text.replace("...", "…").replace(" - ", "-")
     assert tok.decode(tok.tokenize(text)) == expected

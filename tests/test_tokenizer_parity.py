@@ -6,6 +6,7 @@ itself: real IMDB reviews (when IMDB_DIR exists), hand-picked nasty strings, and
 hypothesis-generated text. Ids are compared with fastai's own Numericalize, whose vocab is
 built here from a small corpus so that most words of a review are unknown.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,24 +20,45 @@ import pytest
 pytest.importorskip("spacy")
 pytest.importorskip("fastai")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from bundle.tokenizer import AffixTokenizer, Tokenizer  # noqa: E402
-from export.tokenizer_tables import build_tokenizer_tables, tables_to_json  # noqa: E402
+from bundle.tokenizer import AffixTokenizer, Tokenizer
+from export.tokenizer_tables import build_tokenizer_tables, tables_to_json
 
 REPO = Path(__file__).resolve().parents[1]
 IMDB_DIR = Path(os.environ.get("IMDB_DIR", REPO.parent / "shared" / "data" / "imdb"))
 REVIEWS_PER_SPLIT = 150
 
 NASTY_CASES = [
-    "", " ", "   ", "\t", "\n", "\n\n\n", " \t \n ", "\xa0", "\u3000", "\u2028x\u2029y", "\x0b\x0c\x1c\x1d\x1e\x1f\x85",
-    "a", "A", "I", "OK", "Ok", "oK", "xxbos", "xxmaj the", "XXUNK", "xxfake", "<unk>", "<UNK> xxrep 3 a",
+    "",
+    " ",
+    "   ",
+    "\t",
+    "\n",
+    "\n\n\n",
+    " \t \n ",
+    "\xa0",
+    "\u3000",
+    "\u2028x\u2029y",
+    "\x0b\x0c\x1c\x1d\x1e\x1f\x85",
+    "a",
+    "A",
+    "I",
+    "OK",
+    "Ok",
+    "oK",
+    "xxbos",
+    "xxmaj the",
+    "XXUNK",
+    "xxfake",
+    "<unk>",
+    "<UNK> xxrep 3 a",
     "This movie was GREAT!!! I didn't like it... at ALL.",
     "<br /><br />Start with a break.<br />End with one<br />",
     "<br/>not fixed<br>nor this< br />",
     "&amp; &lt;b&gt; &quot;quoted&quot; &#39;single&#39; &#146;curly&#146; &nbsp;space &#36;5 &eacute;t&eacute; &copy; &#x27;",
-    "amp;quot;nbsp; #39; #36; #146; \\n \\\" @.@ @-@ 1 @,@ 2",
+    'amp;quot;nbsp; #39; #36; #146; \\n \\" @.@ @-@ 1 @,@ 2',
     "Sooooo goooood!!!!! Nooooo..... ?!?!?! ***** ---- ==== ____ ~~~~",
     "bad bad bad bad movie. The the the. Very very VERY very good good",
     "word  word\tword\t\tword \n word\n\nword",
@@ -55,10 +77,28 @@ NASTY_CASES = [
     "hyphen-ated well-known co-star self-indulgent -- em—dash en–dash ... … .. ....",
     "ALL CAPS SENTENCE HERE. Another Sentence Here. MiXeD CaSe. iPhone McDonald's O'Brien",
     "A-Team B-movie X-Men T-1000 R2-D2 3PO",
-    "end with space ", " start with space", "  double  spaces  everywhere  ",
-    "tab\tseparated\tvalues\t", "trailing newline\n", "\nleading newline",
-    "!!!", "...", "?", "'", "\"", "''", "``", "--", "-", "/", "#",
-    "x" * 50, "ab" * 30, "Ha " * 10, "NO NO NO NO NO", "Really really REALLY",
+    "end with space ",
+    " start with space",
+    "  double  spaces  everywhere  ",
+    "tab\tseparated\tvalues\t",
+    "trailing newline\n",
+    "\nleading newline",
+    "!!!",
+    "...",
+    "?",
+    "'",
+    '"',
+    "''",
+    "``",
+    "--",
+    "-",
+    "/",
+    "#",
+    "x" * 50,
+    "ab" * 30,
+    "Ha " * 10,
+    "NO NO NO NO NO",
+    "Really really REALLY",
     "9/10!!! WOW. Best. Movie. EVER.",
     "It's a 'must-see'. Don't miss it! (Really.)",
     "Rated R for violence/gore/language, 2h10m, $$$ ¢ £20 €30 ¥100 ₹5",
@@ -82,7 +122,8 @@ def _read_reviews(name: str, limit: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fastai_tools():
-    from fastai.text.all import Numericalize, SpacyTokenizer, Tokenizer as FastaiTokenizer
+    from fastai.text.all import Numericalize, SpacyTokenizer
+    from fastai.text.all import Tokenizer as FastaiTokenizer
     from fastai.text.core import TokenizeWithRules, defaults
 
     spacy_tok = SpacyTokenizer(lang="en")
@@ -127,17 +168,32 @@ def _fastai_tokens(fastai_tools, texts: list[str]) -> list[list[str]]:
 
 def _assert_parity(ours: Tokenizer, fastai_tools, num, texts: list[str]) -> None:
     reference = _fastai_tokens(fastai_tools, texts)
-    mismatches = [(text, mine, theirs) for text, theirs in zip(texts, reference)
-                  if (mine := ours.tokenize(text)) != theirs]
-    assert not mismatches, f"{len(mismatches)} of {len(texts)} documents differ; first: {mismatches[0]!r}"
-    for text, theirs in zip(texts, reference):
+    mismatches = [
+        (text, mine, theirs)
+        for text, theirs in zip(texts, reference, strict=False)
+        if (mine := ours.tokenize(text)) != theirs
+    ]
+    assert not mismatches, (
+        f"{len(mismatches)} of {len(texts)} documents differ; first: {mismatches[0]!r}"
+    )
+    for text, theirs in zip(texts, reference, strict=False):
         assert ours.encode(text) == [int(i) for i in num(theirs)], text
 
 
 def test_vocab_is_fastais(vocab_and_numericalize, ours: Tokenizer) -> None:
     vocab, _ = vocab_and_numericalize
     assert ours.vocab == vocab and ours.vocab_size == len(vocab)
-    assert vocab[:9] == ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
+    assert vocab[:9] == [
+        "xxunk",
+        "xxpad",
+        "xxbos",
+        "xxeos",
+        "xxfld",
+        "xxrep",
+        "xxwrep",
+        "xxup",
+        "xxmaj",
+    ]
     assert (ours.unk_id, ours.pad_id, ours.bos_id) == (0, 1, 2)
     assert len(vocab) % 8 == 0 and vocab[-1] == "xxfake"  # fastai pads to a multiple of 8
 
@@ -146,7 +202,9 @@ def test_hand_picked_cases(ours: Tokenizer, fastai_tools, vocab_and_numericalize
     _assert_parity(ours, fastai_tools, vocab_and_numericalize[1], NASTY_CASES)
 
 
-def test_without_post_rules_matches_fastai_tokenizer_transform(ours: Tokenizer, fastai_tools) -> None:
+def test_without_post_rules_matches_fastai_tokenizer_transform(
+    ours: Tokenizer, fastai_tools
+) -> None:
     """`fastai...Tokenizer(tok)(text)` (learner.predict's path) skips replace_space; so can we."""
     transform = fastai_tools["transform"]
     for text in NASTY_CASES:
@@ -159,7 +217,9 @@ def test_unknown_words_become_unk(ours: Tokenizer) -> None:
 
 
 @pytest.mark.imdb
-@pytest.mark.skipif(not (IMDB_DIR / "test.csv.gz").exists(), reason=f"IMDB data not found at {IMDB_DIR}")
+@pytest.mark.skipif(
+    not (IMDB_DIR / "test.csv.gz").exists(), reason=f"IMDB data not found at {IMDB_DIR}"
+)
 @pytest.mark.parametrize("split", ["train.csv.gz", "test.csv.gz"])
 def test_imdb_reviews(split: str, ours: Tokenizer, fastai_tools, vocab_and_numericalize) -> None:
     texts = _read_reviews(split, REVIEWS_PER_SPLIT)
@@ -169,14 +229,72 @@ def test_imdb_reviews(split: str, ours: Tokenizer, fastai_tools, vocab_and_numer
 
 
 # --------------------------------------------------------------------------- generated text
-_ENTITIES = ["&amp;", "&lt;", "&gt;", "&quot;", "&#39;", "&#146;", "&nbsp;", "&eacute;", "&#8217;",
-             "&hellip;", "&bogus;", "&#x41;", "amp;", "quot;", "#39;", "<br />", "<br/>", "<br>"]
+_ENTITIES = [
+    "&amp;",
+    "&lt;",
+    "&gt;",
+    "&quot;",
+    "&#39;",
+    "&#146;",
+    "&nbsp;",
+    "&eacute;",
+    "&#8217;",
+    "&hellip;",
+    "&bogus;",
+    "&#x41;",
+    "amp;",
+    "quot;",
+    "#39;",
+    "<br />",
+    "<br/>",
+    "<br>",
+]
 _PUNCT = list(".,!?;:'\"()[]{}<>-_/\\#@$%^&*+=~`|…“”‘’«»¿¡—–·")
-_WORDS = ["the", "The", "THE", "movie", "Movie", "MOVIE", "I", "a", "A", "isn't", "ISN'T", "can't",
-          "it's", "It's", "y'all", "gonna", "cannot", "o'clock", "U.S.", "e.g.", "Mr.", "vs.", "9/10",
-          "1,000", "$5", "3:30", "80's", "co-star", "xxbos", "xxmaj", "xxunk", "xxfake", "<unk>"]
-_URLS = ["http://www.imdb.com/title/tt0111161/", "https://x.org/a?b=1", "www.example.co.uk",
-         "imdb.com", "someone@example.com", "ftp://a.b/c", "192.168.0.1", "8.8.8.8:53"]
+_WORDS = [
+    "the",
+    "The",
+    "THE",
+    "movie",
+    "Movie",
+    "MOVIE",
+    "I",
+    "a",
+    "A",
+    "isn't",
+    "ISN'T",
+    "can't",
+    "it's",
+    "It's",
+    "y'all",
+    "gonna",
+    "cannot",
+    "o'clock",
+    "U.S.",
+    "e.g.",
+    "Mr.",
+    "vs.",
+    "9/10",
+    "1,000",
+    "$5",
+    "3:30",
+    "80's",
+    "co-star",
+    "xxbos",
+    "xxmaj",
+    "xxunk",
+    "xxfake",
+    "<unk>",
+]
+_URLS = [
+    "http://www.imdb.com/title/tt0111161/",
+    "https://x.org/a?b=1",
+    "www.example.co.uk",
+    "imdb.com",
+    "someone@example.com",
+    "ftp://a.b/c",
+    "192.168.0.1",
+    "8.8.8.8:53",
+]
 _EMOJI = ["😀", "👍🏽", "🇬🇧", "❤️", ":)", ":-(", ";)", "<3", "^_^", "o.O", "XD", ":P"]
 _SPACES = ["", " ", " ", " ", "  ", "\t", "\n", "\n\n", " \n ", "\xa0", "\r\n"]
 
@@ -189,7 +307,7 @@ def _fragment(draw) -> str:
     if kind == 1:
         return draw(st.sampled_from(_ENTITIES))
     if kind == 2:  # character repetitions
-        return draw(st.sampled_from(_PUNCT + list("aAoOzZ0!")))* draw(st.integers(2, 7))
+        return draw(st.sampled_from(_PUNCT + list("aAoOzZ0!"))) * draw(st.integers(2, 7))
     if kind == 3:  # word repetitions
         word = draw(st.sampled_from(_WORDS))
         return (word + draw(st.sampled_from([" ", "  ", "\n"]))) * draw(st.integers(2, 5))
@@ -215,7 +333,9 @@ _SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[Hea
 
 @_SETTINGS
 @given(text=_document())
-def test_generated_documents(text: str, ours: Tokenizer, fastai_tools, vocab_and_numericalize) -> None:
+def test_generated_documents(
+    text: str, ours: Tokenizer, fastai_tools, vocab_and_numericalize
+) -> None:
     reference = _fastai_tokens(fastai_tools, [text])[0]
     assert ours.tokenize(text) == reference
     assert ours.encode(text) == [int(i) for i in vocab_and_numericalize[1](reference)]
@@ -229,7 +349,9 @@ def test_arbitrary_unicode(text: str, ours: Tokenizer, fastai_tools) -> None:
 
 @_SETTINGS
 @given(text=_document())
-def test_spacy_algorithm_without_fastai_rules(text: str, affix: AffixTokenizer, fastai_tools) -> None:
+def test_spacy_algorithm_without_fastai_rules(
+    text: str, affix: AffixTokenizer, fastai_tools
+) -> None:
     """The spaCy layer alone, on raw text: upper-case special cases ("Don't", "U.S.") and
     leading whitespace are reachable here but not after fastai's rules."""
     assert affix(text) == [t.text for t in fastai_tools["nlp"].tokenizer(text)]

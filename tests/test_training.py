@@ -1,4 +1,5 @@
 """The training system: the `tiny` config really trains (fastai, real data loaders) and learns."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ def test_tiny_lm_loss_goes_down(tiny_run_and_bundles: tuple[Path, Path]) -> None
     assert lm["valid_loss"] < math.log(lm["vocab_size"]) - 1.0, lm
 
 
-def test_tiny_classifier_learns_the_synthetic_labels(tiny_run_and_bundles: tuple[Path, Path]) -> None:
+def test_tiny_classifier_learns_the_synthetic_labels(
+    tiny_run_and_bundles: tuple[Path, Path],
+) -> None:
     run, _ = tiny_run_and_bundles
     clf = json.loads((run / "metrics.json").read_text())["classifier"]
     assert clf["labels"] == ["neg", "pos"]
@@ -29,10 +32,27 @@ def test_tiny_classifier_learns_the_synthetic_labels(tiny_run_and_bundles: tuple
 
 def test_run_directory_holds_what_export_needs(tiny_run_and_bundles: tuple[Path, Path]) -> None:
     run, _ = tiny_run_and_bundles
-    for name in ("config.json", "vocab.json", "metrics.json", "lm.pkl", "classifier.pkl", "models/encoder.pth"):
+    for name in (
+        "config.json",
+        "vocab.json",
+        "metrics.json",
+        "lm.pkl",
+        "classifier.pkl",
+        "models/encoder.pth",
+    ):
         assert (run / name).exists(), name
     vocab = json.loads((run / "vocab.json").read_text())
-    assert vocab[:9] == ["xxunk", "xxpad", "xxbos", "xxeos", "xxfld", "xxrep", "xxwrep", "xxup", "xxmaj"]
+    assert vocab[:9] == [
+        "xxunk",
+        "xxpad",
+        "xxbos",
+        "xxeos",
+        "xxfld",
+        "xxrep",
+        "xxwrep",
+        "xxup",
+        "xxmaj",
+    ]
     assert len(vocab) % 8 == 0
     hw = json.loads((run / "metrics.json").read_text())["lm"]["hardware"]
     assert hw["cpu_count"] >= 1 and "cuda" in hw
@@ -53,8 +73,13 @@ def test_data_reader_refuses_an_empty_directory(tmp_path: Path) -> None:
 
 
 def test_data_reader_reads_fastai_folder_layout(tmp_path: Path) -> None:
-    for split, label, text in [("train", "pos", "Great film."), ("train", "neg", "Awful."), ("train", "unsup", "Hm."),
-                               ("test", "pos", "Loved it."), ("test", "neg", "Boring.")]:
+    for split, label, text in [
+        ("train", "pos", "Great film."),
+        ("train", "neg", "Awful."),
+        ("train", "unsup", "Hm."),
+        ("test", "pos", "Loved it."),
+        ("test", "neg", "Boring."),
+    ]:
         (tmp_path / split / label).mkdir(parents=True, exist_ok=True)
         (tmp_path / split / label / "0_1.txt").write_text(text, encoding="utf-8")
     data = load_imdb(tmp_path)

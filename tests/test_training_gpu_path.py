@@ -1,5 +1,6 @@
 """The path the shipped models took: tokenize once here, train weights-only where spaCy is absent
 (a lent GPU machine), fitted to a time budget, then rebuild real fastai learners from the weights."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, run_module
+
 from training.budget import plan
 from training.config import get_config
 from training.corpus import TokenizedCorpus, build_corpus
@@ -21,11 +22,18 @@ from training.weights import load_fp16_chunks, save_fp16_chunks
 
 def test_fp16_chunks_write_tied_weights_once_and_split_large_tensors(tmp_path: Path) -> None:
     emb = torch.randn(1000, 16)
-    state = {"encoder.weight": emb, "decoder.weight": emb, "big": torch.randn(300, 100), "steps": torch.tensor(7)}
+    state = {
+        "encoder.weight": emb,
+        "decoder.weight": emb,
+        "big": torch.randn(300, 100),
+        "steps": torch.tensor(7),
+    }
     paths = save_fp16_chunks(state, tmp_path, "m", max_bytes=20_000)
     assert all(p.stat().st_size < 40_000 for p in paths)  # the cap plus pickle overhead
     fp16_bytes = 2 * (emb.numel() + 300 * 100)  # the tied tensor once, every float as fp16
-    assert sum(p.stat().st_size for p in paths) < fp16_bytes + 2_500 * len(paths)  # + torch.save's framing
+    assert sum(p.stat().st_size for p in paths) < fp16_bytes + 2_500 * len(
+        paths
+    )  # + torch.save's framing
     back = load_fp16_chunks(tmp_path, "m")
     assert set(back) == set(state)
     for name, t in state.items():
@@ -38,7 +46,10 @@ def test_fp16_chunks_write_tied_weights_once_and_split_large_tensors(tmp_path: P
 
 def test_budget_plan_fills_the_seconds_and_never_exceeds_them() -> None:
     # 10 ms a batch, 1000 batches an epoch, 100 valid batches: ~10.4 s an epoch
-    assert plan(1000.0, 0.01, 1000, 100, max_epochs=4) == (4, 1.0)  # time to spare: capped by max_epochs
+    assert plan(1000.0, 0.01, 1000, 100, max_epochs=4) == (
+        4,
+        1.0,
+    )  # time to spare: capped by max_epochs
     epochs, fraction = plan(25.0, 0.01, 1000, 100, max_epochs=10)
     assert epochs == 3 and 0.5 < fraction < 1.0
     planned = epochs * (fraction * 1000 * 0.01 + 100 * 0.01 * 0.4)
@@ -51,10 +62,14 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from corpus import write_corpus
 
-    return write_corpus(tmp_path_factory.mktemp("gpu-path") / "data", n_train=200, n_test=20, n_unsup=100)
+    return write_corpus(
+        tmp_path_factory.mktemp("gpu-path") / "data", n_train=200, n_test=20, n_unsup=100
+    )
 
 
-def test_corpus_gives_fastai_the_same_tokens_and_vocab_as_the_text_path(synthetic: Path, tmp_path: Path) -> None:
+def test_corpus_gives_fastai_the_same_tokens_and_vocab_as_the_text_path(
+    synthetic: Path, tmp_path: Path
+) -> None:
     from training.ulmfit import _clf_tokens, _lm_tokens
 
     cfg = get_config("tiny", clf_docs=50)
@@ -76,35 +91,103 @@ def test_corpus_gives_fastai_the_same_tokens_and_vocab_as_the_text_path(syntheti
         loaded.check_matches(get_config("tiny", lm_docs=10))
 
 
-def test_weights_only_run_without_spacy_then_rebuild_gives_working_learners(synthetic: Path, tmp_path: Path) -> None:
-    run_module("training", "tokenize", "--config", "tiny", "--data", str(synthetic), "--out", str(tmp_path / "corpus"))
+def test_weights_only_run_without_spacy_then_rebuild_gives_working_learners(
+    synthetic: Path, tmp_path: Path
+) -> None:
+    run_module(
+        "training",
+        "tokenize",
+        "--config",
+        "tiny",
+        "--data",
+        str(synthetic),
+        "--out",
+        str(tmp_path / "corpus"),
+    )
     # what a lent GPU machine runs: no spaCy importable there
-    no_spacy = ("import runpy, sys; sys.modules['spacy'] = None; sys.argv = ['training'] + sys.argv[1:]; "
-                "runpy.run_module('training', run_name='__main__')")
-    args = ["all", "--config", "tiny", "--threads", "1", "--data", str(tmp_path / "corpus"), "--out", str(tmp_path / "run"),
-            "--weights-only", "--lm-seconds", "8", "--clf-seconds", "12", "--lm-epochs", "3"]
-    proc = subprocess.run([sys.executable, "-c", no_spacy, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    no_spacy = (
+        "import runpy, sys; sys.modules['spacy'] = None; sys.argv = ['training'] + sys.argv[1:]; "
+        "runpy.run_module('training', run_name='__main__')"
+    )
+    args = [
+        "all",
+        "--config",
+        "tiny",
+        "--threads",
+        "1",
+        "--data",
+        str(tmp_path / "corpus"),
+        "--out",
+        str(tmp_path / "run"),
+        "--weights-only",
+        "--lm-seconds",
+        "8",
+        "--clf-seconds",
+        "12",
+        "--lm-epochs",
+        "3",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", no_spacy, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     run = tmp_path / "run"
     assert not (run / "lm.pkl").exists() and not (run / "classifier.pkl").exists()
     assert sorted(p.name for p in (run / "weights").glob("*.pt")) == ["classifier-0.pt", "lm-0.pt"]
     metrics = json.loads((run / "metrics.json").read_text())
     schedule = metrics["lm"]["schedule"]
-    assert schedule["epochs"] >= 1 and 0 < schedule["epoch_fraction"] <= 1 and schedule["probe_ms_per_batch"] > 0
-    assert metrics["lm"]["train_seconds"] < 8 + 10 + 5  # budget + the guard's grace + the final validation
+    assert (
+        schedule["epochs"] >= 1
+        and 0 < schedule["epoch_fraction"] <= 1
+        and schedule["probe_ms_per_batch"] > 0
+    )
+    assert (
+        metrics["lm"]["train_seconds"] < 8 + 10 + 5
+    )  # budget + the guard's grace + the final validation
     assert metrics["lm"]["train_loss_end"] < metrics["lm"]["train_loss_start"]
 
-    run_module("training", "rebuild", "--config", "tiny", "--data", str(tmp_path / "corpus"), "--out", str(run))
+    run_module(
+        "training",
+        "rebuild",
+        "--config",
+        "tiny",
+        "--data",
+        str(tmp_path / "corpus"),
+        "--out",
+        str(run),
+    )
     rebuilt = json.loads((run / "metrics.json").read_text())["rebuilt"]
     # fp16 weights, fp32 here: the validation accuracy the run reported comes back
-    assert abs(rebuilt["classifier_valid_accuracy_fp16_weights"] - metrics["classifier"]["valid_accuracy"]) <= 0.01
-    check = ("from fastai.text.all import load_learner; import sys; "
-             "c = load_learner(sys.argv[1] + '/classifier.pkl'); lm = load_learner(sys.argv[1] + '/lm.pkl'); "
-             "print('LABEL=' + c.predict('A truly wonderful film, the acting was great.')[0]); "
-             "print('TEXT=' + lm.predict('The movie was', n_words=5))")
-    proc = subprocess.run([sys.executable, "-c", check, str(run)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert (
+        abs(
+            rebuilt["classifier_valid_accuracy_fp16_weights"]
+            - metrics["classifier"]["valid_accuracy"]
+        )
+        <= 0.01
+    )
+    check = (
+        "from fastai.text.all import load_learner; import sys; "
+        "c = load_learner(sys.argv[1] + '/classifier.pkl'); lm = load_learner(sys.argv[1] + '/lm.pkl'); "
+        "print('LABEL=' + c.predict('A truly wonderful film, the acting was great.')[0]); "
+        "print('TEXT=' + lm.predict('The movie was', n_words=5))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", check, str(run)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if line.startswith(("LABEL=", "TEXT=")))
+    out = dict(
+        line.split("=", 1)
+        for line in proc.stdout.splitlines()
+        if line.startswith(("LABEL=", "TEXT="))
+    )
     label, continuation = out["LABEL"], out["TEXT"]
     assert label in ("neg", "pos")
     assert continuation.lower().startswith("the movie was") and len(continuation.split()) > 3

@@ -4,6 +4,7 @@ tokenize: fastai-tokenize train + unsup once and write a pre-tokenized corpus to
 GPU machine). lm / classifier / all: train; --data may be IMDB text or such a corpus.
 rebuild: turn a --weights-only run's fp16 weights into lm.pkl / classifier.pkl (needs the corpus).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,33 +16,74 @@ from .config import CONFIGS, get_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("stage", choices=["tokenize", "lm", "classifier", "all", "rebuild"])
     p.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
-    p.add_argument("--data", help="IMDB dir (CSV or fastai folder layout) or a pre-tokenized corpus dir; "
-                                  "default $IMDB_DIR or ../shared/data/imdb")
-    p.add_argument("--download", action="store_true", help="fetch fastai's IMDB with untar_data (needs internet)")
-    p.add_argument("--out", required=True, type=Path, help="run directory (tokenize: the corpus directory)")
+    p.add_argument(
+        "--data",
+        help="IMDB dir (CSV or fastai folder layout) or a pre-tokenized corpus dir; "
+        "default $IMDB_DIR or ../shared/data/imdb",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="fetch fastai's IMDB with untar_data (needs internet)",
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="run directory (tokenize: the corpus directory)"
+    )
     p.add_argument("--lm-docs", type=int, help="override: documents of train+unsup for the LM")
     p.add_argument("--clf-docs", type=int, help="override: train documents for the classifier")
     p.add_argument("--lm-epochs", type=int)
-    p.add_argument("--clf-epochs", type=lambda v: tuple(int(x) for x in v.split(",")),
-                   help="override: epochs per unfreezing stage, e.g. 1,1,0,2 (head, -2, -3, all)")
-    p.add_argument("--pretrained", action="store_true", default=None,
-                   help="start the LM from fastai's WikiText-103 weights (downloads; online only)")
+    p.add_argument(
+        "--clf-epochs",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        help="override: epochs per unfreezing stage, e.g. 1,1,0,2 (head, -2, -3, all)",
+    )
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="start the LM from fastai's WikiText-103 weights (downloads; online only)",
+    )
     p.add_argument("--clf-lr", type=float, help="override: classifier base learning rate")
     p.add_argument("--lm-lr", type=float, help="override: language model peak learning rate")
-    p.add_argument("--clf-init", choices=["lm", "scratch"], help="classifier start: the LM encoder (ULMFiT) or random")
-    p.add_argument("--resume-after-stage", type=int, help="classifier: continue from checkpoint classifier-stageN")
+    p.add_argument(
+        "--clf-init",
+        choices=["lm", "scratch"],
+        help="classifier start: the LM encoder (ULMFiT) or random",
+    )
+    p.add_argument(
+        "--resume-after-stage",
+        type=int,
+        help="classifier: continue from checkpoint classifier-stageN",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    p.add_argument("--lm-seconds", type=float, help="fit the LM schedule (up to --lm-epochs) to this many seconds")
-    p.add_argument("--clf-seconds", type=float,
-                   help="fit the classifier (its last stage gets what is left) to this many seconds")
-    p.add_argument("--init-lm", type=Path, help="start the LM from the fp16 weight chunks (lm-*.pt) in this directory")
-    p.add_argument("--weights-only", action="store_true",
-                   help="write fp16 weight chunks to RUN/weights instead of learners (no spaCy needed); "
-                        "then `rebuild` where spaCy is")
+    p.add_argument(
+        "--lm-seconds",
+        type=float,
+        help="fit the LM schedule (up to --lm-epochs) to this many seconds",
+    )
+    p.add_argument(
+        "--clf-seconds",
+        type=float,
+        help="fit the classifier (its last stage gets what is left) to this many seconds",
+    )
+    p.add_argument(
+        "--init-lm",
+        type=Path,
+        help="start the LM from the fp16 weight chunks (lm-*.pt) in this directory",
+    )
+    p.add_argument(
+        "--weights-only",
+        action="store_true",
+        help="write fp16 weight chunks to RUN/weights instead of learners (no spaCy needed); "
+        "then `rebuild` where spaCy is",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -53,15 +95,32 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = get_config(args.config, lm_docs=args.lm_docs, clf_docs=args.clf_docs, lm_epochs=args.lm_epochs,
-                     clf_epochs=args.clf_epochs, clf_lr=args.clf_lr, lm_lr=args.lm_lr, clf_init=args.clf_init,
-                     pretrained=args.pretrained)
+    cfg = get_config(
+        args.config,
+        lm_docs=args.lm_docs,
+        clf_docs=args.clf_docs,
+        lm_epochs=args.lm_epochs,
+        clf_epochs=args.clf_epochs,
+        clf_lr=args.clf_lr,
+        lm_lr=args.lm_lr,
+        clf_init=args.clf_init,
+        pretrained=args.pretrained,
+    )
     data_dir = resolve_data_dir(args.data, args.download)
     if args.stage == "tokenize":
         corpus = build_corpus(load_imdb(data_dir), cfg, args.out / "cache")
         corpus.save(args.out)
-        print(json.dumps({"corpus": str(args.out), "docs": len(corpus.offsets) - 1, "tokens": int(corpus.offsets[-1]),
-                          "vocab": len(corpus.vocab)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "corpus": str(args.out),
+                    "docs": len(corpus.offsets) - 1,
+                    "tokens": int(corpus.offsets[-1]),
+                    "vocab": len(corpus.vocab),
+                }
+            ),
+            flush=True,
+        )
         return 0
     data = TokenizedCorpus.load(data_dir) if is_corpus_dir(data_dir) else load_imdb(data_dir)
     if args.stage == "rebuild":
@@ -71,10 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stage in ("lm", "all"):
         budget = TimeBudget.seconds(args.lm_seconds) if args.lm_seconds else None
-        print(json.dumps({"lm": train_lm(data, cfg, args.out, budget, args.weights_only, args.init_lm)}, default=str), flush=True)
+        print(
+            json.dumps(
+                {"lm": train_lm(data, cfg, args.out, budget, args.weights_only, args.init_lm)},
+                default=str,
+            ),
+            flush=True,
+        )
     if args.stage in ("classifier", "all"):
         budget = TimeBudget.seconds(args.clf_seconds) if args.clf_seconds else None
-        metrics = train_classifier(data, cfg, args.out, args.resume_after_stage, budget, args.weights_only)
+        metrics = train_classifier(
+            data, cfg, args.out, args.resume_after_stage, budget, args.weights_only
+        )
         print(json.dumps({"classifier": metrics}, default=str), flush=True)
     return 0
 

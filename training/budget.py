@@ -4,6 +4,7 @@ A short probe at a low learning rate measures seconds per training batch on the 
 hardware; the schedule then takes as many (possibly partial) epochs as fit what is left, so the
 learning rate still anneals to its end. A guard stops training outright if the estimate was wrong.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ class TimeBudget:
     until: float  # time.monotonic() deadline
 
     @classmethod
-    def seconds(cls, s: float) -> "TimeBudget":
+    def seconds(cls, s: float) -> TimeBudget:
         return cls(time.monotonic() + s)
 
     def left(self) -> float:
@@ -45,7 +46,8 @@ class _Probe(Callback):
     order = -20
 
     def __init__(self, n_batches: int) -> None:
-        self.n_batches, self.stamps = n_batches, []
+        self.n_batches = n_batches
+        self.stamps: list[float] = []
 
     def after_batch(self) -> None:
         self.stamps.append(_now())
@@ -75,11 +77,13 @@ def seconds_per_batch(learn: Any, lr: float | slice) -> float:
     probe = _Probe(min(PROBE_BATCHES, len(learn.dls.train)))
     with learn.no_bar():
         learn.fit(1, low, cbs=[probe])
-    stamps = probe.stamps[min(PROBE_WARMUP, len(probe.stamps) - 2):]
+    stamps = probe.stamps[min(PROBE_WARMUP, len(probe.stamps) - 2) :]
     return (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
 
 
-def plan(seconds_left: float, spb: float, n_train: int, n_valid: int, max_epochs: int) -> tuple[int, float]:
+def plan(
+    seconds_left: float, spb: float, n_train: int, n_valid: int, max_epochs: int
+) -> tuple[int, float]:
     """(epochs, fraction of each epoch) that fit seconds_left; each epoch validates in full."""
     valid_s = n_valid * spb * VALID_BATCH_COST
     full_epoch_s = n_train * spb + valid_s
@@ -91,7 +95,9 @@ def plan(seconds_left: float, spb: float, n_train: int, n_valid: int, max_epochs
     return epochs, min(1.0, max(0.02, fraction))
 
 
-def fit_budgeted(learn: Any, max_epochs: int, lr: float | slice, budget: TimeBudget) -> dict[str, Any]:
+def fit_budgeted(
+    learn: Any, max_epochs: int, lr: float | slice, budget: TimeBudget
+) -> dict[str, Any]:
     """Probe, plan, then the usual one-cycle fit over the planned (partial) epochs. Returns the schedule."""
     from .ulmfit import _fit
 
@@ -99,8 +105,17 @@ def fit_budgeted(learn: Any, max_epochs: int, lr: float | slice, budget: TimeBud
     n_train, n_valid = len(learn.dls.train), len(learn.dls.valid)
     epochs, fraction = plan(budget.left(), spb, n_train, n_valid, max_epochs)
     guard = DeadlineGuard(budget, grace_s=max(10.0, 0.1 * budget.left()))
-    print(f"budget: {budget.left():.0f} s left, {spb * 1000:.1f} ms/batch, {n_train} batches/epoch "
-          f"-> {epochs} epoch(s) x {fraction:.3f}", file=sys.stderr, flush=True)
+    print(
+        f"budget: {budget.left():.0f} s left, {spb * 1000:.1f} ms/batch, {n_train} batches/epoch "
+        f"-> {epochs} epoch(s) x {fraction:.3f}",
+        file=sys.stderr,
+        flush=True,
+    )
     _fit(learn, epochs, lr, fraction, extra_cbs=[guard])
-    return {"epochs": epochs, "epoch_fraction": round(fraction, 4), "probe_ms_per_batch": round(spb * 1000, 2),
-            "batches_per_epoch": n_train, "stopped_by_deadline": guard.stopped}
+    return {
+        "epochs": epochs,
+        "epoch_fraction": round(fraction, 4),
+        "probe_ms_per_batch": round(spb * 1000, 2),
+        "batches_per_epoch": n_train,
+        "stopped_by_deadline": guard.stopped,
+    }

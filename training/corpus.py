@@ -6,6 +6,7 @@ should spend them training. `python -m training tokenize --config NAME --out DIR
 and `corpus.json` (vocab, config name, source digest). Training accepts such a directory as
 `--data`, and gives fastai exactly the token lists and vocab it would have built from the text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,14 +39,18 @@ def lm_order(n_docs: int, cfg: TrainConfig) -> np.ndarray:
 def clf_rows(n_train: int, cfg: TrainConfig) -> np.ndarray:
     """Rows of train used for the classifier: all, or a seeded sample (the text path uses it too)."""
     rows = pd.Series(np.arange(n_train))
-    return (rows if cfg.clf_docs is None else rows.sample(n=cfg.clf_docs, random_state=cfg.seed)).to_numpy()
+    return (
+        rows if cfg.clf_docs is None else rows.sample(n=cfg.clf_docs, random_state=cfg.seed)
+    ).to_numpy()
 
 
 def build_vocab(docs: list[list[str]], cfg: TrainConfig) -> list[str]:
     """fastai's vocab of the LM documents, with the config's frequency floor and size cap."""
     from fastai.text.all import make_vocab
 
-    return make_vocab(Counter(t for doc in docs for t in doc), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab)
+    return make_vocab(
+        Counter(t for doc in docs for t in doc), min_freq=cfg.min_freq, max_vocab=cfg.max_vocab
+    )
 
 
 @dataclass
@@ -64,7 +69,7 @@ class TokenizedCorpus:
 
     def doc_tokens(self, indices: np.ndarray) -> list[list[str]]:
         vocab = np.asarray(self.vocab, dtype=object)
-        return [vocab[self.ids[self.offsets[i]: self.offsets[i + 1]]].tolist() for i in indices]
+        return [vocab[self.ids[self.offsets[i] : self.offsets[i + 1]]].tolist() for i in indices]
 
     def lm_tokens(self) -> list[list[str]]:
         return self.doc_tokens(self.lm_order)
@@ -77,23 +82,43 @@ class TokenizedCorpus:
         """A corpus fixes the LM documents and the vocab: refuse a config that would differ."""
         expected = lm_order(len(self.offsets) - 1, cfg)
         if len(expected) != len(self.lm_order) or not np.array_equal(expected, self.lm_order):
-            raise ValueError(f"corpus was built for config {self.config!r}; its LM documents differ from {cfg.name!r}'s")
+            raise ValueError(
+                f"corpus was built for config {self.config!r}; its LM documents differ from {cfg.name!r}'s"
+            )
 
     def save(self, out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(out / CORPUS_FILE, ids=self.ids, offsets=self.offsets, lm_order=self.lm_order,
-                            labels=np.asarray(self.labels))
-        meta = {"vocab": self.vocab, "config": self.config, "source_sha256": self.source_sha256,
-                "docs": len(self.offsets) - 1, "train_docs": self.n_train, "lm_docs": len(self.lm_order),
-                "tokens": int(self.offsets[-1])}
+        np.savez_compressed(
+            out / CORPUS_FILE,
+            ids=self.ids,
+            offsets=self.offsets,
+            lm_order=self.lm_order,
+            labels=np.asarray(self.labels),
+        )
+        meta = {
+            "vocab": self.vocab,
+            "config": self.config,
+            "source_sha256": self.source_sha256,
+            "docs": len(self.offsets) - 1,
+            "train_docs": self.n_train,
+            "lm_docs": len(self.lm_order),
+            "tokens": int(self.offsets[-1]),
+        }
         (out / META_FILE).write_text(json.dumps(meta), encoding="utf-8")
 
     @classmethod
-    def load(cls, path: Path) -> "TokenizedCorpus":
+    def load(cls, path: Path) -> TokenizedCorpus:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
         with np.load(path / CORPUS_FILE) as z:
-            return cls(ids=z["ids"], offsets=z["offsets"], labels=z["labels"].tolist(), lm_order=z["lm_order"],
-                       vocab=meta["vocab"], config=meta["config"], source_sha256=meta["source_sha256"])
+            return cls(
+                ids=z["ids"],
+                offsets=z["offsets"],
+                labels=z["labels"].tolist(),
+                lm_order=z["lm_order"],
+                vocab=meta["vocab"],
+                config=meta["config"],
+                source_sha256=meta["source_sha256"],
+            )
 
 
 def build_corpus(data: ImdbData, cfg: TrainConfig, cache_dir: Path) -> TokenizedCorpus:
@@ -111,7 +136,16 @@ def build_corpus(data: ImdbData, cfg: TrainConfig, cache_dir: Path) -> Tokenized
     unk = index["xxunk"]
     lengths = np.fromiter((len(doc) for doc in tokens), dtype=np.int64, count=len(tokens))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    ids = np.fromiter((index.get(t, unk) for doc in tokens for t in doc), dtype=np.uint16, count=int(offsets[-1]))
+    ids = np.fromiter(
+        (index.get(t, unk) for doc in tokens for t in doc), dtype=np.uint16, count=int(offsets[-1])
+    )
     digest = hashlib.sha256("\x00".join(texts.tolist()).encode("utf-8")).hexdigest()
-    return TokenizedCorpus(ids=ids, offsets=offsets, labels=data.train["label"].astype(str).tolist(),
-                           lm_order=order.astype(np.int64), vocab=vocab, config=cfg.name, source_sha256=digest)
+    return TokenizedCorpus(
+        ids=ids,
+        offsets=offsets,
+        labels=data.train["label"].astype(str).tolist(),
+        lm_order=order.astype(np.int64),
+        vocab=vocab,
+        config=cfg.name,
+        source_sha256=digest,
+    )

@@ -1,6 +1,7 @@
 """IMDB readers. Two layouts: the CSV layout of `shared/data/imdb` (train/test/unsup .csv.gz,
 or a single sample.csv), and fastai's folder layout (`aclImdb/{train,test}/{pos,neg,unsup}/*.txt`,
 what `untar_data(URLs.IMDB)` gives online users)."""
+
 from __future__ import annotations
 
 import os
@@ -51,14 +52,19 @@ def load_imdb(path: Path) -> ImdbData:
     if (path / "sample.csv").exists():  # fastai IMDB_SAMPLE layout: text,label,is_valid
         df = pd.read_csv(path / "sample.csv")
         valid = df["is_valid"].astype(str) == "True"
-        return ImdbData(train=df[~valid][["text", "label"]], unsup=pd.DataFrame({"text": []}),
-                        test=df[valid][["text", "label"]])
+        return ImdbData(
+            train=df[~valid][["text", "label"]],
+            unsup=pd.DataFrame({"text": []}),
+            test=df[valid][["text", "label"]],
+        )
     if (path / "train" / "pos").is_dir():
         unsup = _read_folder_split(path, "train", ("unsup",))[["text"]]
         return ImdbData(
             train=_read_folder_split(path, "train", ("neg", "pos")),
             unsup=unsup,
-            test=_read_folder_split(path, "test", ("neg", "pos")) if (path / "test").is_dir() else None,
+            test=_read_folder_split(path, "test", ("neg", "pos"))
+            if (path / "test").is_dir()
+            else None,
         )
     raise FileNotFoundError(
         f"no IMDB data in {path}: expected train.csv.gz (CSV layout), sample.csv, or train/pos/ "

@@ -5,6 +5,7 @@ Everything a later stage needs is written to the run directory:
   config.json, vocab.json, metrics.json, lm.pkl / classifier.pkl (fastai learners, `learn.export`),
   models/encoder.pth (the LM encoder the classifier starts from), cache/*.pkl (tokenized text).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,28 @@ import numpy as np
 import pandas as pd
 import torch
 from fastai.text.all import (
-    AWD_LSTM, ColReader, DataLoaders, LMDataLoader, CategoryBlock, DataBlock, Perplexity, RandomSplitter, TextBlock, accuracy,
-    BaseTokenizer, Callback, CancelTrainException, SpacyTokenizer, Tokenizer, awd_lstm_clas_config, awd_lstm_lm_config, defaults, language_model_learner,
-    set_seed, text_classifier_learner, tokenize_df,
+    AWD_LSTM,
+    BaseTokenizer,
+    Callback,
+    CancelTrainException,
+    CategoryBlock,
+    ColReader,
+    DataBlock,
+    DataLoaders,
+    LMDataLoader,
+    Perplexity,
+    RandomSplitter,
+    SpacyTokenizer,
+    TextBlock,
+    Tokenizer,
+    accuracy,
+    awd_lstm_clas_config,
+    awd_lstm_lm_config,
+    defaults,
+    language_model_learner,
+    set_seed,
+    text_classifier_learner,
+    tokenize_df,
 )
 
 from .budget import TimeBudget, fit_budgeted
@@ -51,13 +71,17 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def _tokenize_cached(texts: pd.Series, cache_dir: Path, tag: str, n_workers: int) -> list[list[str]]:
+def _tokenize_cached(
+    texts: pd.Series, cache_dir: Path, tag: str, n_workers: int
+) -> list[list[str]]:
     """fastai tokenization is the slow part of data prep (~4 min per 100k reviews): do it once."""
     digest = hashlib.sha256("\x00".join(texts.tolist()).encode("utf-8")).hexdigest()[:16]
     path = cache_dir / f"{tag}-{digest}.pkl"
     if path.exists():
         return pd.read_pickle(path)
-    df, _ = tokenize_df(pd.DataFrame({"text": texts.tolist()}), text_cols="text", n_workers=n_workers)
+    df, _ = tokenize_df(
+        pd.DataFrame({"text": texts.tolist()}), text_cols="text", n_workers=n_workers
+    )
     tokens = [list(t) for t in df["text"]]
     cache_dir.mkdir(parents=True, exist_ok=True)
     pd.to_pickle(tokens, path)
@@ -88,7 +112,13 @@ class PartialEpoch(Callback):
             raise CancelTrainException
 
 
-def _fit(learn: Any, epochs: int, lr: float | slice, fraction: float = 1.0, extra_cbs: list[Callback] | None = None) -> None:
+def _fit(
+    learn: Any,
+    epochs: int,
+    lr: float | slice,
+    fraction: float = 1.0,
+    extra_cbs: list[Callback] | None = None,
+) -> None:
     """One-cycle fit; progress bars only on a terminal. `fraction` < 1 trains on part of each
     epoch (PartialEpoch), validating on the whole validation set."""
     cbs = [*(extra_cbs or []), *([PartialEpoch(fraction)] if fraction < 1 else [])]
@@ -126,7 +156,9 @@ def _clf_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[st
     if isinstance(data, TokenizedCorpus):
         return data.clf_tokens(cfg)
     train = data.train.iloc[clf_rows(len(data.train), cfg)]
-    tokens = _tokenize_cached(train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers)
+    tokens = _tokenize_cached(
+        train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers
+    )
     return tokens, train["label"].astype(str).tolist()
 
 
@@ -139,7 +171,11 @@ def _loss_trend(learn: Any, window: int = 10) -> dict[str, float]:
     """Mean training loss over the first and last batches: the training-system test reads it."""
     losses = [float(v) for v in learn.recorder.losses]
     w = max(1, min(window, len(losses) // 4))
-    return {"train_loss_start": sum(losses[:w]) / w, "train_loss_end": sum(losses[-w:]) / w, "steps": len(losses)}
+    return {
+        "train_loss_start": sum(losses[:w]) / w,
+        "train_loss_end": sum(losses[-w:]) / w,
+        "steps": len(losses),
+    }
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -157,7 +193,13 @@ def _arch_config(cfg: TrainConfig, base: dict[str, Any]) -> dict[str, Any]:
     return {**base, "emb_sz": cfg.emb_sz, "n_hid": cfg.n_hid, "n_layers": cfg.n_layers}
 
 
-def _lm_learner(tokens: list[list[str]], vocab: list[str], cfg: TrainConfig, out: Path, weights_only: bool = False) -> Any:
+def _lm_learner(
+    tokens: list[list[str]],
+    vocab: list[str],
+    cfg: TrainConfig,
+    out: Path,
+    weights_only: bool = False,
+) -> Any:
     block = DataBlock(
         blocks=TextBlock(_text_tokenizer(weights_only), vocab=vocab, is_lm=True, seq_len=cfg.bptt),
         get_x=ColReader("text"),
@@ -165,8 +207,13 @@ def _lm_learner(tokens: list[list[str]], vocab: list[str], cfg: TrainConfig, out
     )
     dls = block.dataloaders(pd.DataFrame({"text": tokens}), bs=cfg.lm_bs, seq_len=cfg.bptt)
     return language_model_learner(
-        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_lm_config), drop_mult=cfg.lm_drop_mult,
-        pretrained=cfg.pretrained, metrics=[accuracy, Perplexity()], path=out,
+        dls,
+        AWD_LSTM,
+        config=_arch_config(cfg, awd_lstm_lm_config),
+        drop_mult=cfg.lm_drop_mult,
+        pretrained=cfg.pretrained,
+        metrics=[accuracy, Perplexity()],
+        path=out,
     )
 
 
@@ -175,39 +222,80 @@ def _lm_learner_from_ids(corpus: TokenizedCorpus, cfg: TrainConfig, out: Path) -
     each time a batch touches it (its cache holds two), which made the GPU wait on the CPU (~250 ms
     a batch at bs 256); slicing id tensors keeps it fed. For weights-only runs: its DataLoaders
     carry no tokenizer, so it is never exported as a learner."""
-    docs = [torch.from_numpy(corpus.ids[corpus.offsets[i]: corpus.offsets[i + 1]].astype(np.int64))
-            for i in corpus.lm_order]
+    docs = [
+        torch.from_numpy(corpus.ids[corpus.offsets[i] : corpus.offsets[i + 1]].astype(np.int64))
+        for i in corpus.lm_order
+    ]
     train_idx, valid_idx = RandomSplitter(cfg.valid_pct, seed=cfg.seed)(docs)
 
     def loader(idx: list[int], shuffle: bool) -> LMDataLoader:
-        return LMDataLoader([docs[i] for i in idx], lens=[len(docs[i]) for i in idx], bs=cfg.lm_bs,
-                            seq_len=cfg.bptt, shuffle=shuffle, drop_last=shuffle)
+        return LMDataLoader(
+            [docs[i] for i in idx],
+            lens=[len(docs[i]) for i in idx],
+            bs=cfg.lm_bs,
+            seq_len=cfg.bptt,
+            shuffle=shuffle,
+            drop_last=shuffle,
+        )
 
-    dls = DataLoaders(loader(train_idx, True), loader(valid_idx, False),
-                      device=torch.device("cuda") if torch.cuda.is_available() else None)
+    dls = DataLoaders(
+        loader(train_idx, True),
+        loader(valid_idx, False),
+        device=torch.device("cuda") if torch.cuda.is_available() else None,
+    )
     dls.vocab = corpus.vocab
     return language_model_learner(
-        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_lm_config), drop_mult=cfg.lm_drop_mult,
-        pretrained=cfg.pretrained, metrics=[accuracy, Perplexity()], path=out,
+        dls,
+        AWD_LSTM,
+        config=_arch_config(cfg, awd_lstm_lm_config),
+        drop_mult=cfg.lm_drop_mult,
+        pretrained=cfg.pretrained,
+        metrics=[accuracy, Perplexity()],
+        path=out,
     )
 
 
-def _clf_learner(tokens: list[list[str]], labels: list[str], vocab: list[str], cfg: TrainConfig, out: Path,
-                 weights_only: bool = False) -> Any:
+def _clf_learner(
+    tokens: list[list[str]],
+    labels: list[str],
+    vocab: list[str],
+    cfg: TrainConfig,
+    out: Path,
+    weights_only: bool = False,
+) -> Any:
     block = DataBlock(
-        blocks=(TextBlock(_text_tokenizer(weights_only), vocab=vocab, seq_len=cfg.bptt), CategoryBlock),
-        get_x=ColReader("text"), get_y=ColReader("label"),
+        blocks=(
+            TextBlock(_text_tokenizer(weights_only), vocab=vocab, seq_len=cfg.bptt),
+            CategoryBlock,
+        ),
+        get_x=ColReader("text"),
+        get_y=ColReader("label"),
         splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
     )
-    dls = block.dataloaders(pd.DataFrame({"text": tokens, "label": labels}), bs=cfg.clf_bs, seq_len=cfg.bptt)
+    dls = block.dataloaders(
+        pd.DataFrame({"text": tokens, "label": labels}), bs=cfg.clf_bs, seq_len=cfg.bptt
+    )
     return text_classifier_learner(
-        dls, AWD_LSTM, config=_arch_config(cfg, awd_lstm_clas_config), drop_mult=cfg.clf_drop_mult,
-        pretrained=False, seq_len=cfg.bptt, max_len=cfg.max_len, metrics=accuracy, path=out,
+        dls,
+        AWD_LSTM,
+        config=_arch_config(cfg, awd_lstm_clas_config),
+        drop_mult=cfg.clf_drop_mult,
+        pretrained=False,
+        seq_len=cfg.bptt,
+        max_len=cfg.max_len,
+        metrics=accuracy,
+        path=out,
     )
 
 
-def train_lm(data: Source, cfg: TrainConfig, out: Path, budget: TimeBudget | None = None,
-             weights_only: bool = False, init_weights: Path | None = None) -> dict[str, Any]:
+def train_lm(
+    data: Source,
+    cfg: TrainConfig,
+    out: Path,
+    budget: TimeBudget | None = None,
+    weights_only: bool = False,
+    init_weights: Path | None = None,
+) -> dict[str, Any]:
     """Train the language model; writes vocab.json, lm.pkl, models/encoder.pth, metrics['lm'].
     With a budget the epochs fit its seconds; weights_only writes fp16 weights instead of lm.pkl."""
     set_seed(cfg.seed)  # Python, numpy and torch: fastai shuffles with Python's random
@@ -219,11 +307,15 @@ def train_lm(data: Source, cfg: TrainConfig, out: Path, budget: TimeBudget | Non
     t_tok = time.perf_counter() - t0
     _write_json(out / "vocab.json", vocab)
 
-    if weights_only and isinstance(data, TokenizedCorpus):  # ids already: skip per-batch numericalization
+    if weights_only and isinstance(
+        data, TokenizedCorpus
+    ):  # ids already: skip per-batch numericalization
         learn = _lm_learner_from_ids(data, cfg, out)
     else:
         learn = _lm_learner(tokens, vocab, cfg, out, weights_only)
-    if init_weights is not None:  # continue a language model trained before (e.g. on another machine)
+    if (
+        init_weights is not None
+    ):  # continue a language model trained before (e.g. on another machine)
         learn.model.load_state_dict(load_fp16_chunks(init_weights, "lm"))
     learn = _on_gpu(learn)
     t1 = time.perf_counter()
@@ -244,10 +336,19 @@ def train_lm(data: Source, cfg: TrainConfig, out: Path, budget: TimeBudget | Non
     n_tokens = sum(len(d) for d in tokens)
     epochs_run = schedule["epochs"] * schedule["epoch_fraction"]
     metrics = {
-        "docs": len(tokens), "tokens": n_tokens, "vocab_size": len(vocab),
-        "valid_loss": valid_loss, "valid_accuracy": valid_acc, "valid_perplexity": valid_ppl,
-        **trend, "schedule": schedule, "lr": cfg.lm_lr, "bs": cfg.lm_bs, "drop_mult": cfg.lm_drop_mult,
-        "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),
+        "docs": len(tokens),
+        "tokens": n_tokens,
+        "vocab_size": len(vocab),
+        "valid_loss": valid_loss,
+        "valid_accuracy": valid_acc,
+        "valid_perplexity": valid_ppl,
+        **trend,
+        "schedule": schedule,
+        "lr": cfg.lm_lr,
+        "bs": cfg.lm_bs,
+        "drop_mult": cfg.lm_drop_mult,
+        "tokenize_seconds": round(t_tok, 1),
+        "train_seconds": round(t_train, 1),
         "train_tokens_per_second": round(n_tokens * (1 - cfg.valid_pct) * epochs_run / t_train, 1),
         "hardware": hardware(),
     }
@@ -260,10 +361,19 @@ def _clf_stages(cfg: TrainConfig) -> list[tuple[int | None, int, float | slice]]
     lr = cfg.clf_lr
     group_lrs = [lr, lr / 2, lr / 4, lr / 10]
     stages: list[tuple[int | None, int, float | slice]] = []
-    for (freeze_to, epochs, stage_lr) in zip((-1, -2, -3, None), cfg.clf_epochs, group_lrs):
+    for freeze_to, epochs, stage_lr in zip(
+        (-1, -2, -3, None), cfg.clf_epochs, group_lrs, strict=False
+    ):
         if epochs:
-            stages.append((freeze_to, epochs, stage_lr if freeze_to == -1 else
-                           slice(stage_lr / DISCRIMINATIVE_FACTOR, stage_lr)))
+            stages.append(
+                (
+                    freeze_to,
+                    epochs,
+                    stage_lr
+                    if freeze_to == -1
+                    else slice(stage_lr / DISCRIMINATIVE_FACTOR, stage_lr),
+                )
+            )
     return stages
 
 
@@ -274,17 +384,29 @@ def _export_classifier(learn: Any, out: Path, weights_only: bool) -> None:
         learn.export("classifier.pkl")
 
 
-def train_classifier(data: Source, cfg: TrainConfig, out: Path, resume_after: int | None = None,
-                     budget: TimeBudget | None = None, weights_only: bool = False) -> dict[str, Any]:
+def train_classifier(
+    data: Source,
+    cfg: TrainConfig,
+    out: Path,
+    resume_after: int | None = None,
+    budget: TimeBudget | None = None,
+    weights_only: bool = False,
+) -> dict[str, Any]:
     """Fine-tune the classifier from the LM encoder; writes classifier.pkl and metrics['classifier'].
     With a budget the last stage fits the seconds left; weights_only writes fp16 weights instead."""
     set_seed(cfg.seed)  # Python, numpy and torch: fastai shuffles with Python's random
     out = out.resolve()
     vocab = json.loads((out / "vocab.json").read_text())
     lm_cfg = json.loads((out / "config.json").read_text())
-    if any(lm_cfg[k] != getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "max_vocab", "bptt")):
-        raise ValueError(f"classifier config {cfg.name} does not match the LM's architecture in {out}/config.json")
-    _write_json(out / "config.json", {**cfg.to_dict(), "lm_docs": lm_cfg["lm_docs"]})  # what really ran
+    if any(
+        lm_cfg[k] != getattr(cfg, k) for k in ("emb_sz", "n_hid", "n_layers", "max_vocab", "bptt")
+    ):
+        raise ValueError(
+            f"classifier config {cfg.name} does not match the LM's architecture in {out}/config.json"
+        )
+    _write_json(
+        out / "config.json", {**cfg.to_dict(), "lm_docs": lm_cfg["lm_docs"]}
+    )  # what really ran
     t0 = time.perf_counter()
     tokens, labels = _clf_tokens(data, cfg, out)
     t_tok = time.perf_counter() - t0
@@ -315,19 +437,34 @@ def train_classifier(data: Source, cfg: TrainConfig, out: Path, resume_after: in
         else:
             _fit(learn, epochs, lr, fraction)
         with learn.no_bar():
-            loss, acc = (float(v) for v in learn.validate())
-        history.append({"stage": i, "freeze_to": freeze_to, "epochs": epochs, "epoch_fraction": fraction, "valid_accuracy": acc,
-                        "seconds": round(time.perf_counter() - t1, 1)})
+            _loss, acc = (float(v) for v in learn.validate())
+        history.append(
+            {
+                "stage": i,
+                "freeze_to": freeze_to,
+                "epochs": epochs,
+                "epoch_fraction": fraction,
+                "valid_accuracy": acc,
+                "seconds": round(time.perf_counter() - t1, 1),
+            }
+        )
         learn.save(f"classifier-stage{i}")  # checkpoint: a long CPU run can be resumed by hand
-        _export_classifier(learn, out, weights_only)  # after every stage: an interrupted run still exports
+        _export_classifier(
+            learn, out, weights_only
+        )  # after every stage: an interrupted run still exports
         _update_metrics(out, "classifier_progress", {"stages": history})
     t_train = time.perf_counter() - t1
     with learn.no_bar():
         valid_loss, valid_acc = (float(v) for v in learn.validate())
     _export_classifier(learn, out, weights_only)
     metrics = {
-        "docs": len(tokens), "labels": list(dls.vocab[1]), "valid_loss": valid_loss, "valid_accuracy": valid_acc,
-        "stages": history, "tokenize_seconds": round(t_tok, 1), "train_seconds": round(t_train, 1),
+        "docs": len(tokens),
+        "labels": list(dls.vocab[1]),
+        "valid_loss": valid_loss,
+        "valid_accuracy": valid_acc,
+        "stages": history,
+        "tokenize_seconds": round(t_tok, 1),
+        "train_seconds": round(t_train, 1),
         "hardware": hardware(),
     }
     _update_metrics(out, "classifier", metrics)

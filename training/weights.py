@@ -1,6 +1,7 @@
 """Model weights as fp16 chunks: what comes back from a lent GPU machine, whose file size per
 transfer is capped (16 MiB a file). fp16 keeps ~3 significant digits, far finer than the int8
 the bundles are quantized to; `load_fp16_chunks` returns fp32 tensors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,9 @@ MAX_CHUNK_BYTES = 15_000_000
 ALIASES = "__aliases__"
 
 
-def save_fp16_chunks(state: dict[str, torch.Tensor], out: Path, stem: str, max_bytes: int = MAX_CHUNK_BYTES) -> list[Path]:
+def save_fp16_chunks(
+    state: dict[str, torch.Tensor], out: Path, stem: str, max_bytes: int = MAX_CHUNK_BYTES
+) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob(f"{stem}-*.pt"):
         old.unlink()
@@ -68,6 +71,9 @@ def load_fp16_chunks(directory: Path, stem: str) -> dict[str, torch.Tensor]:
     for base, pieces in parts.items():
         merged[base] = torch.cat([t for _, t in sorted(pieces, key=lambda p: p[0])])
     merged = {k: (v.float() if v.is_floating_point() else v) for k, v in merged.items()}
-    for name, target in aliases.items():  # the same tensor object, so load_state_dict keeps them tied
+    for (
+        name,
+        target,
+    ) in aliases.items():  # the same tensor object, so load_state_dict keeps them tied
         merged[name] = merged[target]
     return merged

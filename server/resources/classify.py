@@ -7,8 +7,8 @@ from typing import Any
 
 import falcon
 
-from server.body import read_json_object
 from server.batching import classifier_runner
+from server.body import read_json_object
 from server.errors import InvalidRequest, NoModelForTask
 from server.limits import request_budget
 from server.responses import send_json
@@ -20,8 +20,9 @@ PROBABILITY_DECIMALS = 6
 
 def label_result(labels: list[str], row: Any) -> dict[str, Any]:
     """{label, probabilities} for one row of the model's softmax output."""
-    probabilities = {label: round(float(p), PROBABILITY_DECIMALS)
-                     for label, p in zip(labels, row, strict=True)}
+    probabilities = {
+        label: round(float(p), PROBABILITY_DECIMALS) for label, p in zip(labels, row, strict=True)
+    }
     return {"label": labels[int(row.argmax())], "probabilities": probabilities}
 
 
@@ -31,8 +32,11 @@ class ClassifyResource:
         self._model = runtime.models.classifier
         self._monitoring = runtime.monitoring
         self._batcher = runtime.classify_batcher
-        self._run = (classifier_runner(self._model, runtime.settings.classify_max_tokens)
-                     if self._model is not None else None)
+        self._run = (
+            classifier_runner(self._model, runtime.settings.classify_max_tokens)
+            if self._model is not None
+            else None
+        )
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         settings = self._settings

@@ -27,8 +27,17 @@ from server.validation import (
 
 log = logging.getLogger("server.generate")
 
-FIELDS = ("prompt", "n_words", "n_samples", "temperature", "top_k", "top_p", "seed", "no_unk",
-          "stream")
+FIELDS = (
+    "prompt",
+    "n_words",
+    "n_samples",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "no_unk",
+    "stream",
+)
 MAX_TEMPERATURE = 10.0
 MAX_TOP_K = 1_000_000
 MAX_SEED = 2**63 - 1
@@ -78,8 +87,9 @@ class GenerateResource:
         self._monitoring.generated(model_id, request.n_words * request.n_samples)
         send_json(resp, {"samples": samples, "model": model_id})
 
-    def _events(self, request: GenerationRequest, model_id: str,
-                budget: RequestBudget) -> Iterator[bytes]:
+    def _events(
+        self, request: GenerationRequest, model_id: str, budget: RequestBudget
+    ) -> Iterator[bytes]:
         """`word` events as words complete, then `done`; a fault mid-stream becomes `error`.
 
         The status line is already sent when generation runs, so a failure cannot be a 500:
@@ -95,8 +105,13 @@ class GenerateResource:
             return
         except Exception:
             log.exception("generation failed mid-stream")
-            yield sse_event("error", {"title": "Internal server error",
-                                      "description": "Generation failed; it has been logged."})
+            yield sse_event(
+                "error",
+                {
+                    "title": "Internal server error",
+                    "description": "Generation failed; it has been logged.",
+                },
+            )
             return
         self._monitoring.generated(model_id, request.n_words * request.n_samples)
         yield sse_event("done", {"samples": samples, "model": model_id})

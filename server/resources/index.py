@@ -18,8 +18,12 @@ from server.runtime import ServerRuntime
 from server.textgen import GenerationRequest, generate_texts
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "static" / "index.html"
-DEMO = GenerationRequest(prompt="My favorite part was when", n_words=40, n_samples=5,
-                         sampling=SamplingParams(temperature=0.75))
+DEMO = GenerationRequest(
+    prompt="My favorite part was when",
+    n_words=40,
+    n_samples=5,
+    sampling=SamplingParams(temperature=0.75),
+)
 
 
 class IndexResource:
@@ -35,12 +39,17 @@ class IndexResource:
             continuations = "<p>No language model is loaded.</p>"
         else:
             samples = generate_texts(models.language_model, DEMO)
-            continuations = "<ol>\n" + "\n".join(
-                f"  <li>{html.escape(text)}</li>" for text in samples) + "\n</ol>"
+            continuations = (
+                "<ol>\n"
+                + "\n".join(f"  <li>{html.escape(text)}</li>" for text in samples)
+                + "\n</ol>"
+            )
         names = ", ".join(sorted(m.manifest.model_id for m in models.by_name.values()))
         return self._template.substitute(
-            models=html.escape(names), demo_prompt=html.escape(DEMO.prompt),
-            continuations=continuations).encode("utf-8")
+            models=html.escape(names),
+            demo_prompt=html.escape(DEMO.prompt),
+            continuations=continuations,
+        ).encode("utf-8")
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         with self._lock:

@@ -31,8 +31,7 @@ def build_spec(settings: Settings, models: Any = None) -> dict[str, Any]:
     if models is not None and "ModelName" in parameters:
         loaded = sorted(models.by_name.values(), key=lambda m: m.manifest.name)
         parameters["ModelName"]["schema"]["enum"] = [m.manifest.name for m in loaded]
-        parameters["ModelVersion"]["schema"]["enum"] = sorted(
-            {m.manifest.version for m in loaded})
+        parameters["ModelVersion"]["schema"]["enum"] = sorted({m.manifest.version for m in loaded})
     return spec
 
 

@@ -29,5 +29,11 @@ class TokenizeResource:
         model = self._models[name]
         ids = model.tokenizer.encode(text)
         ids = [int(i) for i in ids]
-        send_json(resp, {"tokens": list(model.tokenizer.ids_to_tokens(ids)), "ids": ids,
-                         "model": model.manifest.model_id})
+        send_json(
+            resp,
+            {
+                "tokens": list(model.tokenizer.ids_to_tokens(ids)),
+                "ids": ids,
+                "model": model.manifest.model_id,
+            },
+        )

@@ -71,7 +71,8 @@ class InferRequest:
 
 def _int_list(value: Any, where: str) -> list[int]:
     if not isinstance(value, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in value):
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in value
+    ):
         raise InvalidRequest(f"'{where}' must be an array of non-negative integers.")
     return value
 
@@ -104,7 +105,7 @@ def decode_bytes_tensor(raw: bytes, where: str) -> list[str]:
         if offset + length > len(raw):
             raise InvalidRequest(f"binary data of '{where}' is shorter than its element lengths.")
         try:
-            texts.append(raw[offset:offset + length].decode("utf-8"))
+            texts.append(raw[offset : offset + length].decode("utf-8"))
         except UnicodeDecodeError:
             raise InvalidRequest(f"an element of '{where}' is not valid UTF-8.") from None
         offset += length
@@ -128,13 +129,15 @@ def split_binary(raw: bytes, header_value: str | None) -> tuple[bytes, bytes]:
     return raw[:size], raw[size:]
 
 
-def parse_infer_request(body: dict[str, Any], binary: bytes, max_texts: int,
-                        max_chars: int) -> InferRequest:
+def parse_infer_request(
+    body: dict[str, Any], binary: bytes, max_texts: int, max_chars: int
+) -> InferRequest:
     """Validate an $inference_request holding one BYTES input named `text`."""
     unknown = sorted(set(body) - _REQUEST_KEYS)
     if unknown:
-        raise InvalidRequest(f"Unknown field(s) {unknown[:5]}; an inference request has "
-                             f"{sorted(_REQUEST_KEYS)}.")
+        raise InvalidRequest(
+            f"Unknown field(s) {unknown[:5]}; an inference request has {sorted(_REQUEST_KEYS)}."
+        )
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidRequest("'id' must be a string.")
@@ -161,8 +164,10 @@ def parse_infer_request(body: dict[str, Any], binary: bytes, max_texts: int,
         if "data" in tensor:
             raise InvalidRequest(f"Input '{TEXT}' has both 'data' and binary data.")
         if binary_size != len(binary):
-            raise InvalidRequest(f"Input '{TEXT}' declares {binary_size} bytes of binary data; "
-                                 f"the body carries {len(binary)}.")
+            raise InvalidRequest(
+                f"Input '{TEXT}' declares {binary_size} bytes of binary data; "
+                f"the body carries {len(binary)}."
+            )
         elements: list[Any] = decode_bytes_tensor(binary, TEXT)
     else:
         if binary:
@@ -174,12 +179,13 @@ def parse_infer_request(body: dict[str, Any], binary: bytes, max_texts: int,
         _flatten(data, elements)
     count = math.prod(shape)
     if count != len(elements):
-        raise InvalidRequest(f"Input '{TEXT}' has shape {shape} ({count} elements) but "
-                             f"{len(elements)} data elements.")
+        raise InvalidRequest(
+            f"Input '{TEXT}' has shape {shape} ({count} elements) but "
+            f"{len(elements)} data elements."
+        )
     if not 1 <= count <= max_texts:
         raise InvalidRequest(f"Input '{TEXT}' must hold 1 to {max_texts} texts.")
-    texts = [check_text(item, f"{TEXT}[{index}]", max_chars)
-             for index, item in enumerate(elements)]
+    texts = [check_text(item, f"{TEXT}[{index}]", max_chars) for index, item in enumerate(elements)]
     return InferRequest(request_id, parameters, texts, [shape[0]], _requested_outputs(body))
 
 
@@ -196,7 +202,8 @@ def _requested_outputs(body: dict[str, Any]) -> list[tuple[str, bool | None]] | 
         if unknown or not isinstance(item.get("name"), str):
             raise InvalidRequest(f"outputs[{index}] must be {{name, parameters?}}.")
         binary = _object(item.get("parameters", {}), f"outputs[{index}].parameters").get(
-            "binary_data")
+            "binary_data"
+        )
         if binary is not None and not isinstance(binary, bool):
             raise InvalidRequest(f"outputs[{index}].parameters.binary_data must be a boolean.")
         requested.append((item["name"], binary))
@@ -215,8 +222,7 @@ class OutputTensor:
     values: np.ndarray | list[str]
 
     def json(self, binary: bool) -> tuple[dict[str, Any], bytes]:
-        entry: dict[str, Any] = {"name": self.name, "datatype": self.datatype,
-                                 "shape": self.shape}
+        entry: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
         if self.datatype == "BYTES":
             texts = list(self.values)
             if binary:
@@ -237,9 +243,10 @@ class OutputTensor:
 def tensor_metadata(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     inputs = [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}]
     if model.manifest.task == "classify":
-        outputs = [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                   {"name": "probabilities", "datatype": "FP32",
-                    "shape": [-1, len(model.labels)]}]
+        outputs = [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.labels)]},
+        ]
     else:
         outputs = [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}]
     return inputs, outputs
@@ -285,22 +292,34 @@ class V2ModelResource:
         req.context.model_id = model.manifest.model_id
         return model
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str,
-               version: str | None = None) -> None:
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None
+    ) -> None:
         model = self._model(req, name, version)
         inputs, outputs = tensor_metadata(model)
-        send_json(resp, {"name": name, "versions": [model.manifest.version],
-                         "platform": PLATFORM, "inputs": inputs, "outputs": outputs})
+        send_json(
+            resp,
+            {
+                "name": name,
+                "versions": [model.manifest.version],
+                "platform": PLATFORM,
+                "inputs": inputs,
+                "outputs": outputs,
+            },
+        )
 
-    def on_get_ready(self, req: falcon.Request, resp: falcon.Response, name: str,
-                     version: str | None = None) -> None:
+    def on_get_ready(
+        self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None
+    ) -> None:
         self._model(req, name, version)
         ready = self._runtime.readiness.ready
-        send_json(resp, {"name": name, "ready": ready},
-                  falcon.HTTP_200 if ready else falcon.HTTP_503)
+        send_json(
+            resp, {"name": name, "ready": ready}, falcon.HTTP_200 if ready else falcon.HTTP_503
+        )
 
-    def on_post_infer(self, req: falcon.Request, resp: falcon.Response, name: str,
-                      version: str | None = None) -> None:
+    def on_post_infer(
+        self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None
+    ) -> None:
         model = self._model(req, name, version)
         body, binary = self._read(req)
         task = model.manifest.task
@@ -322,10 +341,12 @@ class V2ModelResource:
         chunks: list[bytes] = []
         for output_name, binary_flag in wanted:
             if output_name not in by_name:
-                raise InvalidRequest(f"Model '{name}' has no output '{output_name}' "
-                                     f"(it has {sorted(by_name)}).")
+                raise InvalidRequest(
+                    f"Model '{name}' has no output '{output_name}' (it has {sorted(by_name)})."
+                )
             entry, raw = by_name[output_name].json(
-                binary_default if binary_flag is None else binary_flag)
+                binary_default if binary_flag is None else binary_flag
+            )
             entries.append(entry)
             chunks.append(raw)
         answer: dict[str, Any] = {"model_name": name, "model_version": model.manifest.version}
@@ -344,8 +365,10 @@ class V2ModelResource:
     def _read(self, req: falcon.Request) -> tuple[dict[str, Any], bytes]:
         content_type = (req.content_type or "").split(";")[0].strip().lower()
         if content_type not in ("", "application/json", BINARY_CONTENT_TYPE):
-            raise UnsupportedBody("Send the inference request as application/json (or "
-                                  "application/octet-stream with the binary extension).")
+            raise UnsupportedBody(
+                "Send the inference request as application/json (or "
+                "application/octet-stream with the binary extension)."
+            )
         encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
         if encoding != "identity":
             raise UnsupportedBody(f"Content-Encoding '{encoding[:40]}' is not supported.")
@@ -355,8 +378,9 @@ class V2ModelResource:
         json_part, binary = split_binary(raw, req.get_header(BINARY_HEADER))
         return parse_json_object(json_part), binary
 
-    def _classify(self, model: Any, request: InferRequest,
-                  budget: RequestBudget) -> list[OutputTensor]:
+    def _classify(
+        self, model: Any, request: InferRequest, budget: RequestBudget
+    ) -> list[OutputTensor]:
         """The same path as /classify: micro-batched with concurrent requests when it is on,
         stopped at the deadline."""
         ids = [model.tokenizer.encode(text) for text in request.texts]
@@ -365,26 +389,34 @@ class V2ModelResource:
             probabilities = batcher.predict(ids, budget)
         else:
             probabilities = classifier_runner(model, self._runtime.settings.classify_max_tokens)(
-                ids, budget.deadline, budget.timeout_s)
+                ids, budget.deadline, budget.timeout_s
+            )
         labels = list(model.labels)
         if self._monitor is not None:
             self._monitor.classified(request.texts, labels, probabilities)
         predicted = [labels[int(i)] for i in probabilities.argmax(axis=1)]
         n = request.batch_shape[0]
-        return [OutputTensor("label", "BYTES", [n], predicted),
-                OutputTensor("probabilities", "FP32", [n, len(labels)], probabilities)]
+        return [
+            OutputTensor("label", "BYTES", [n], predicted),
+            OutputTensor("probabilities", "FP32", [n, len(labels)], probabilities),
+        ]
 
-    def _generate(self, model: Any, request: InferRequest,
-                  budget: RequestBudget) -> list[OutputTensor]:
+    def _generate(
+        self, model: Any, request: InferRequest, budget: RequestBudget
+    ) -> list[OutputTensor]:
         from server.resources.generate import parse_request
 
-        fields = {key: request.parameters[key] for key in GENERATION_PARAMETERS
-                  if key in request.parameters}
+        fields = {
+            key: request.parameters[key]
+            for key in GENERATION_PARAMETERS
+            if key in request.parameters
+        }
         samples: list[str] = []
         for text in request.texts:
             generation, _ = parse_request({"prompt": text, **fields}, self._settings)
-            single = GenerationRequest(generation.prompt, generation.n_words, 1,
-                                       generation.sampling, generation.seed)
+            single = GenerationRequest(
+                generation.prompt, generation.n_words, 1, generation.sampling, generation.seed
+            )
             samples.extend(generate_texts(model, single, budget.check))
             if self._monitor is not None:
                 self._monitor.generated(model.manifest.model_id, generation.n_words)

@@ -16,6 +16,8 @@ from typing import Any
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TASKS = ("classify", "generate")
+DIRECTIONS = ("forward", "backward")  # token order the model was trained on (fastai `backwards`)
+DEFAULT_THRESHOLD = 0.5  # a multi-label manifest without "threshold": fastai's default
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 _REQUIRED = (
     "schema_version",
@@ -71,6 +73,23 @@ class Manifest:
         return list(self.raw.get("labels", []))
 
     @property
+    def multi_label(self) -> bool:
+        """Classify only: independent per-label sigmoids (fastai MultiCategoryBlock)."""
+        return bool(self.raw.get("multi_label", False))
+
+    @property
+    def threshold(self) -> float | None:
+        """Multi-label only: a label is chosen when its probability is above this (as fastai)."""
+        if not self.multi_label:
+            return None
+        return float(self.raw.get("threshold", DEFAULT_THRESHOLD))
+
+    @property
+    def backwards(self) -> bool:
+        """The model reads token ids in reverse order (absent key: forward, as older bundles)."""
+        return self.raw.get("direction", "forward") == "backward"
+
+    @property
     def architecture(self) -> dict[str, Any]:
         return dict(self.raw["architecture"])
 
@@ -109,6 +128,11 @@ def _check_structure(directory: Path, raw: dict[str, Any]) -> None:
         raise _fail(directory, f"architecture lacks {', '.join(arch_missing)}")
     if raw["task"] == "classify" and not raw.get("labels"):
         raise _fail(directory, "a classify bundle needs labels")
+    _check_classifier_keys(directory, raw)
+    if raw.get("direction", "forward") not in DIRECTIONS:
+        raise _fail(
+            directory, f"unknown direction {raw['direction']!r} (expected one of {DIRECTIONS})"
+        )
     if raw["task"] == "generate" and len(raw.get("states", [])) != len(
         raw["architecture"]["layer_sizes"]
     ):
@@ -116,6 +140,22 @@ def _check_structure(directory: Path, raw: dict[str, Any]) -> None:
     for key in ("model", "tokenizer"):
         if raw[key].get("file") not in raw["files"]:
             raise _fail(directory, f"{key} file {raw[key].get('file')!r} is not listed in files")
+
+
+def _check_classifier_keys(directory: Path, raw: dict[str, Any]) -> None:
+    multi = raw.get("multi_label", False)
+    if not isinstance(multi, bool):
+        raise _fail(directory, f"multi_label must be true or false, not {multi!r}")
+    if multi and raw["task"] != "classify":
+        raise _fail(directory, "multi_label is for classify bundles only")
+    if "threshold" in raw:
+        threshold = raw["threshold"]
+        if not multi:
+            raise _fail(directory, "threshold is for multi-label classify bundles only")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float):
+            raise _fail(directory, f"threshold must be a number, not {threshold!r}")
+        if not 0.0 < threshold < 1.0:
+            raise _fail(directory, f"threshold {threshold} is outside (0, 1)")
 
 
 def _check_files(directory: Path, files: dict[str, Any]) -> None:

@@ -1,7 +1,10 @@
 """onnxruntime sessions for the two bundle tasks. Pure numpy in, numpy out.
 
 ClassifierModel: token ids -> label probabilities (right-padded batches, exact; see the bundle doc).
-LanguageModel: one step of the stateful LM; the sampling loop lives with its caller.
+A backward classifier (trained on reversed token ids) reverses each sequence itself, so callers
+always pass ids in reading order.
+LanguageModel: one step of the stateful LM; the sampling loop lives with its caller (which must
+feed a backward LM, `backwards` true, its ids in reverse order).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class _Model:
         self.bos_id: int = int(arch["bos_id"])
         self.unk_id: int = int(arch["unk_id"])
         self.vocab_size: int = int(arch["vocab_size"])
+        self.backwards: bool = manifest.backwards
 
 
 class ClassifierModel(_Model):
@@ -81,10 +85,30 @@ class ClassifierModel(_Model):
     def labels(self) -> list[str]:
         return self.manifest.labels
 
+    @property
+    def multi_label(self) -> bool:
+        """Probabilities are independent per-label sigmoids, not one softmax."""
+        return self.manifest.multi_label
+
+    @property
+    def threshold(self) -> float | None:
+        """Multi-label only: labels whose probability is above it are the answer."""
+        return self.manifest.threshold
+
+    def chosen_labels(self, probabilities: Sequence[float] | np.ndarray) -> list[str]:
+        """The answer for one row, as fastai decodes it: every label above the threshold for a
+        multi-label model (possibly none), else the single most probable label."""
+        row = np.asarray(probabilities)
+        if self.threshold is not None:
+            return [label for label, p in zip(self.labels, row, strict=True) if p > self.threshold]
+        return [self.labels[int(row.argmax())]]
+
     def predict_ids(
         self, batch: Sequence[Sequence[int]], run_options: ort.RunOptions | None = None
     ) -> np.ndarray:
-        """`run_options` lets a caller stop a run from another thread (its `terminate` flag)."""
+        """Ids in reading order (reversed here for a backward model, after the tokenizer, as
+        fastai's `backwards=True` dataloaders do). `run_options` lets a caller stop a run from
+        another thread (its `terminate` flag)."""
         if not batch:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         lengths = np.array([len(ids) for ids in batch], dtype=np.int64)
@@ -92,7 +116,7 @@ class ClassifierModel(_Model):
             raise ValueError("every sequence needs at least one token")
         ids = np.full((len(batch), int(lengths.max())), self.pad_id, dtype=np.int64)
         for row, seq in enumerate(batch):
-            ids[row, : len(seq)] = seq
+            ids[row, : len(seq)] = np.asarray(seq)[::-1] if self.backwards else seq
         return self.session.run(
             ["probabilities"], {"input_ids": ids, "lengths": lengths}, run_options
         )[0]

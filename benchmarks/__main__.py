@@ -1,4 +1,5 @@
 """`python -m benchmarks run --run RUN --models MODELS [--quick]`: ours vs the naive fastai way.
+`python -m benchmarks short-texts --bundle BUNDLE`: short-text accuracy vs TF-IDF + LR.
 
 Writes the raw JSON and PNG plots under --results (default benchmarks/results/) and the
 report to --report (default BENCHMARKS.md). See docs/benchmarks.md.
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import short_texts
 from benchmarks.inputs import default_imdb_dir
 from benchmarks.runner import DEFAULT_IMAGE_RECORD, BenchConfig, log
 
@@ -125,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help=f"tests/test_container.py's record (default {DEFAULT_IMAGE_RECORD})",
     )
+    short_texts.add_parser(sub)
     return p
 
 
@@ -164,6 +167,8 @@ def config_from(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.command == "short-texts":
+        return short_texts.main(args)
     cfg = config_from(args, argv)
     from benchmarks import plots, report, runner
     from benchmarks.analysis import cold_summary, label_agreement, targets

@@ -5,7 +5,7 @@
 
 `raw`: for the very inputs the load generator sends, the bare onnxruntime `session.run` time
 (ids and feed prepared beforehand), the tokenizer time, and the whole in-process path the
-server runs (`predict_texts`; for generation `server.textgen.generate_texts` with the same
+server runs (`predict_texts`; for generation `server.inference.generate.generate_texts` with the same
 seeds, its LM steps timed separately). HTTP latency minus these is the server's own overhead.
 Also the fp32 graph when the bundle ships one, and one LM step / one sampling step alone.
 
@@ -167,8 +167,8 @@ def generate_raw(
     import numpy as np
 
     from bundle import LanguageModel, load_bundle
-    from server.generation import SamplingParams, choose_next, make_rng
-    from server.textgen import GenerationRequest, generate_texts
+    from server.inference.generate import GenerationRequest, generate_texts
+    from server.inference.sampling import SamplingParams, choose_next, make_rng
 
     model = load_bundle(bundle_dir, threads=1, inter_threads=1)
     assert isinstance(model, LanguageModel), f"{bundle_dir} is not a language model bundle"
@@ -186,7 +186,7 @@ def generate_raw(
                     SamplingParams(),
                     body.get("seed"),
                 )
-                whole.append(_timed(lambda: generate_texts(timed, request))[0])  # type: ignore[arg-type]  # a Protocol seam comes with issue 13
+                whole.append(_timed(lambda: generate_texts(timed, request))[0])
                 steps_only.append(timed.step_ms)
                 n_steps = timed.steps
         out[workload] = {

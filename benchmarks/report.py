@@ -432,8 +432,8 @@ def _overhead(results: dict[str, Any]) -> list[str]:
         "",
         "Same inputs, same pinned core, in one process: the bare `session.run` (feed built "
         "beforehand), the tokenizer, and the whole in-process path the server runs "
-        "(`predict_texts`; for generation `server.textgen.generate_texts` with the same seeds, "
-        "its LM steps timed apart). HTTP is ours at the lowest concurrency. p50, ms.",
+        "(`predict_texts`; for generation `server.inference.generate.generate_texts` with the "
+        "same seeds, its LM steps timed apart). HTTP is ours at the lowest concurrency. p50, ms.",
         "",
     ]
     fp32 = raw.get("classify", {})

@@ -23,7 +23,6 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 OURS = "ours"
 NAIVE = "naive"
-SERVERS = (OURS, NAIVE)
 ONE_THREAD = {
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",

@@ -6,10 +6,10 @@ from typing import Any
 
 import falcon
 
-from server import errors
-from server.auth import BearerAuthMiddleware
 from server.config import Settings
-from server.limits import AdmissionMiddleware
+from server.http import errors
+from server.http.admission import AdmissionMiddleware
+from server.http.auth import BearerAuthMiddleware
 from server.resources.classify import ClassifyResource
 from server.resources.generate import GenerateResource
 from server.resources.health import HealthResource, ReadinessResource
@@ -41,7 +41,6 @@ def create_app(
     app = falcon.App(middleware=layers)
     errors.install(app)
     runtime.monitoring.middleware.bind_router(app)
-    runtime.monitoring.watch_batcher(runtime.classify_batcher)
     app.add_route("/", IndexResource(runtime))
     app.add_route("/healthz", HealthResource())
     app.add_route("/readyz", ReadinessResource(runtime))

@@ -7,10 +7,10 @@ enforces the request timeout), and a graceful timeout inside its 10 s SIGTERM wi
 import os
 
 from server.config import process_settings
-from server.logs import JsonFormatter  # noqa: F401  (named in logconfig_dict below)
+from server.observability.logs import JsonFormatter  # noqa: F401  (named in logconfig_dict below)
 
 _settings = process_settings()
-# Threads beyond WEB_THREADS (the admission limit, server/limits.py): they answer probes and
+# Threads beyond WEB_THREADS (the admission limit, server/http/admission.py): they answer probes and
 # /metrics and shed the excess POSTs with 503 while the admitted requests compute.
 CONTROL_THREADS = 4
 
@@ -34,7 +34,7 @@ loglevel = _settings.log_level
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "server.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "server.observability.logs.JsonFormatter"}},
     "handlers": {
         "stderr": {
             "class": "logging.StreamHandler",
@@ -61,9 +61,9 @@ logconfig_dict = {
 
 def post_worker_init(worker):
     """Warm the sessions inside the worker that will serve; /readyz turns 200 when done.
-    SIGTERM first drains (server/shutdown.py), then runs gunicorn's own handler."""
+    SIGTERM first drains (server/http/drain.py), then runs gunicorn's own handler."""
     import server.wsgi
-    from server.shutdown import install_sigterm_drain
+    from server.http.drain import install_sigterm_drain
 
     server.wsgi.runtime.start_warm_up(
         exec_pid=os.getppid(), exit_code_on_failure=server.wsgi.EXIT_BAD_BUNDLES

@@ -1,9 +1,11 @@
-"""The loaded bundles and the server's readiness: what the resources share.
+"""Composition: the one place that builds a process's serving state from Settings. Loaded
+bundles (server/inference/loading.py) -> instrumented by observability -> the classify service
+and the admission gate; plus readiness and the warm-up.
 
 Why readiness is separate from loading: gunicorn loads the bundles in the master (preload) before
 forking, but the warm-up inference must run in the worker that serves (an onnxruntime call must
-not be in flight across a fork). Until it has run, /readyz answers 503; issue 6's SIGTERM drain
-flips it back with `begin_draining()`.
+not be in flight across a fork). Until it has run, /readyz answers 503; the SIGTERM drain
+(server/http/drain.py) flips it back with `begin_draining()`.
 """
 
 from __future__ import annotations
@@ -13,77 +15,17 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from server.config import Settings
-from server.logs import seconds_since_exec
-
-if TYPE_CHECKING:  # the real import happens in load_models, keeping this module cheap to import
-    from bundle import ClassifierModel, LanguageModel
-
-    Model = ClassifierModel | LanguageModel
+from server.http.admission import AdmissionGate
+from server.inference.classify import BatchingConfig, ClassifyService
+from server.inference.generate import GenerateService
+from server.inference.guards import CLASSIFY_RUNS
+from server.inference.loading import ModelSet, load_models
+from server.observability.logs import seconds_since_exec
+from server.observability.monitoring import Monitoring
 
 log = logging.getLogger("server.runtime")
-
-
-class ModelDirError(Exception):
-    """MODEL_DIR is missing, empty, or holds two bundles for one task."""
-
-
-@dataclass(frozen=True)
-class LoadedModels:
-    """Every bundle of MODEL_DIR by name, plus the one serving each task."""
-
-    by_name: dict[str, Model]
-    classifier: ClassifierModel | None
-    language_model: LanguageModel | None
-
-
-def load_failures() -> tuple[type[Exception], ...]:
-    """What a bad MODEL_DIR raises: refuse to start on these, with their message, no traceback."""
-    from bundle import BundleError
-    from bundle.tokenizer import TokenizerError
-
-    return (ModelDirError, BundleError, TokenizerError)
-
-
-def bundle_dirs(model_dir: Path) -> list[Path]:
-    """Sub-directories holding a manifest.json, in name order."""
-    if not model_dir.is_dir():
-        raise ModelDirError(f"MODEL_DIR {model_dir} is not a directory")
-    found = sorted(p for p in model_dir.iterdir() if (p / "manifest.json").is_file())
-    if not found:
-        raise ModelDirError(f"MODEL_DIR {model_dir} holds no bundle (no */manifest.json)")
-    return found
-
-
-def load_models(settings: Settings) -> LoadedModels:
-    """Verify and load every bundle; any bad bundle stops the server (BundleError propagates)."""
-    from bundle import ClassifierModel, LanguageModel, load_bundle
-
-    by_name: dict[str, Model] = {}
-    by_task: dict[str, Model] = {}
-    for directory in bundle_dirs(settings.model_dir):
-        model = load_bundle(
-            directory,
-            threads=settings.ort_intra_op_threads,
-            inter_threads=settings.ort_inter_op_threads,
-        )
-        manifest = model.manifest
-        if manifest.name in by_name:
-            raise ModelDirError(f"two bundles named {manifest.name!r} in {settings.model_dir}")
-        if manifest.task in by_task:
-            raise ModelDirError(
-                f"two '{manifest.task}' bundles in {settings.model_dir}: "
-                f"{by_task[manifest.task].manifest.name} and {manifest.name}"
-            )
-        by_name[manifest.name] = by_task[manifest.task] = model
-    classifier = by_task.get("classify")
-    language_model = by_task.get("generate")
-    assert classifier is None or isinstance(classifier, ClassifierModel)
-    assert language_model is None or isinstance(language_model, LanguageModel)
-    return LoadedModels(by_name, classifier, language_model)
 
 
 @dataclass
@@ -117,36 +59,43 @@ class Readiness:
 class ServerRuntime:
     """Settings + loaded bundles + readiness: built once per process, shared by resources."""
 
-    def __init__(self, settings: Settings, models: LoadedModels) -> None:
-        from server.batching import ClassifyBatcher, classifier_runner
-        from server.limits import CLASSIFY_RUNS, AdmissionGate
-
+    def __init__(self, settings: Settings, models: ModelSet) -> None:
         self.settings = settings
-        # Issue 6 monitoring (server/monitoring.py): the models are swapped for instrumented ones
-        # (metrics, drift window, shadow) before anything else keeps a reference to them.
-        from server.monitoring import Monitoring
-
+        # The models are swapped for instrumented ones (metrics, drift window, shadow) before
+        # anything else keeps a reference to them.
         self.monitoring = Monitoring(settings, models)
-        self.models = models = self.monitoring.models
+        self.models = self.monitoring.models
         self.readiness = Readiness()
-        # Issue 6: at most WEB_THREADS requests admitted, each with a deadline (server/limits.py);
-        # concurrent /classify requests share onnxruntime calls (server/batching.py).
+        # At most WEB_THREADS requests admitted, each with a deadline (server/http/admission.py);
+        # concurrent classify requests share onnxruntime calls (server/inference/batching.py).
         self.admission = AdmissionGate(settings.web_threads, settings.request_timeout_s)
         CLASSIFY_RUNS.configure(settings.classify_runs)
-        self.classify_batcher: ClassifyBatcher | None = None
-        if settings.microbatch and models.classifier is not None:
-            self.classify_batcher = ClassifyBatcher(
-                classifier_runner(models.classifier, settings.classify_max_tokens),
+        self.classify = ClassifyService(
+            self.models,
+            BatchingConfig(
+                settings.microbatch,
                 settings.microbatch_max_texts,
                 settings.microbatch_wait_ms / 1000,
-            )
+                settings.classify_max_tokens,
+            ),
+        )
+        self.classify.listeners.append(self.monitoring.classified)
+        self.monitoring.watch_batchers(self.classify.batchers)
+        self.generate = GenerateService(self.models)
+        self.generate.listeners.append(self.monitoring.generated)
         self._warm_up_started = False
         self._warm_up_lock = threading.Lock()
+
+    def begin_draining(self) -> bool:
+        """SIGTERM: /readyz to 503 (server/http/drain.py closes the gate too)."""
+        return self.readiness.begin_draining()
 
     @classmethod
     def load(cls, settings: Settings) -> ServerRuntime:
         started = time.perf_counter()
-        models = load_models(settings)
+        models = load_models(
+            settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
+        )
         log.info(
             "models loaded",
             extra={

@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from server import logs
 from server.app import create_app
 from server.config import process_settings
-from server.runtime import ServerRuntime, load_failures
+from server.inference.loading import load_failures
+from server.observability import logs
+from server.runtime import ServerRuntime
 
 EXIT_BAD_BUNDLES = 3  # gunicorn's own "worker failed to boot" code, so both paths agree
 

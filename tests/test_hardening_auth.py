@@ -18,7 +18,7 @@ from server_harness import (
     start_server,
 )
 
-from server.auth import bearer_token, token_hash
+from server.http.auth import bearer_token, token_hash
 
 TOKEN = "s3cret-token-for-tests-only"
 HEALTH = ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready")

@@ -16,9 +16,15 @@ import numpy as np
 import pytest
 
 from bundle import ClassifierModel, load_bundle
-from server.batching import BatchFailed, ClassifyBatcher, classifier_runner, token_runs
-from server.errors import DeadlineExceeded, Overloaded, ShuttingDown
-from server.limits import CLASSIFY_RUNS, RUN_DEADLINES, AdmissionGate, RequestBudget, RunSlots
+from server.config import Settings
+from server.http.admission import AdmissionGate
+from server.http.errors import Overloaded, ShuttingDown, http_error
+from server.inference.batching import ClassifyBatcher, token_runs
+from server.inference.classify import classifier_runner
+from server.inference.errors import BatchFailed, DeadlineExceeded
+from server.inference.guards import CLASSIFY_RUNS, RUN_DEADLINES, RequestBudget, RunSlots
+
+MAX_TOKENS = Settings().classify_max_tokens  # the CLASSIFY_MAX_TOKENS default
 
 LONG_IDS = 5000  # tokens per row of the "long" batch: ~1 s of tiny-model work per 64 rows
 
@@ -55,7 +61,7 @@ def test_budget_expires_after_its_timeout() -> None:
     assert budget.expired()
     with pytest.raises(DeadlineExceeded) as late:
         budget.check()
-    assert late.value.status_code == 504
+    assert http_error(late.value).status_code == 504  # mapped in server/http/errors.py
 
 
 def test_closing_cuts_in_flight_deadlines_and_admits_no_more() -> None:
@@ -75,7 +81,7 @@ def test_closing_cuts_in_flight_deadlines_and_admits_no_more() -> None:
 # ------------------------------------------------------------------ onnxruntime termination
 def test_a_run_past_its_deadline_is_terminated(classifier: ClassifierModel) -> None:
     batch = long_batch(classifier)
-    run = classifier_runner(classifier)
+    run = classifier_runner(classifier, MAX_TOKENS)
     full = run(batch, time.monotonic() + 600, 600)
     assert full.shape == (64, 2)
     # Interleaved rounds, fastest of each kind: a burst of other work on the machine (the rest of
@@ -99,7 +105,7 @@ def test_a_run_past_its_deadline_is_terminated(classifier: ClassifierModel) -> N
 
 
 def test_an_expired_budget_runs_nothing(classifier: ClassifierModel) -> None:
-    run = classifier_runner(classifier)
+    run = classifier_runner(classifier, MAX_TOKENS)
     with pytest.raises(DeadlineExceeded):
         run([[classifier.bos_id, 5]], time.monotonic() - 1, 1.0)
 
@@ -110,7 +116,7 @@ class GatedRunner:
     queue behind it deterministically) and every call's composition recorded."""
 
     def __init__(self, model: ClassifierModel) -> None:
-        self._run = classifier_runner(model)
+        self._run = classifier_runner(model, MAX_TOKENS)
         self.release_first = threading.Event()
         self.first_started = threading.Event()
         self.calls: list[tuple[int, list[Sequence[int]]]] = []  # (thread id, ids)
@@ -243,7 +249,7 @@ def test_a_request_that_expires_in_the_queue_costs_no_work(classifier: Classifie
 
 def test_leadership_passes_on_and_everyone_is_answered(classifier: ClassifierModel) -> None:
     """Many rounds of many threads: every request answered with its own rows, none stuck."""
-    runner = classifier_runner(classifier)
+    runner = classifier_runner(classifier, MAX_TOKENS)
     batcher = ClassifyBatcher(runner, max_texts=3)
     requests = ids_of(classifier, 24)
     expected = [classifier.predict_ids(r) for r in requests]
@@ -307,7 +313,7 @@ def test_run_slots_let_one_run_at_a_time_and_a_waiter_keeps_its_deadline() -> No
 
 
 def test_classifier_runs_wait_for_a_slot(classifier: ClassifierModel) -> None:
-    run = classifier_runner(classifier)
+    run = classifier_runner(classifier, MAX_TOKENS)
     CLASSIFY_RUNS.configure(1)
     # another request's run holds the slot
     with CLASSIFY_RUNS.hold(time.monotonic() + 10, 10), pytest.raises(DeadlineExceeded):

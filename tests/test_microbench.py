@@ -16,7 +16,7 @@ import pytest
 from corpus import review
 
 from bundle import ClassifierModel, LanguageModel, load_bundle
-from server.generation import SamplingParams, choose_next, make_rng
+from server.inference.sampling import SamplingParams, choose_next, make_rng
 
 ROUNDS = 20
 BATCH = 8

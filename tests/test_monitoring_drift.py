@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 from server_harness import RunningServer, start_server
 from test_monitoring_metrics import parse, value
 
-from server.drift import BinnedReference, DriftMonitor, Observation, RollingCounts, psi
+from server.observability.drift import (
+    BinnedReference,
+    DriftMonitor,
+    Observation,
+    RollingCounts,
+    psi,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import review

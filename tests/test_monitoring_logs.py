@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from server_harness import start_server
 
-from server.monitoring import severity
+from server.observability.requests import severity
 
 TRACE_ID = "105445aa7843bc8bf206b12000100000"
 

@@ -14,7 +14,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from server_harness import RunningServer, start_server
 
-from server.metrics import Registry, format_value
+from server.observability.metrics import Registry, format_value
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -16,8 +16,8 @@ import pytest
 from server_harness import REPO_ROOT, RunningServer, free_port, server_env, start_server
 from test_monitoring_metrics import parse, value
 
-from server.metrics import ServerMetrics
-from server.shadow import ShadowRunner, load_candidate
+from server.observability.metrics import ServerMetrics
+from server.observability.shadow import ShadowRunner, load_candidate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import review

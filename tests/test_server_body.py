@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.body import check_json_content_type, parse_json_object, read_limited
-from server.errors import BodyTooLarge, InvalidRequest, MalformedJSON, NotJSON
-from server.validation import (
+from server.http.body import check_json_content_type, parse_json_object, read_limited
+from server.http.errors import BodyTooLarge, InvalidRequest, MalformedJSON, NotJSON
+from server.http.validation import (
     check_text,
     optional_bool,
     optional_int,

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from server.generation import (
+from server.inference.sampling import (
     SamplingParams,
     choose_next,
     generate_ids,

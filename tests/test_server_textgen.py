@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bundle import LanguageModel, load_bundle
-from server.generation import SamplingParams, generate_ids, make_rng
-from server.textgen import GenerationRequest, generate_texts, prompt_ids, stream_pieces
+from server.inference.generate import GenerationRequest, generate_texts, prompt_ids, stream_pieces
+from server.inference.sampling import SamplingParams, generate_ids, make_rng
 
 PROMPT = "My favorite part was when"
 

@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from server_harness import RunningServer, SchemaChecker, assert_no_traceback, start_server
 from tritonclient.utils import InferenceServerException
 
-from server.auth import token_hash
+from server.http.auth import token_hash
 
 CLASSIFIER, LM, VERSION = "imdb-sentiment", "imdb-lm", "tiny-test"
 TEXTS = [

@@ -9,21 +9,22 @@ from typing import Any
 
 import falcon
 
-from server.body import read_json_object
 from server.config import Settings
-from server.errors import DeadlineExceeded, NoModelForTask
-from server.generation import SamplingParams
-from server.limits import RequestBudget, request_budget
-from server.responses import send_json
-from server.runtime import ServerRuntime
-from server.textgen import GenerationRequest, generate_texts, stream_pieces
-from server.validation import (
+from server.http.admission import request_budget
+from server.http.body import read_json_object
+from server.http.errors import http_error
+from server.http.responses import send_json
+from server.http.validation import (
     optional_bool,
     optional_int,
     optional_number,
     reject_unknown_fields,
     required_text,
 )
+from server.inference.errors import InferenceError
+from server.inference.generate import GenerationRequest, Piece
+from server.inference.sampling import SamplingParams
+from server.runtime import ServerRuntime
 
 log = logging.getLogger("server.generate")
 
@@ -67,51 +68,48 @@ def sse_event(event: str, data: dict[str, Any]) -> bytes:
 class GenerateResource:
     def __init__(self, runtime: ServerRuntime) -> None:
         self._settings = runtime.settings
-        self._model = runtime.models.language_model
-        self._monitoring = runtime.monitoring
+        self._service = runtime.generate
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json_object(req, self._settings.max_body_bytes)
         request, stream = parse_request(body, self._settings)
-        if self._model is None:
-            raise NoModelForTask("generate")
-        model_id = self._model.manifest.model_id
         budget = request_budget(req)
         if stream:
+            samples: list[str] = []
+            model, pieces = self._service.stream(request, budget, samples)
+            req.context.model_id = model.manifest.model_id
             resp.content_type = "text/event-stream; charset=utf-8"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
-            resp.stream = self._events(request, model_id, budget)
+            resp.stream = _events(pieces, samples, model.manifest.model_id)
             return
-        samples = generate_texts(self._model, request, budget.check)
-        self._monitoring.generated(model_id, request.n_words * request.n_samples)
-        send_json(resp, {"samples": samples, "model": model_id})
+        model, samples = self._service.generate(request, budget)
+        req.context.model_id = model.manifest.model_id
+        send_json(resp, {"samples": samples, "model": model.manifest.model_id})
 
-    def _events(
-        self, request: GenerationRequest, model_id: str, budget: RequestBudget
-    ) -> Iterator[bytes]:
-        """`word` events as words complete, then `done`; a fault mid-stream becomes `error`.
 
-        The status line is already sent when generation runs, so a failure cannot be a 500:
-        it is logged and reported as a final `error` event with no details.
-        """
-        assert self._model is not None
-        samples: list[str] = []
-        try:
-            for piece in stream_pieces(self._model, request, samples, budget.check):
-                yield sse_event("word", {"sample": piece.sample, "text": piece.text})
-        except DeadlineExceeded as exc:
-            yield sse_event("error", {"title": exc.title, "description": exc.description})
-            return
-        except Exception:
-            log.exception("generation failed mid-stream")
-            yield sse_event(
-                "error",
-                {
-                    "title": "Internal server error",
-                    "description": "Generation failed; it has been logged.",
-                },
-            )
-            return
-        self._monitoring.generated(model_id, request.n_words * request.n_samples)
-        yield sse_event("done", {"samples": samples, "model": model_id})
+def _events(pieces: Iterator[Piece], samples: list[str], model_id: str) -> Iterator[bytes]:
+    """`word` events as words complete, then `done`; a fault mid-stream becomes `error`.
+
+    The status line is already sent when generation runs, so a failure cannot be a 500: it is
+    reported as a final `error` event, worded as server/http/errors.py words it (a deadline) or
+    with no details (a bug, logged).
+    """
+    try:
+        for piece in pieces:
+            yield sse_event("word", {"sample": piece.sample, "text": piece.text})
+    except InferenceError as exc:
+        error = http_error(exc)
+        yield sse_event("error", {"title": error.title, "description": error.description})
+        return
+    except Exception:
+        log.exception("generation failed mid-stream")
+        yield sse_event(
+            "error",
+            {
+                "title": "Internal server error",
+                "description": "Generation failed; it has been logged.",
+            },
+        )
+        return
+    yield sse_event("done", {"samples": samples, "model": model_id})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import falcon
 
-from server.errors import NotReady
-from server.responses import send_json
+from server.http.errors import NotReady
+from server.http.responses import send_json
 from server.runtime import ServerRuntime
 
 

@@ -13,9 +13,10 @@ from string import Template
 
 import falcon
 
-from server.generation import SamplingParams
+from server.inference.generate import GenerationRequest
+from server.inference.guards import RequestBudget
+from server.inference.sampling import SamplingParams
 from server.runtime import ServerRuntime
-from server.textgen import GenerationRequest, generate_texts
 
 TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "static" / "index.html"
 DEMO = GenerationRequest(
@@ -35,10 +36,10 @@ class IndexResource:
 
     def _render(self) -> bytes:
         models = self._runtime.models
-        if models.language_model is None:
+        if models.default_language_model is None:
             continuations = "<p>No language model is loaded.</p>"
         else:
-            samples = generate_texts(models.language_model, DEMO)
+            _, samples = self._runtime.generate.generate(DEMO, RequestBudget.unbounded())
             continuations = (
                 "<ol>\n"
                 + "\n".join(f"  <li>{html.escape(text)}</li>" for text in samples)

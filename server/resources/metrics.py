@@ -1,10 +1,10 @@
-"""GET /metrics: every metric of this process in Prometheus text format (see server/metrics.py)."""
+"""GET /metrics: every metric of this process in Prometheus text format (server/observability/metrics.py)."""
 
 from __future__ import annotations
 
 import falcon
 
-from server.metrics import CONTENT_TYPE, ServerMetrics
+from server.observability.metrics import CONTENT_TYPE, ServerMetrics
 
 
 class MetricsResource:

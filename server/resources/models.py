@@ -1,5 +1,5 @@
 """GET /models: what is loaded, from the manifests (the same metrics export measured), plus what
-only the running process knows: drift scores and the shadow comparison (server/monitoring.py)."""
+only the running process knows: drift scores and the shadow comparison (server/observability/monitoring.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import falcon
 
-from server.responses import finite, send_json
+from server.http.responses import finite, send_json
 from server.runtime import ServerRuntime
 
 

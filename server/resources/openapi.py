@@ -14,12 +14,13 @@ from typing import Any
 import falcon
 
 from server.config import Settings
-from server.responses import dumps
+from server.http.responses import dumps
+from server.inference.loading import ModelSet
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "openapi.json"
 
 
-def build_spec(settings: Settings, models: Any = None) -> dict[str, Any]:
+def build_spec(settings: Settings, models: ModelSet | None = None) -> dict[str, Any]:
     spec = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
     schemas = spec["components"]["schemas"]
     schemas["Text"]["maxLength"] = settings.max_text_chars
@@ -36,7 +37,7 @@ def build_spec(settings: Settings, models: Any = None) -> dict[str, Any]:
 
 
 class OpenAPIResource:
-    def __init__(self, settings: Settings, models: Any = None) -> None:
+    def __init__(self, settings: Settings, models: ModelSet | None = None) -> None:
         self._spec = dumps(build_spec(settings, models))
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:

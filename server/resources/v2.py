@@ -1,44 +1,40 @@
 """Open Inference Protocol (KServe v2) over HTTP/REST, beside the simple JSON API, so that
 standard v2 clients (tritonclient, KServe's InferenceRESTClient, curl scripts) can call the models.
 
-Tensors: every model takes one input `text` (BYTES, shape [n] or [n, 1]: n texts). The
-classifier answers `label` (BYTES [n]) and `probabilities` (FP32 [n, labels], in the bundle's
+The classifier answers `label` (BYTES [n]) and `probabilities` (FP32 [n, labels], in the bundle's
 label order); the language model answers `text` (BYTES [n]: each prompt with its continuation),
 with the /generate fields (n_words, temperature, top_k, top_p, seed, no_unk) as request
-parameters. Triton's binary tensor extension (Inference-Header-Content-Length) is understood in
-both directions, because tritonclient sends and asks for binary data by default. Errors under
-/v2 are `{"error": "..."}` as the protocol says (errors.py shapes them by path).
+parameters. The tensors are read and written by server/http/v2_codec.py; the work is the same
+classify and generate services as /classify and /generate. Errors under /v2 are
+`{"error": "..."}` as the protocol says (server/http/errors.py shapes them by path).
 """
 
 from __future__ import annotations
 
-import math
-import struct
-from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 import falcon
-import numpy as np
 
-from server.batching import classifier_runner
-from server.body import parse_json_object, read_limited
-from server.errors import InvalidRequest
-from server.limits import RequestBudget, request_budget
-from server.responses import dumps, send_json
+from server.http.admission import request_budget
+from server.http.responses import send_json
+from server.http.v2_codec import (
+    TEXT,
+    InferRequest,
+    OutputTensor,
+    parse_infer_request,
+    read_infer_body,
+    write_infer_response,
+)
+from server.inference.generate import GenerationRequest
+from server.inference.guards import RequestBudget
+from server.inference.loading import Model
+from server.resources.generate import parse_request
 from server.runtime import ServerRuntime
-from server.textgen import GenerationRequest, generate_texts
-from server.validation import check_text
 
 SERVER_NAME = "fastai-onnx-serve"
 PLATFORM = "onnxruntime_onnx"
-TEXT = "text"
-BINARY_HEADER = "Inference-Header-Content-Length"
-BINARY_CONTENT_TYPE = "application/octet-stream"
 GENERATION_PARAMETERS = ("n_words", "temperature", "top_k", "top_p", "seed", "no_unk")
-_REQUEST_KEYS = {"id", "parameters", "inputs", "outputs"}
-_INPUT_KEYS = {"name", "shape", "datatype", "parameters", "data"}
-_OUTPUT_KEYS = {"name", "parameters"}
 
 
 def server_version() -> str:
@@ -48,213 +44,24 @@ def server_version() -> str:
         return "unknown"
 
 
-class UnknownModel(falcon.HTTPNotFound):
-    def __init__(self, name: str, version: str | None) -> None:
-        what = f"model '{name}'" + (f" version '{version}'" if version is not None else "")
-        super().__init__(title="Unknown model", description=f"This server has no {what}.")
-
-
-class UnsupportedBody(falcon.HTTPUnsupportedMediaType):
-    def __init__(self, description: str) -> None:
-        super().__init__(title="Unsupported media type", description=description)
-
-
-# ---------------------------------------------------------------------------------- reading
-@dataclass(frozen=True)
-class InferRequest:
-    id: str | None
-    parameters: dict[str, Any]
-    texts: list[str]
-    batch_shape: list[int]
-    outputs: list[tuple[str, bool | None]] | None  # (name, binary_data) or None: all outputs
-
-
-def _int_list(value: Any, where: str) -> list[int]:
-    if not isinstance(value, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in value
-    ):
-        raise InvalidRequest(f"'{where}' must be an array of non-negative integers.")
-    return value
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise InvalidRequest(f"'{where}' must be an object.")
-    return value
-
-
-def _flatten(data: Any, out: list[Any], depth: int = 0) -> None:
-    if depth > 8:
-        raise InvalidRequest("'data' is nested too deeply for a text tensor.")
-    for item in data:
-        if isinstance(item, list):
-            _flatten(item, out, depth + 1)
-        else:
-            out.append(item)
-
-
-def decode_bytes_tensor(raw: bytes, where: str) -> list[str]:
-    """Triton's BYTES serialization: per element a little-endian uint32 length, then the bytes."""
-    texts: list[str] = []
-    offset = 0
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise InvalidRequest(f"binary data of '{where}' ends inside an element length.")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise InvalidRequest(f"binary data of '{where}' is shorter than its element lengths.")
-        try:
-            texts.append(raw[offset : offset + length].decode("utf-8"))
-        except UnicodeDecodeError:
-            raise InvalidRequest(f"an element of '{where}' is not valid UTF-8.") from None
-        offset += length
-    return texts
-
-
-def encode_bytes_tensor(texts: list[str]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in (t.encode("utf-8") for t in texts))
-
-
-def split_binary(raw: bytes, header_value: str | None) -> tuple[bytes, bytes]:
-    """(JSON part, binary part) of a body; without the header it is all JSON."""
-    if header_value is None:
-        return raw, b""
-    try:
-        size = int(header_value.strip())
-    except ValueError:
-        raise InvalidRequest(f"{BINARY_HEADER} must be an integer.") from None
-    if not 0 <= size <= len(raw):
-        raise InvalidRequest(f"{BINARY_HEADER} is {size} but the body has {len(raw)} bytes.")
-    return raw[:size], raw[size:]
-
-
-def parse_infer_request(
-    body: dict[str, Any], binary: bytes, max_texts: int, max_chars: int
-) -> InferRequest:
-    """Validate an $inference_request holding one BYTES input named `text`."""
-    unknown = sorted(set(body) - _REQUEST_KEYS)
-    if unknown:
-        raise InvalidRequest(
-            f"Unknown field(s) {unknown[:5]}; an inference request has {sorted(_REQUEST_KEYS)}."
-        )
-    request_id = body.get("id")
-    if request_id is not None and not isinstance(request_id, str):
-        raise InvalidRequest("'id' must be a string.")
-    parameters = _object(body.get("parameters", {}), "parameters")
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1:
-        raise InvalidRequest(f"'inputs' must be an array with exactly one tensor, '{TEXT}'.")
-    tensor = _object(inputs[0], "inputs[0]")
-    unknown = sorted(set(tensor) - _INPUT_KEYS)
-    if unknown:
-        raise InvalidRequest(f"Unknown field(s) {unknown[:5]} in inputs[0].")
-    if tensor.get("name") != TEXT:
-        raise InvalidRequest(f"The input tensor must be named '{TEXT}'.")
-    if tensor.get("datatype") != "BYTES":
-        raise InvalidRequest(f"Input '{TEXT}' must have datatype BYTES.")
-    shape = _int_list(tensor.get("shape"), "inputs[0].shape")
-    if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-        raise InvalidRequest(f"Input '{TEXT}' must have shape [n] or [n, 1].")
-    input_parameters = _object(tensor.get("parameters", {}), "inputs[0].parameters")
-    binary_size = input_parameters.get("binary_data_size")
-    if binary_size is not None:
-        if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
-            raise InvalidRequest("'binary_data_size' must be a non-negative integer.")
-        if "data" in tensor:
-            raise InvalidRequest(f"Input '{TEXT}' has both 'data' and binary data.")
-        if binary_size != len(binary):
-            raise InvalidRequest(
-                f"Input '{TEXT}' declares {binary_size} bytes of binary data; "
-                f"the body carries {len(binary)}."
-            )
-        elements: list[Any] = decode_bytes_tensor(binary, TEXT)
-    else:
-        if binary:
-            raise InvalidRequest("The body carries binary data that no input declares.")
-        data = tensor.get("data")
-        if not isinstance(data, list):
-            raise InvalidRequest(f"Input '{TEXT}' needs 'data' (an array of strings).")
-        elements = []
-        _flatten(data, elements)
-    count = math.prod(shape)
-    if count != len(elements):
-        raise InvalidRequest(
-            f"Input '{TEXT}' has shape {shape} ({count} elements) but "
-            f"{len(elements)} data elements."
-        )
-    if not 1 <= count <= max_texts:
-        raise InvalidRequest(f"Input '{TEXT}' must hold 1 to {max_texts} texts.")
-    texts = [check_text(item, f"{TEXT}[{index}]", max_chars) for index, item in enumerate(elements)]
-    return InferRequest(request_id, parameters, texts, [shape[0]], _requested_outputs(body))
-
-
-def _requested_outputs(body: dict[str, Any]) -> list[tuple[str, bool | None]] | None:
-    outputs = body.get("outputs")
-    if outputs is None:
-        return None
-    if not isinstance(outputs, list):
-        raise InvalidRequest("'outputs' must be an array.")
-    requested: list[tuple[str, bool | None]] = []
-    for index, item in enumerate(outputs):
-        item = _object(item, f"outputs[{index}]")
-        unknown = sorted(set(item) - _OUTPUT_KEYS)
-        if unknown or not isinstance(item.get("name"), str):
-            raise InvalidRequest(f"outputs[{index}] must be {{name, parameters?}}.")
-        binary = _object(item.get("parameters", {}), f"outputs[{index}].parameters").get(
-            "binary_data"
-        )
-        if binary is not None and not isinstance(binary, bool):
-            raise InvalidRequest(f"outputs[{index}].parameters.binary_data must be a boolean.")
-        requested.append((item["name"], binary))
-    names = [name for name, _ in requested]
-    if len(set(names)) != len(names):
-        raise InvalidRequest("An output is requested twice.")
-    return requested
-
-
-# ---------------------------------------------------------------------------------- writing
-@dataclass(frozen=True)
-class OutputTensor:
-    name: str
-    datatype: str
-    shape: list[int]
-    values: np.ndarray | list[str]
-
-    def json(self, binary: bool) -> tuple[dict[str, Any], bytes]:
-        entry: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
-        if self.datatype == "BYTES":
-            texts = list(self.values)
-            if binary:
-                raw = encode_bytes_tensor(texts)
-                entry["parameters"] = {"binary_data_size": len(raw)}
-                return entry, raw
-            entry["data"] = texts
-            return entry, b""
-        array = np.ascontiguousarray(self.values, dtype="<f4")
-        if binary:
-            raw = array.tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            return entry, raw
-        entry["data"] = [float(v) for v in array.reshape(-1)]
-        return entry, b""
-
-
-def tensor_metadata(model: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def tensor_metadata(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     inputs = [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}]
     if model.manifest.task == "classify":
         outputs = [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(model.labels)]},
+            {
+                "name": "probabilities",
+                "datatype": "FP32",
+                "shape": [-1, len(model.manifest.labels)],
+            },
         ]
     else:
         outputs = [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}]
     return inputs, outputs
 
 
-# ---------------------------------------------------------------------------------- resources
 class V2ServerResource:
-    """GET /v2: server metadata."""
+    """GET /v2 (and /v2/): server metadata."""
 
     def __init__(self) -> None:
         self._body = {"name": SERVER_NAME, "version": server_version(), "extensions": []}
@@ -280,15 +87,12 @@ class V2ReadyResource:
 class V2ModelResource:
     """/v2/models/{name}[/versions/{version}]: metadata (GET), /ready (GET), /infer (POST)."""
 
-    def __init__(self, runtime: ServerRuntime, monitor: Any = None) -> None:
+    def __init__(self, runtime: ServerRuntime) -> None:
         self._runtime = runtime
         self._settings = runtime.settings
-        self._monitor = monitor
 
-    def _model(self, req: falcon.Request, name: str, version: str | None) -> Any:
-        model = self._runtime.models.by_name.get(name)
-        if model is None or (version is not None and version != model.manifest.version):
-            raise UnknownModel(name, version)
+    def _model(self, req: falcon.Request, name: str, version: str | None) -> Model:
+        model = self._runtime.models.named(name, version)
         req.context.model_id = model.manifest.model_id
         return model
 
@@ -321,91 +125,35 @@ class V2ModelResource:
         self, req: falcon.Request, resp: falcon.Response, name: str, version: str | None = None
     ) -> None:
         model = self._model(req, name, version)
-        body, binary = self._read(req)
-        task = model.manifest.task
+        body, binary = read_infer_body(req, self._settings.max_body_bytes)
         settings = self._settings
+        task = model.manifest.task
         limit = settings.max_batch_texts if task == "classify" else settings.max_n_samples
         request = parse_infer_request(body, binary, limit, settings.max_text_chars)
-        binary_default = request.parameters.get("binary_data_output", False)
-        if not isinstance(binary_default, bool):
-            raise InvalidRequest("'parameters.binary_data_output' must be a boolean.")
-        budget = request_budget(req)  # the admission gate's deadline (server/limits.py)
+        budget = request_budget(req)  # the admission gate's deadline (server/http/admission.py)
         budget.check()
         if task == "classify":
-            tensors = self._classify(model, request, budget)
+            tensors = self._classify(name, request, budget)
         else:
-            tensors = self._generate(model, request, budget)
-        by_name = {tensor.name: tensor for tensor in tensors}
-        wanted = request.outputs or [(tensor.name, None) for tensor in tensors]
-        entries: list[dict[str, Any]] = []
-        chunks: list[bytes] = []
-        for output_name, binary_flag in wanted:
-            if output_name not in by_name:
-                raise InvalidRequest(
-                    f"Model '{name}' has no output '{output_name}' (it has {sorted(by_name)})."
-                )
-            entry, raw = by_name[output_name].json(
-                binary_default if binary_flag is None else binary_flag
-            )
-            entries.append(entry)
-            chunks.append(raw)
-        answer: dict[str, Any] = {"model_name": name, "model_version": model.manifest.version}
-        if request.id is not None:
-            answer["id"] = request.id
-        answer["outputs"] = entries
-        head = dumps(answer)
-        if any(chunks):
-            resp.content_type = BINARY_CONTENT_TYPE
-            resp.set_header(BINARY_HEADER, str(len(head)))
-            resp.data = head + b"".join(chunks)
-        else:
-            resp.content_type = falcon.MEDIA_JSON
-            resp.data = head
-
-    def _read(self, req: falcon.Request) -> tuple[dict[str, Any], bytes]:
-        content_type = (req.content_type or "").split(";")[0].strip().lower()
-        if content_type not in ("", "application/json", BINARY_CONTENT_TYPE):
-            raise UnsupportedBody(
-                "Send the inference request as application/json (or "
-                "application/octet-stream with the binary extension)."
-            )
-        encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
-        if encoding != "identity":
-            raise UnsupportedBody(f"Content-Encoding '{encoding[:40]}' is not supported.")
-        declared = req.content_length
-        stream = req.bounded_stream if declared is not None else req.stream
-        raw = read_limited(stream, declared, self._settings.max_body_bytes)
-        json_part, binary = split_binary(raw, req.get_header(BINARY_HEADER))
-        return parse_json_object(json_part), binary
+            tensors = self._generate(name, request, budget)
+        head = {"model_name": name, "model_version": model.manifest.version}
+        write_infer_response(resp, head, tensors, request)
 
     def _classify(
-        self, model: Any, request: InferRequest, budget: RequestBudget
+        self, name: str, request: InferRequest, budget: RequestBudget
     ) -> list[OutputTensor]:
-        """The same path as /classify: micro-batched with concurrent requests when it is on,
-        stopped at the deadline."""
-        ids = [model.tokenizer.encode(text) for text in request.texts]
-        batcher = self._runtime.classify_batcher
-        if batcher is not None:
-            probabilities = batcher.predict(ids, budget)
-        else:
-            probabilities = classifier_runner(model, self._runtime.settings.classify_max_tokens)(
-                ids, budget.deadline, budget.timeout_s
-            )
-        labels = list(model.labels)
-        if self._monitor is not None:
-            self._monitor.classified(request.texts, labels, probabilities)
-        predicted = [labels[int(i)] for i in probabilities.argmax(axis=1)]
+        result = self._runtime.classify.classify(request.texts, budget, name)
+        labels = list(result.model.labels)
+        predicted = [labels[int(i)] for i in result.probabilities.argmax(axis=1)]
         n = request.batch_shape[0]
         return [
             OutputTensor("label", "BYTES", [n], predicted),
-            OutputTensor("probabilities", "FP32", [n, len(labels)], probabilities),
+            OutputTensor("probabilities", "FP32", [n, len(labels)], result.probabilities),
         ]
 
     def _generate(
-        self, model: Any, request: InferRequest, budget: RequestBudget
+        self, name: str, request: InferRequest, budget: RequestBudget
     ) -> list[OutputTensor]:
-        from server.resources.generate import parse_request
-
         fields = {
             key: request.parameters[key]
             for key in GENERATION_PARAMETERS
@@ -417,18 +165,19 @@ class V2ModelResource:
             single = GenerationRequest(
                 generation.prompt, generation.n_words, 1, generation.sampling, generation.seed
             )
-            samples.extend(generate_texts(model, single, budget.check))
-            if self._monitor is not None:
-                self._monitor.generated(model.manifest.model_id, generation.n_words)
+            samples.extend(self._runtime.generate.generate(single, budget, name)[1])
         return [OutputTensor(TEXT, "BYTES", [len(samples)], samples)]
 
 
 def add_v2_routes(app: falcon.App, runtime: ServerRuntime) -> None:
-    """Every v2 route, with and without the optional /versions/{version} part."""
-    app.add_route("/v2", V2ServerResource())
+    """Every v2 route, with and without the optional /versions/{version} part. Server metadata
+    answers at /v2 and at /v2/ alike (clients use both spellings)."""
+    metadata_resource = V2ServerResource()
+    app.add_route("/v2", metadata_resource)
+    app.add_route("/v2/", metadata_resource, suffix=None)
     app.add_route("/v2/health/live", V2LiveResource())
     app.add_route("/v2/health/ready", V2ReadyResource(runtime))
-    model = V2ModelResource(runtime, runtime.monitoring)
+    model = V2ModelResource(runtime)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.add_route(prefix, model)
         app.add_route(prefix + "/ready", model, suffix="ready")

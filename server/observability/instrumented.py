@@ -19,8 +19,8 @@ import numpy as np
 
 from bundle import ClassifierModel, LanguageModel
 from bundle.runtime import State
-from server.drift import DriftMonitor, Observation
-from server.metrics import ServerMetrics
+from server.observability.drift import DriftMonitor, Observation
+from server.observability.metrics import ServerMetrics
 
 _local = threading.local()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -62,7 +61,3 @@ def seconds_since_exec(pid: int | None = None) -> float | None:
         return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 3)
     except (OSError, ValueError, IndexError):
         return None
-
-
-def monotonic_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 1)

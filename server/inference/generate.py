@@ -1,20 +1,36 @@
-"""Prompt in, readable samples out: the bundle's tokenizer around `generation.generate_ids`.
+"""The generate service: prompt in, readable samples out (the bundle's tokenizer around
+`sampling.generate_ids`), whole or as a stream of pieces.
 
-Kept apart from the HTTP resource so the demo page and /generate share one code path.
+Kept apart from the HTTP resources so /generate, v2 infer and the demo page share one code path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from server.generation import SamplingParams, generate_ids, make_rng
+from bundle import LanguageModel
+from bundle.tokenizer import Tokenizer
+from server.inference.guards import RequestBudget
+from server.inference.loading import ModelSet
+from server.inference.sampling import SamplingParams, StepModel, generate_ids, make_rng
 
-if TYPE_CHECKING:
-    from bundle import LanguageModel
+
+class GenerativeModel(StepModel, Protocol):
+    """What generation needs from a language model (bundle.LanguageModel, or a wrapper of one
+    such as the instrumented model or a benchmark's timed stand-in)."""
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    def bos_id(self) -> int: ...
+
+    @property
+    def unk_id(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +50,7 @@ class Piece:
     text: str
 
 
-def prompt_ids(model: LanguageModel, prompt: str) -> list[int]:
+def prompt_ids(model: GenerativeModel, prompt: str) -> list[int]:
     """fastai's predict feeds the prompt as a document: it starts with xxbos."""
     ids = [int(i) for i in model.tokenizer.encode(prompt)]
     if not ids or ids[0] != model.bos_id:
@@ -43,7 +59,7 @@ def prompt_ids(model: LanguageModel, prompt: str) -> list[int]:
 
 
 def _token_steps(
-    model: LanguageModel, request: GenerationRequest, prompt: list[int]
+    model: GenerativeModel, request: GenerationRequest, prompt: list[int]
 ) -> Iterator[np.ndarray]:
     return generate_ids(
         model,
@@ -64,7 +80,7 @@ def join_prompt(prompt: str, continuation: str) -> str:
 
 
 def stream_pieces(
-    model: LanguageModel,
+    model: GenerativeModel,
     request: GenerationRequest,
     samples_out: list[str],
     check: Callable[[], None] | None = None,
@@ -75,7 +91,7 @@ def stream_pieces(
     capitalisation of the first new word are right; what the prompt itself decodes to is not
     re-sent. A sample is the prompt *as sent* followed by its continuation: decoding the prompt's
     ids instead would drop its out-of-vocabulary words (xxunk is never shown). `check` runs
-    before every step and raises to stop the work (the request's deadline, server/limits.py).
+    before every step and raises to stop the work (the request's deadline, server/inference/guards.py).
     """
     prompt = prompt_ids(model, request.prompt)
     prompt_tokens = model.tokenizer.ids_to_tokens(prompt)
@@ -103,10 +119,52 @@ def stream_pieces(
 
 
 def generate_texts(
-    model: LanguageModel, request: GenerationRequest, check: Callable[[], None] | None = None
+    model: GenerativeModel, request: GenerationRequest, check: Callable[[], None] | None = None
 ) -> list[str]:
     """The samples in one piece: the streaming path, drained (so both answers are identical)."""
     samples: list[str] = []
     for _ in stream_pieces(model, request, samples, check):
         pass
     return samples
+
+
+# After each finished generation: (model id, tokens sampled), e.g. a metrics counter.
+GenerateListener = Callable[[str, int], None]
+
+
+class GenerateService:
+    """The one generate path of /generate, v2 infer and the demo page: picks the named (or
+    default) language model, runs within the request's budget, tells listeners when done."""
+
+    def __init__(self, models: ModelSet) -> None:
+        self.models = models
+        self.listeners: list[GenerateListener] = []
+
+    def generate(
+        self, request: GenerationRequest, budget: RequestBudget, model_name: str | None = None
+    ) -> tuple[LanguageModel, list[str]]:
+        model = self.models.language_model(model_name)
+        samples = generate_texts(model, request, budget.check)
+        self._done(model, request)
+        return model, samples
+
+    def stream(
+        self,
+        request: GenerationRequest,
+        budget: RequestBudget,
+        samples_out: list[str],
+        model_name: str | None = None,
+    ) -> tuple[LanguageModel, Iterator[Piece]]:
+        """The model (picked now: an unknown name fails before any byte is sent) and the
+        pieces; `samples_out` holds the whole samples once the iterator is exhausted."""
+        model = self.models.language_model(model_name)
+
+        def pieces() -> Iterator[Piece]:
+            yield from stream_pieces(model, request, samples_out, budget.check)
+            self._done(model, request)
+
+        return model, pieces()
+
+    def _done(self, model: LanguageModel, request: GenerationRequest) -> None:
+        for listener in self.listeners:
+            listener(model.manifest.model_id, request.n_words * request.n_samples)

@@ -14,7 +14,7 @@ import hmac
 
 import falcon
 
-from server.errors import Unauthorized
+from server.http.errors import Unauthorized
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
 _SCHEME = "bearer"

@@ -13,7 +13,7 @@ from typing import Any
 
 import falcon
 
-from server.errors import BodyTooLarge, MalformedJSON, NotJSON, UnreadableBody
+from server.http.errors import BodyTooLarge, MalformedJSON, NotJSON, UnreadableBody
 
 _READ_CHUNK = 64 * 1024
 

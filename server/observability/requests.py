@@ -1,6 +1,5 @@
-"""What the server tells its operators: request metrics and logs (a Falcon middleware), the
-instrumented models, drift monitors and the optional shadow candidate, built once per process
-(`ServerRuntime.monitoring`); `GET /metrics` renders them, `GET /models` adds drift and shadow.
+"""Request metrics and logs, as the first Falcon middleware: counts, latency, in-flight gauge and
+one JSON log line per request (severity, request id, latency, model; never the request's text).
 """
 
 from __future__ import annotations
@@ -14,10 +13,7 @@ from typing import Any
 
 import falcon
 
-from server.config import Settings
-from server.drift import DriftMonitor
-from server.metrics import ServerMetrics
-from server.runtime import LoadedModels
+from server.observability.metrics import ServerMetrics
 
 request_log = logging.getLogger("server.requests")
 
@@ -160,125 +156,3 @@ class RequestMonitor:
         if req.context.trace_id:
             entry["trace_id"] = req.context.trace_id
         request_log.log(level, "request", extra=entry)
-
-
-class Monitoring:
-    """Metrics registry, observed models, drift monitors and the shadow candidate of one process.
-
-    Built by ServerRuntime before anything else takes a reference to the models (the
-    micro-batcher does), so every model call in the process is measured.
-    """
-
-    def __init__(self, settings: Settings, models: LoadedModels) -> None:
-        from server.observed import ObservedClassifier, ObservedLanguageModel
-
-        self.settings = settings
-        self.metrics = ServerMetrics()
-        self.drift: dict[str, DriftMonitor] = {}
-        self._watched: set[int] = set()
-        by_name: dict[str, Any] = {}
-        classifier = language_model = None
-        for name, model in models.by_name.items():
-            manifest = model.manifest
-            self.metrics.model_info.set(
-                1, model=manifest.model_id, version=manifest.version, task=manifest.task
-            )
-            if model is models.classifier:
-                drift = DriftMonitor.for_manifest(
-                    manifest, settings.drift_window, settings.drift_min_documents
-                )
-                if drift is not None:
-                    self.drift[name] = drift
-                by_name[name] = classifier = ObservedClassifier(model, self.metrics, drift)
-            elif model is models.language_model:
-                by_name[name] = language_model = ObservedLanguageModel(model, self.metrics)
-            else:
-                by_name[name] = model
-        self.models = LoadedModels(by_name, classifier, language_model)
-        self.metrics.registry.callback(
-            "drift_psi",
-            "Population stability index of live traffic (last DRIFT_WINDOW texts) "
-            "against the bundle's reference_stats; absent until DRIFT_MIN_DOCUMENTS texts.",
-            ("model", "statistic"),
-            self._drift_samples,
-        )
-        self.metrics.registry.callback(
-            "drift_window_documents",
-            "Texts in the drift window.",
-            ("model",),
-            lambda: [({"model": d.model_id}, float(d.documents())) for d in self.drift.values()],
-        )
-        self.shadow = self._load_shadow(settings, classifier)
-        route_models = {}
-        if classifier is not None:
-            route_models["/classify"] = classifier.manifest.model_id
-        if language_model is not None:
-            route_models["/generate"] = language_model.manifest.model_id
-            route_models["/"] = language_model.manifest.model_id
-        self.middleware = RequestMonitor(self.metrics, route_models, settings.request_log)
-
-    def _load_shadow(self, settings: Settings, primary: Any) -> Any:
-        if settings.shadow_model_dir is None:
-            return None
-        from server.shadow import ShadowConfigError, ShadowRunner, load_candidate
-
-        if primary is None:
-            raise ShadowConfigError(
-                "SHADOW_MODEL_DIR is set but MODEL_DIR has no classifier "
-                "to compare the candidate with"
-            )
-        candidate = load_candidate(
-            settings.shadow_model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
-        )
-        logging.getLogger("server.shadow").info(
-            "shadow candidate loaded",
-            extra={
-                "candidate": candidate.manifest.model_id,
-                "primary": primary.manifest.model_id,
-                "fraction": settings.shadow_fraction,
-            },
-        )
-        return ShadowRunner(
-            candidate, settings.shadow_fraction, settings.shadow_queue, self.metrics
-        )
-
-    def _drift_samples(self) -> list[tuple[dict[str, str], float]]:
-        samples = []
-        for drift in self.drift.values():
-            for statistic, score in drift.scores().items():
-                if score is not None:
-                    samples.append(({"model": drift.model_id, "statistic": statistic}, score))
-        return samples
-
-    def watch_batcher(self, batcher: Any) -> None:
-        """Count how many requests each micro-batched call served (server/batching.py)."""
-        classifier = self.models.classifier
-        if batcher is None or classifier is None or id(batcher) in self._watched:
-            return
-        self._watched.add(id(batcher))
-        model_id = classifier.manifest.model_id
-        batcher.observers.append(
-            lambda requests, texts, seconds: self.metrics.coalesced_requests.observe(
-                requests, model=model_id
-            )
-        )
-
-    # ------------------------------------------------------------------ hooks for resources
-    def classified(self, texts: list[str], labels: list[str], probabilities: Any) -> None:
-        """After a classification was computed: hand it to the shadow candidate (if any)."""
-        if self.shadow is not None:
-            self.shadow.submit(texts, labels, probabilities)
-
-    def generated(self, model_id: str, tokens: int) -> None:
-        self.metrics.generated_tokens.inc(tokens, model=model_id)
-
-    def model_status(self, name: str) -> dict[str, Any]:
-        """Live additions to a model's entry in GET /models: drift scores, shadow comparison."""
-        status: dict[str, Any] = {}
-        drift = self.drift.get(name)
-        if drift is not None:
-            status["drift"] = drift.summary()
-        classifier = self.models.classifier
-        if self.shadow is not None and classifier is not None and name == classifier.manifest.name:
-            status["shadow"] = self.shadow.summary()
-        return status

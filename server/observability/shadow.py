@@ -5,7 +5,7 @@ Why this shape: the primary answer must never wait for, or be changed by, the ca
 request only puts its texts and the primary's probabilities on a bounded queue (microseconds);
 one background thread, at the lowest CPU priority, runs the candidate. When the candidate cannot
 keep up, jobs are dropped and counted, never queued without bound. The primary's slowdown is
-measured in tests/test_monitoring_shadow.py and reported in docs/monitoring.md.
+measured in tests/test_server_shadow.py and reported in docs/monitoring.md.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from bundle import ClassifierModel, load_bundle
-from server.metrics import LATENCY_BUCKETS, ServerMetrics
-from server.runtime import ModelDirError
+from server.inference.loading import ModelDirError
+from server.observability.metrics import LATENCY_BUCKETS, ServerMetrics
 
 log = logging.getLogger("server.shadow")
 

@@ -14,18 +14,28 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-from server.runtime import ServerRuntime
+from server.http.admission import AdmissionGate
 
 log = logging.getLogger("server.shutdown")
+
+
+class Drainable(Protocol):
+    """What a drain changes: the readiness probe's answer and the admission gate."""
+
+    @property
+    def admission(self) -> AdmissionGate: ...
+
+    def begin_draining(self) -> bool: ...
+
 
 ANSWER_MARGIN_S = 1.0  # time left after the cut deadline to write the 504 and exit
 
 
-def begin_drain(runtime: ServerRuntime, grace_s: float) -> None:
+def begin_drain(runtime: Drainable, grace_s: float) -> None:
     """Readiness to 503, admit no more, and every deadline within `grace_s - ANSWER_MARGIN_S`."""
-    runtime.readiness.begin_draining()
+    runtime.begin_draining()
     until = time.monotonic() + max(grace_s - ANSWER_MARGIN_S, 0.0)
     cut = runtime.admission.close(until)
     log.info(
@@ -34,7 +44,7 @@ def begin_drain(runtime: ServerRuntime, grace_s: float) -> None:
     )
 
 
-def install_sigterm_drain(worker: Any, runtime: ServerRuntime) -> None:
+def install_sigterm_drain(worker: Any, runtime: Drainable) -> None:
     """Run `begin_drain` before gunicorn's own SIGTERM handling in this worker."""
     gunicorn_handler: Callable[[int, Any], None] = worker.handle_exit
 

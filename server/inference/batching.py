@@ -22,15 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import DeadlineExceeded
-from server.limits import RequestBudget
+from server.inference.errors import BatchFailed, DeadlineExceeded
+from server.inference.guards import RequestBudget
 
 # run_batch(ids, deadline, timeout_s) -> probabilities, one row per sequence
 RunBatch = Callable[[Sequence[Sequence[int]], float, float], np.ndarray]
 BatchObserver = Callable[[int, int, float], None]  # (requests, texts, seconds) per call
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = "queued", "running", "done", "abandoned"
-DEFAULT_MAX_TOKENS = 4096  # CLASSIFY_MAX_TOKENS
 
 
 class _Job:
@@ -44,10 +43,6 @@ class _Job:
         self.promoted = False
         self.result: np.ndarray | None = None
         self.error: BaseException | None = None
-
-
-class BatchFailed(RuntimeError):
-    """The shared onnxruntime call failed; each request of it gets its own copy (-> 500)."""
 
 
 class ClassifyBatcher:
@@ -202,26 +197,3 @@ def token_runs(ids: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]
         else:
             runs.append([i])
     return runs
-
-
-def classifier_runner(model: Any, max_tokens: int = DEFAULT_MAX_TOKENS) -> RunBatch:
-    """`run_batch` for a bundle.ClassifierModel: onnxruntime calls of at most `max_tokens` padded
-    tokens (a run's activation memory grows with rows x length), each once one of the process's
-    CLASSIFY_RUNS slots is free, all stopped at the deadline (server/limits.py)."""
-    from server.limits import CLASSIFY_RUNS, RUN_DEADLINES
-
-    def run(ids: Sequence[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
-        out: np.ndarray | None = None
-        for rows in token_runs(ids, max_tokens):
-            with (
-                CLASSIFY_RUNS.hold(deadline, timeout_s),
-                RUN_DEADLINES.guard(deadline, timeout_s) as options,
-            ):
-                probs = model.predict_ids([ids[i] for i in rows], run_options=options)
-            if out is None:
-                out = np.empty((len(ids), probs.shape[1]), dtype=probs.dtype)
-            out[rows] = probs
-        assert out is not None, "no sequences to classify"
-        return out
-
-    return run

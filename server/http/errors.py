@@ -1,8 +1,10 @@
 """The one place where failures become HTTP answers.
 
-Every error a client sees is JSON `{"title": ..., "description": ...}`. Client mistakes are raised
-as the `falcon.HTTPError` subclasses below; anything else is a bug in us, so the catch-all logs
-the traceback and answers a bland 500 that never contains it.
+Every error a client sees is JSON `{"title": ..., "description": ...}` (under /v2 the protocol's
+`{"error": ...}`). Client mistakes found at the HTTP edge are raised as the `falcon.HTTPError`
+subclasses below; the inference wing raises plain exceptions (server/inference/errors.py) that
+`http_error` maps here; anything else is a bug in us, so the catch-all logs the traceback and
+answers a bland 500 that never contains it.
 """
 
 from __future__ import annotations
@@ -13,11 +15,15 @@ from typing import Any
 
 import falcon
 
-log = logging.getLogger("server.errors")
+from server.inference.errors import (
+    BatchFailed,
+    DeadlineExceeded,
+    InferenceError,
+    NoModelForTask,
+    UnknownModel,
+)
 
-# One status for every invalid-input case (bad JSON, wrong type, missing/unknown field, empty
-# text, out-of-range value), so clients need one rule: 400 means "fix the request".
-INVALID_INPUT_STATUS = falcon.HTTP_400
+log = logging.getLogger("server.errors")
 
 
 class InvalidRequest(falcon.HTTPBadRequest):
@@ -64,13 +70,6 @@ class NotJSON(falcon.HTTPUnsupportedMediaType):
         )
 
 
-class NoModelForTask(falcon.HTTPNotFound):
-    """This deployment's MODEL_DIR has no bundle for the endpoint's task."""
-
-    def __init__(self, task: str) -> None:
-        super().__init__(title="No model", description=f"This server has no '{task}' model loaded.")
-
-
 class NotReady(falcon.HTTPServiceUnavailable):
     """Readiness probe answer while loading, warming up or draining."""
 
@@ -103,15 +102,11 @@ class ShuttingDown(falcon.HTTPServiceUnavailable):
         )
 
 
-class DeadlineExceeded(falcon.HTTPGatewayTimeout):
-    """The request's work ran past REQUEST_TIMEOUT_S and was stopped."""
+class UnsupportedBody(falcon.HTTPUnsupportedMediaType):
+    """A body in a media type or content coding the route does not speak."""
 
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(
-            title="Deadline exceeded",
-            description=f"The request did not finish within {timeout_s:g} s "
-            "(REQUEST_TIMEOUT_S); its work was stopped.",
-        )
+    def __init__(self, description: str) -> None:
+        super().__init__(title="Unsupported media type", description=description)
 
 
 class Unauthorized(falcon.HTTPUnauthorized):
@@ -123,6 +118,29 @@ class Unauthorized(falcon.HTTPUnauthorized):
             description="Send 'Authorization: Bearer <token>'.",
             challenges=['Bearer realm="fastai-onnx-serve"'],
         )
+
+
+def http_error(exc: InferenceError) -> falcon.HTTPError:
+    """The HTTP answer for a failure of model work (the only such mapping in the server)."""
+    if isinstance(exc, DeadlineExceeded):
+        return falcon.HTTPGatewayTimeout(
+            title="Deadline exceeded",
+            description=f"The request did not finish within {exc.timeout_s:g} s "
+            "(REQUEST_TIMEOUT_S); its work was stopped.",
+        )
+    if isinstance(exc, UnknownModel):
+        return falcon.HTTPNotFound(title="Unknown model", description=str(exc))
+    if isinstance(exc, NoModelForTask):
+        return falcon.HTTPNotFound(title="No model", description=str(exc))
+    if isinstance(exc, BatchFailed):
+        log.error("a coalesced classify call failed", exc_info=exc.__cause__ or exc)
+        return falcon.HTTPInternalServerError(
+            title="Internal server error", description=_DEFAULT_DESCRIPTIONS[500]
+        )
+    log.error("unmapped inference error", exc_info=exc)
+    return falcon.HTTPInternalServerError(
+        title="Internal server error", description=_DEFAULT_DESCRIPTIONS[500]
+    )
 
 
 _DEFAULT_DESCRIPTIONS = {
@@ -168,7 +186,18 @@ def handle_unexpected(
     resp.data = error_body_for(req, "Internal server error", _DEFAULT_DESCRIPTIONS[500])
 
 
+def handle_inference_error(
+    req: falcon.Request, resp: falcon.Response, ex: InferenceError, params: dict[str, Any]
+) -> None:
+    """Model work failed: answer as `http_error` says, through the same serializer."""
+    error = http_error(ex)
+    resp.status = error.status
+    serialize_error(req, resp, error)
+
+
 def install(app: falcon.App) -> None:
-    """Wire the serializer and the catch-all into an app (HTTPError keeps its own handler)."""
+    """Wire the serializer, the inference mapping and the catch-all into an app (HTTPError keeps
+    its own handler; Falcon picks the most specific handler of a raised exception)."""
     app.set_error_serializer(serialize_error)
     app.add_error_handler(Exception, handle_unexpected)
+    app.add_error_handler(InferenceError, handle_inference_error)

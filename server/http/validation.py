@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from server.errors import InvalidRequest
+from server.http.errors import InvalidRequest
 
 _MISSING = object()
 

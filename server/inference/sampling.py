@@ -1,4 +1,4 @@
-"""Text generation with fastai `LMLearner.predict` semantics, in numpy, with the state carried.
+"""Next-token sampling with fastai `LMLearner.predict` semantics, in numpy, the state carried.
 
 fastai re-feeds the whole sequence for each new token and samples from
 `softmax(logits) ** (1 / temperature)` with xxunk zeroed (`no_unk`). Here the prompt is encoded

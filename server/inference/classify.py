@@ -1,0 +1,96 @@
+"""The one classify path, used by /classify, by v2 infer and by the demo page: token ids ->
+probabilities through the micro-batcher (or straight runs), bounded by CLASSIFY_RUNS and
+CLASSIFY_MAX_TOKENS, stopped at the request's deadline.
+
+The resources only parse the request and write the answer (the dataplane pattern of KServe's
+`protocol/dataplane.py`); everything between is here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bundle import ClassifierModel
+from server.inference.batching import ClassifyBatcher, RunBatch, token_runs
+from server.inference.guards import CLASSIFY_RUNS, RUN_DEADLINES, RequestBudget
+from server.inference.loading import ModelSet
+
+# After each classification: (model, texts, probabilities), e.g. the shadow candidate's queue.
+ClassifyListener = Callable[[ClassifierModel, list[str], np.ndarray], None]
+
+
+def classifier_runner(model: ClassifierModel, max_tokens: int) -> RunBatch:
+    """`run_batch` for one classifier: onnxruntime calls of at most `max_tokens` padded tokens
+    (a run's activation memory grows with rows x length), each once one of the process's
+    CLASSIFY_RUNS slots is free, all stopped at the deadline (server/inference/guards.py)."""
+
+    def run(ids: Sequence[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
+        out: np.ndarray | None = None
+        for rows in token_runs(ids, max_tokens):
+            with (
+                CLASSIFY_RUNS.hold(deadline, timeout_s),
+                RUN_DEADLINES.guard(deadline, timeout_s) as options,
+            ):
+                probs = model.predict_ids([ids[i] for i in rows], run_options=options)
+            if out is None:
+                out = np.empty((len(ids), probs.shape[1]), dtype=probs.dtype)
+            out[rows] = probs
+        assert out is not None, "no sequences to classify"
+        return out
+
+    return run
+
+
+@dataclass(frozen=True)
+class Classification:
+    """What one request's texts became: which model answered and one probability row per text."""
+
+    model: ClassifierModel
+    texts: list[str]
+    probabilities: np.ndarray
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """MICROBATCH, MICROBATCH_MAX_TEXTS, MICROBATCH_WAIT_MS and CLASSIFY_MAX_TOKENS."""
+
+    microbatch: bool
+    max_texts: int
+    wait_s: float
+    max_tokens: int
+
+
+class ClassifyService:
+    """One run path per classifier (a micro-batcher each when MICROBATCH is on)."""
+
+    def __init__(self, models: ModelSet, batching: BatchingConfig) -> None:
+        self.models = models
+        self.listeners: list[ClassifyListener] = []
+        self.batchers: dict[str, ClassifyBatcher] = {}
+        self._runs: dict[str, RunBatch] = {}
+        for name, model in models.classifiers.items():
+            run = classifier_runner(model, batching.max_tokens)
+            if batching.microbatch:
+                self.batchers[name] = ClassifyBatcher(run, batching.max_texts, batching.wait_s)
+            else:
+                self._runs[name] = run
+
+    def classify(
+        self, texts: list[str], budget: RequestBudget, model_name: str | None = None
+    ) -> Classification:
+        """Probabilities for `texts` from the named (or default) classifier."""
+        model = self.models.classifier(model_name)
+        ids = [model.tokenizer.encode(text) for text in texts]
+        budget.check()
+        name = model.manifest.name
+        batcher = self.batchers.get(name)
+        if batcher is not None:
+            probabilities = batcher.predict(ids, budget)
+        else:
+            probabilities = self._runs[name](ids, budget.deadline, budget.timeout_s)
+        for listener in self.listeners:
+            listener(model, texts, probabilities)
+        return Classification(model, texts, probabilities)

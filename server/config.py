@@ -1,21 +1,25 @@
-"""Every tunable of the server, read once from the environment into one frozen `Settings`.
+"""Every tunable of the server, declared once: each `Settings` field carries its env var, parser,
+default and documentation, and everything else derives from it.
 
-Why one table: operators configure Cloud Run with env vars only, so each knob must have a name,
-a default, a range and a line in docs/configuration.md. `ENV_VARS` is that table; a test checks
-the doc lists exactly these names, so the two cannot drift apart.
+Why one declaration: operators configure Cloud Run with env vars only, so each knob needs a name,
+a default, a range and a line in docs/configuration.md. `ENV_VARS` (the table that parses and
+validates) and the table in docs/configuration.md (`python -m server.config` prints it; a test
+fails when the page differs) are read off the fields below, so none of them can drift apart.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -28,334 +32,385 @@ def default_model_dir() -> Path:
     return shipped if shipped.is_dir() else Path.cwd() / "models"
 
 
-@dataclass(frozen=True)
-class EnvVar:
-    """One row of the configuration table: env name, Settings field, parser and documentation."""
+class Parser(Generic[T]):
+    """Text of an env var -> value (ValueError with the reason); `allowed` words the range."""
 
-    name: str
-    field: str
-    parse: Callable[[str], Any]
-    default: Any
-    doc: str
+    allowed = ""
+
+    def __call__(self, raw: str) -> T:
+        raise NotImplementedError
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+class IntIn(Parser[int]):
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self.allowed = f"{low}-{high}"
+
+    def __call__(self, raw: str) -> int:
         try:
             value = int(raw.strip())
         except ValueError:
             raise ValueError("must be an integer") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}")
+        if not self.low <= value <= self.high:
+            raise ValueError(f"must be between {self.low} and {self.high}")
         return value
 
-    return parse
 
+class FloatIn(Parser[float]):
+    def __init__(self, low: float, high: float) -> None:
+        self.low, self.high = low, high
+        self.allowed = f"{low:g}-{high:g}"
 
-def _float_in(low: float, high: float) -> Callable[[str], float]:
-    def parse(raw: str) -> float:
+    def __call__(self, raw: str) -> float:
         try:
             value = float(raw.strip())
         except ValueError:
             raise ValueError("must be a number") from None
-        if not low <= value <= high:  # also rejects nan
-            raise ValueError(f"must be between {low} and {high}")
+        if not self.low <= value <= self.high:  # also rejects nan
+            raise ValueError(f"must be between {self.low} and {self.high}")
         return value
 
-    return parse
+
+class Bool(Parser[bool]):
+    allowed = "true/false, 1/0, yes/no, on/off"
+
+    def __call__(self, raw: str) -> bool:
+        text = raw.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
 
 
-def _bool(raw: str) -> bool:
-    text = raw.strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
+BOOL = Bool()
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
+class Choice(Parser[str]):
+    def __init__(self, options: tuple[str, ...]) -> None:
+        self.options = options
+        self.allowed = ", ".join(options)
+
+    def __call__(self, raw: str) -> str:
         value = raw.strip().lower()
-        if value not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
+        if value not in self.options:
+            raise ValueError(f"must be one of {', '.join(self.options)}")
         return value
 
-    return parse
+
+class Host(Parser[str]):
+    allowed = "host or address"
+
+    def __call__(self, raw: str) -> str:
+        value = raw.strip()
+        if not value or any(ch.isspace() for ch in value):
+            raise ValueError("must be a non-empty host name or address")
+        return value
 
 
-def _host(raw: str) -> str:
-    value = raw.strip()
-    if not value or any(ch.isspace() for ch in value):
-        raise ValueError("must be a non-empty host name or address")
-    return value
+class Sha256Hex(Parser["str | None"]):
+    allowed = "empty or 64 hex digits"
+
+    def __call__(self, raw: str) -> str | None:
+        value = raw.strip().lower()
+        if not value:
+            return None
+        if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+            raise ValueError("must be empty or 64 hex digits (the sha256 of the token)")
+        return value
 
 
-def _sha256_hex(raw: str) -> str | None:
-    value = raw.strip().lower()
-    if not value:
-        return None
-    if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
-        raise ValueError("must be empty or 64 hex digits (the sha256 of the token)")
-    return value
+class PathParser(Parser[Path]):
+    allowed = "directory"
+
+    def __call__(self, raw: str) -> Path:
+        if not raw.strip():
+            raise ValueError("must not be empty")
+        return Path(raw.strip()).expanduser()
 
 
-def _path(raw: str) -> Path:
-    if not raw.strip():
-        raise ValueError("must not be empty")
-    return Path(raw.strip()).expanduser()
-
-
-def _optional_path(raw: str) -> Path | None:
+class OptionalPath(Parser["Path | None"]):
     """Empty means "off" (e.g. no shadow model)."""
-    return Path(raw.strip()).expanduser() if raw.strip() else None
+
+    allowed = "empty or directory"
+
+    def __call__(self, raw: str) -> Path | None:
+        return Path(raw.strip()).expanduser() if raw.strip() else None
+
+
+class OptionalName(Parser["str | None"]):
+    """A bundle name (manifest `name`); empty means "not set"."""
+
+    allowed = "empty or a bundle name"
+
+    def __call__(self, raw: str) -> str | None:
+        value = raw.strip()
+        if value and any(ch.isspace() or ch == "/" for ch in value):
+            raise ValueError("must be a bundle name (no spaces or slashes)")
+        return value or None
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """One row of the configuration table: env name, Settings field, parser, default, doc."""
+
+    name: str
+    field: str
+    parse: Parser[Any]
+    default: Any
+    doc: str
+
+    def default_text(self) -> str:
+        """The default as docs/configuration.md shows it."""
+        if self.field == "model_dir":
+            return "repo `models/`"
+        if self.default is None:
+            return "`none`"
+        if isinstance(self.default, bool):
+            return f"`{str(self.default).lower()}`"
+        return f"`{self.default}`"
+
+
+def env(name: str, parse: Parser[Any], doc: str, default: Any = None) -> dict[str, EnvVar]:
+    """A field's metadata: the env var that sets it (its field name is filled in below)."""
+    return {"env": EnvVar(name, "", parse, default, doc)}
+
+
+def setting(name: str, parse: Parser[T], default: T, doc: str) -> T:
+    """A Settings field set by env var `name` (typed as its value, for the type checker)."""
+    made: Any = field(default=default, metadata=env(name, parse, doc, default))
+    return made
 
 
 # Never echoed in errors or logs: an operator may paste the token where its hash belongs.
 SECRET_VARS = frozenset({"AUTH_TOKEN_HASH"})
-
-ENV_VARS: tuple[EnvVar, ...] = (
-    EnvVar("HOST", "host", _host, "0.0.0.0", "Address gunicorn binds to."),
-    EnvVar("PORT", "port", _int_in(1, 65535), 8080, "TCP port (Cloud Run sets it)."),
-    EnvVar(
-        "MODEL_DIR",
-        "model_dir",
-        _path,
-        None,
-        "Directory of bundles (one sub-directory per bundle). Default: the repo's `models/`, "
-        "or `./models` when the package is installed elsewhere.",
-    ),
-    EnvVar(
-        "WEB_WORKERS",
-        "web_workers",
-        _int_in(1, 64),
-        1,
-        "gunicorn worker processes. One per vCPU; each holds its own copy of the models.",
-    ),
-    EnvVar(
-        "WEB_THREADS",
-        "web_threads",
-        _int_in(1, 256),
-        8,
-        "Requests per worker admitted at once; past it POSTs get 503 + Retry-After at once.",
-    ),
-    EnvVar(
-        "ORT_INTRA_OP_THREADS",
-        "ort_intra_op_threads",
-        _int_in(1, 64),
-        1,
-        "onnxruntime intra-op threads per session (1 on a one-vCPU instance; spinning is off).",
-    ),
-    EnvVar(
-        "ORT_INTER_OP_THREADS",
-        "ort_inter_op_threads",
-        _int_in(1, 64),
-        1,
-        "onnxruntime inter-op threads per session (only used by parallel execution).",
-    ),
-    EnvVar(
-        "GRACEFUL_TIMEOUT_S",
-        "graceful_timeout_s",
-        _int_in(0, 9),
-        8,
-        "Seconds in-flight requests get after SIGTERM; below Cloud Run's 10 s window.",
-    ),
-    EnvVar(
-        "MAX_BODY_BYTES",
-        "max_body_bytes",
-        _int_in(64, 64 * 1024 * 1024),
-        1024 * 1024,
-        "Largest request body accepted; larger bodies get 413.",
-    ),
-    EnvVar(
-        "MAX_TEXT_CHARS",
-        "max_text_chars",
-        _int_in(1, 10_000_000),
-        20_000,
-        "Longest text (review or prompt) in characters; longer ones get 400.",
-    ),
-    EnvVar(
-        "MAX_BATCH_TEXTS",
-        "max_batch_texts",
-        _int_in(1, 10_000),
-        64,
-        "Most texts in one `/classify` batch.",
-    ),
-    EnvVar(
-        "MAX_N_WORDS",
-        "max_n_words",
-        _int_in(1, 100_000),
-        200,
-        "Largest `n_words` (tokens generated per sample) for `/generate`.",
-    ),
-    EnvVar(
-        "MAX_N_SAMPLES",
-        "max_n_samples",
-        _int_in(1, 1_000),
-        10,
-        "Largest `n_samples` for `/generate`.",
-    ),
-    EnvVar("LOG_LEVEL", "log_level", _choice(LOG_LEVELS), "info", "Log level of the JSON logs."),
-    EnvVar(
-        "ACCESS_LOG",
-        "access_log",
-        _bool,
-        False,
-        "Write one gunicorn access-log line per request (Cloud Run logs requests already).",
-    ),
-    EnvVar(
-        "REQUEST_TIMEOUT_S",
-        "request_timeout_s",
-        _float_in(0.1, 3600.0),
-        30.0,
-        "Deadline of one request's model work; past it the work stops and the answer is 504.",
-    ),
-    EnvVar(
-        "CLASSIFY_RUNS",
-        "classify_runs",
-        _int_in(1, 256),
-        1,
-        "Classifier onnxruntime runs at once per worker; more requests wait their turn within "
-        "their deadline. Activation memory grows with review length x runs at once; on one "
-        "vCPU, one at a time costs no throughput (BENCHMARKS.md).",
-    ),
-    EnvVar(
-        "CLASSIFY_MAX_TOKENS",
-        "classify_max_tokens",
-        _int_in(64, 10_000_000),
-        4096,
-        "Most padded tokens (rows x longest row) in one classifier onnxruntime run; a batch "
-        "(one request's or coalesced) is split into runs under it, a longer single text runs "
-        "alone. Bounds a run's activation memory.",
-    ),
-    EnvVar(
-        "MICROBATCH",
-        "microbatch",
-        _bool,
-        True,
-        "Coalesce concurrent /classify requests into one onnxruntime call (on: +15% throughput "
-        "at concurrency 8 on one core with the shipped model, p50 at concurrency 1 unchanged; "
-        "BENCHMARKS.md).",
-    ),
-    EnvVar(
-        "MICROBATCH_MAX_TEXTS",
-        "microbatch_max_texts",
-        _int_in(1, 10_000),
-        64,
-        "Most texts in one coalesced /classify call.",
-    ),
-    EnvVar(
-        "MICROBATCH_WAIT_MS",
-        "microbatch_wait_ms",
-        _float_in(0.0, 1000.0),
-        0.0,
-        "How long a coalesced call waits for more requests (0: only those already waiting).",
-    ),
-    EnvVar(
-        "AUTH_TOKEN_HASH",
-        "auth_token_hash",
-        _sha256_hex,
-        None,
-        "sha256 (hex) of the bearer token required on every route but the health probes; "
-        "empty: no auth (Cloud Run IAM).",
-    ),
-    EnvVar(
-        "REQUEST_LOG",
-        "request_log",
-        _bool,
-        True,
-        "One JSON log line per request: severity, request id, latency, model (never the text).",
-    ),
-    EnvVar(
-        "DRIFT_WINDOW",
-        "drift_window",
-        _int_in(10, 1_000_000),
-        1000,
-        "Drift compares the last this-many classified texts with the bundle's reference.",
-    ),
-    EnvVar(
-        "DRIFT_MIN_DOCUMENTS",
-        "drift_min_documents",
-        _int_in(1, 1_000_000),
-        100,
-        "Texts the drift window needs before a score is reported.",
-    ),
-    EnvVar(
-        "SHADOW_MODEL_DIR",
-        "shadow_model_dir",
-        _optional_path,
-        None,
-        "A candidate classify bundle run in shadow on /classify traffic; empty: off.",
-    ),
-    EnvVar(
-        "SHADOW_FRACTION",
-        "shadow_fraction",
-        _float_in(0.0, 1.0),
-        0.1,
-        "Share of /classify requests also sent to the shadow candidate.",
-    ),
-    EnvVar(
-        "SHADOW_QUEUE",
-        "shadow_queue",
-        _int_in(1, 10_000),
-        16,
-        "Shadow jobs waiting at most; more are dropped (counted), never queued.",
-    ),
-    EnvVar(
-        "WARMUP_DELAY_S",
-        "warmup_delay_s",
-        _float_in(0.0, 600.0),
-        0.0,
-        "Seconds to wait before the warm-up inference (testing /readyz; keep 0 in production).",
-    ),
-)
 
 
 @dataclass(frozen=True)
 class Settings:
     """The server's configuration; build it with `Settings.from_env()` (or directly in tests)."""
 
-    host: str = "0.0.0.0"
-    port: int = 8080
-    model_dir: Path = field(default_factory=default_model_dir)
-    web_workers: int = 1
-    web_threads: int = 8
-    ort_intra_op_threads: int = 1
-    ort_inter_op_threads: int = 1
-    graceful_timeout_s: int = 8
-    max_body_bytes: int = 1024 * 1024
-    max_text_chars: int = 20_000
-    max_batch_texts: int = 64
-    max_n_words: int = 200
-    max_n_samples: int = 10
-    log_level: str = "info"
-    access_log: bool = False
-    request_timeout_s: float = 30.0
-    classify_runs: int = 1
-    classify_max_tokens: int = 4096
-    microbatch: bool = True
-    microbatch_max_texts: int = 64
-    microbatch_wait_ms: float = 0.0
-    auth_token_hash: str | None = None
-    request_log: bool = True
-    drift_window: int = 1000
-    drift_min_documents: int = 100
-    shadow_model_dir: Path | None = None
-    shadow_fraction: float = 0.1
-    shadow_queue: int = 16
-    warmup_delay_s: float = 0.0
+    host: str = setting(
+        "HOST",
+        Host(),
+        "0.0.0.0",
+        "Address gunicorn binds to (tests use `127.0.0.1`).",
+    )
+    port: int = setting(
+        "PORT",
+        IntIn(1, 65535),
+        8080,
+        "TCP port (Cloud Run sets it).",
+    )
+    model_dir: Path = field(
+        default_factory=default_model_dir,
+        metadata=env(
+            "MODEL_DIR",
+            PathParser(),
+            "Directory of bundles, one sub-directory each (see `docs/bundle-format.md`). Default: "
+            "the repo's `models/`, or `./models` when the package is installed outside the repo.",
+        ),
+    )
+    web_workers: int = setting(
+        "WEB_WORKERS",
+        IntIn(1, 64),
+        1,
+        "gunicorn worker processes. One per vCPU; each worker serves with its own copy of the "
+        "models.",
+    )
+    web_threads: int = setting(
+        "WEB_THREADS",
+        IntIn(1, 256),
+        8,
+        "Requests one worker admits at once (running or waiting for the CPU). One more POST is "
+        "answered `503` with `Retry-After: 1` at once, never queued; GETs (probes, `/models`, "
+        "`/metrics`) are always answered. gunicorn runs 4 threads more than this so probes and "
+        "the 503s never wait behind model work. Equal to Cloud Run's concurrency.",
+    )
+    ort_intra_op_threads: int = setting(
+        "ORT_INTRA_OP_THREADS",
+        IntIn(1, 64),
+        1,
+        "onnxruntime intra-op threads per session. 1 on a one-vCPU instance; spin-waiting is "
+        "always off.",
+    )
+    ort_inter_op_threads: int = setting(
+        "ORT_INTER_OP_THREADS",
+        IntIn(1, 64),
+        1,
+        "onnxruntime inter-op threads per session (used only by parallel execution).",
+    )
+    graceful_timeout_s: int = setting(
+        "GRACEFUL_TIMEOUT_S",
+        IntIn(0, 9),
+        8,
+        "Whole seconds in-flight requests get after SIGTERM; inside Cloud Run's 10 s window.",
+    )
+    max_body_bytes: int = setting(
+        "MAX_BODY_BYTES",
+        IntIn(64, 64 * 1024 * 1024),
+        1024 * 1024,
+        "Largest request body; larger bodies (declared by Content-Length or actually sent) get "
+        "413.",
+    )
+    max_text_chars: int = setting(
+        "MAX_TEXT_CHARS",
+        IntIn(1, 10_000_000),
+        20_000,
+        "Longest text (review, prompt or text to tokenize) in characters; longer ones get 400. "
+        "The longest IMDB review has about 13,700.",
+    )
+    max_batch_texts: int = setting(
+        "MAX_BATCH_TEXTS",
+        IntIn(1, 10_000),
+        64,
+        "Most texts in one `/classify` batch.",
+    )
+    max_n_words: int = setting(
+        "MAX_N_WORDS",
+        IntIn(1, 100_000),
+        200,
+        "Largest `n_words` (tokens generated per sample) for `/generate`.",
+    )
+    max_n_samples: int = setting(
+        "MAX_N_SAMPLES",
+        IntIn(1, 1_000),
+        10,
+        "Largest `n_samples` for `/generate`.",
+    )
+    log_level: str = setting(
+        "LOG_LEVEL",
+        Choice(LOG_LEVELS),
+        "info",
+        "Level of the JSON logs (stderr, one object per line).",
+    )
+    access_log: bool = setting(
+        "ACCESS_LOG",
+        BOOL,
+        False,
+        "One gunicorn access-log line per request (Cloud Run already logs requests).",
+    )
+    request_timeout_s: float = setting(
+        "REQUEST_TIMEOUT_S",
+        FloatIn(0.1, 3600.0),
+        30.0,
+        "Deadline of one request, from admission. Past it the model work is stopped (onnxruntime "
+        "run terminated, generation loop left) and the answer is `504`; a stream ends with an "
+        "`error` event. Keep it below Cloud Run's request timeout (60 s).",
+    )
+    classify_runs: int = setting(
+        "CLASSIFY_RUNS",
+        IntIn(1, 256),
+        1,
+        "Classifier onnxruntime runs at once per worker; more requests wait their turn within "
+        "their deadline (then 504). A run's activation memory grows with the review's length and "
+        "concurrent runs add up (one process: 112 MiB after loading, 409 MiB after 8 concurrent "
+        "long reviews); on one vCPU one at a time costs no throughput.",
+    )
+    classify_max_tokens: int = setting(
+        "CLASSIFY_MAX_TOKENS",
+        IntIn(64, 10_000_000),
+        4096,
+        "Most padded tokens (rows × longest row) in one classifier onnxruntime run. A batch, one "
+        "request's or coalesced, is split into runs under it, shortest texts first; a longer "
+        "single text runs alone. A run's activation memory grows with rows × length, so this "
+        "bounds it. Measured in one process, 8 threads × 10 of the longest IMDB reviews, "
+        "micro-batched, one core: no cap 387 MiB peak RSS in 6.1 s; 8192: 347 MiB, 6.6 s; 4096: "
+        "254 MiB, 6.9 s; 2048: 242 MiB, 10.7 s.",
+    )
+    microbatch: bool = setting(
+        "MICROBATCH",
+        BOOL,
+        True,
+        "Coalesce concurrent `/classify` requests into one onnxruntime call. On: with the shipped "
+        "classifier (hidden 768) on one core it raised throughput at concurrency 8 by 15 % with "
+        "p50 at concurrency 1 unchanged (BENCHMARKS.md). With the smaller compact model it had "
+        "lowered throughput (38.1 -> 25.3 req/s, before `CLASSIFY_RUNS`): re-measure for another "
+        "model (`python -m benchmarks.microbatch`).",
+    )
+    microbatch_max_texts: int = setting(
+        "MICROBATCH_MAX_TEXTS",
+        IntIn(1, 10_000),
+        64,
+        "Most texts in one coalesced `/classify` call (a request is never split; a larger one "
+        "runs alone).",
+    )
+    microbatch_wait_ms: float = setting(
+        "MICROBATCH_WAIT_MS",
+        FloatIn(0.0, 1000.0),
+        0.0,
+        "How long a coalesced call waits for more requests. 0: it takes the requests that queued "
+        "while the previous call ran, and never delays a lone request.",
+    )
+    auth_token_hash: str | None = setting(
+        "AUTH_TOKEN_HASH",
+        Sha256Hex(),
+        None,
+        'The sha256 (hex) of a bearer token (`printf %s "$TOKEN" | sha256sum`). When set, every '
+        "route but `/healthz` and `/readyz` (and `/v2/health/*`) needs `Authorization: Bearer "
+        "<token>`, compared in constant time; else `401`. For deployments outside Cloud Run IAM.",
+    )
+    request_log: bool = setting(
+        "REQUEST_LOG",
+        BOOL,
+        True,
+        "One JSON log line per request: `severity`, `request_id`, `latency_s`, `model` "
+        "(`name@version`), Cloud Logging's `httpRequest` (path only). Never the request's text. "
+        "Probes and `/metrics` log at `debug`. See `docs/monitoring.md`.",
+    )
+    drift_window: int = setting(
+        "DRIFT_WINDOW",
+        IntIn(10, 1_000_000),
+        1000,
+        "Drift compares the last this-many classified texts with the classifier's "
+        "`reference_stats` (PSI per statistic, in `/metrics` and `/models`).",
+    )
+    drift_min_documents: int = setting(
+        "DRIFT_MIN_DOCUMENTS",
+        IntIn(1, 1_000_000),
+        100,
+        "Texts the drift window must hold before a score is reported (fewer give noisy PSI).",
+    )
+    shadow_model_dir: Path | None = setting(  # noqa: RUF009  (a Field, not a call per instance)
+        "SHADOW_MODEL_DIR",
+        OptionalPath(),
+        None,
+        "A candidate classify bundle (the bundle itself or a folder holding exactly one) that "
+        "runs in shadow on `/classify` traffic after the answer is sent; agreement and latency "
+        "become metrics. Verified like `MODEL_DIR`: a bad one stops the server (exit 3).",
+    )
+    shadow_fraction: float = setting(
+        "SHADOW_FRACTION",
+        FloatIn(0.0, 1.0),
+        0.1,
+        "Share of `/classify` requests (and v2 classifier calls) also sent to the shadow "
+        "candidate.",
+    )
+    shadow_queue: int = setting(
+        "SHADOW_QUEUE",
+        IntIn(1, 10_000),
+        16,
+        "Shadow jobs waiting at most; further ones are dropped and counted "
+        '(`shadow_jobs_total{outcome="dropped"}`), so the candidate never builds a backlog.',
+    )
+    warmup_delay_s: float = setting(
+        "WARMUP_DELAY_S",
+        FloatIn(0.0, 600.0),
+        0.0,
+        "Seconds the worker waits before its warm-up inference. For testing `/readyz`; keep 0 in "
+        "production.",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every variable of `ENV_VARS`; raise ConfigError naming all bad ones at once."""
-        env = os.environ if environ is None else environ
+        env_now = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         problems: list[str] = []
         for var in ENV_VARS:
-            raw = env.get(var.name)
+            raw = env_now.get(var.name)
             if raw is None:
-                values[var.field] = default_model_dir() if var.field == "model_dir" else var.default
-                continue
+                continue  # the field's default
             try:
                 values[var.field] = var.parse(raw)
             except ValueError as exc:
@@ -375,8 +430,26 @@ class Settings:
         return shown
 
 
+ENV_VARS: tuple[EnvVar, ...] = tuple(
+    replace(f.metadata["env"], field=f.name) for f in fields(Settings)
+)
+
+
+def markdown_table() -> str:
+    """The variable table of docs/configuration.md, from the declaration above."""
+    lines = ["| variable | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for var in ENV_VARS:
+        cells = (f"`{var.name}`", var.default_text(), var.parse.allowed, var.doc)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines)
+
+
 @lru_cache(maxsize=1)
 def process_settings() -> Settings:
     """This process's Settings: the environment is read once, however many modules ask
     (`python -m server`, gunicorn.conf.py and server.wsgi all run in the gunicorn master)."""
     return Settings.from_env()
+
+
+if __name__ == "__main__":  # `python -m server.config` prints the table for the docs
+    sys.stdout.write(markdown_table() + "\n")

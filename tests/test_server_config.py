@@ -2,33 +2,32 @@
 
 from __future__ import annotations
 
-import re
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from server.config import ENV_VARS, ConfigError, Settings, default_model_dir
+from server.config import ENV_VARS, ConfigError, Settings, default_model_dir, markdown_table
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 
-def documented_rows() -> dict[str, str]:
-    """{variable: default column} from the first table of docs/configuration.md."""
-    rows: dict[str, str] = {}
-    for line in DOC.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"\|\s*`([A-Z_]+)`\s*\|\s*([^|]+?)\s*\|", line)
-        if match:
-            rows[match.group(1)] = match.group(2).strip("`")
-    return rows
+def test_doc_table_is_the_declaration() -> None:
+    """docs/configuration.md holds exactly the table `python -m server.config` prints."""
+    doc = DOC.read_text(encoding="utf-8")
+    table = markdown_table()
+    assert table in doc, "docs/configuration.md is out of step: paste `python -m server.config`"
+    assert [line.split("`")[1] for line in table.splitlines()[2:]] == [v.name for v in ENV_VARS]
 
 
-def test_doc_table_lists_every_variable_with_its_default() -> None:
-    rows = documented_rows()
-    assert list(rows) == [var.name for var in ENV_VARS]
+def test_every_setting_has_an_env_var_with_a_doc_and_its_default() -> None:
+    """Settings' defaults and ENV_VARS are one declaration: they cannot disagree."""
+    defaults = Settings()
+    assert [var.field for var in ENV_VARS] == [f.name for f in fields(Settings)]
     for var in ENV_VARS:
-        if var.name == "MODEL_DIR":
-            continue
-        assert rows[var.name].lower() == str(var.default).lower(), var.name
+        assert var.doc.strip() and var.parse.allowed, var.name
+        if var.field != "model_dir":
+            assert getattr(defaults, var.field) == var.default, var.name
 
 
 def test_defaults_without_environment() -> None:

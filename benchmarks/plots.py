@@ -136,11 +136,40 @@ def cold_start_plot(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def batch_curve_plot(results: dict[str, Any], path: Path) -> Path | None:
+    """Session ms per review against batch size (one line per length) and against length."""
+    rows = (results.get("roofline") or {}).get("batch_curve")
+    if not rows:
+        return None
+    lengths = sorted({r["length"] for r in rows})
+    batches = sorted({r["batch"] for r in rows})
+    at = {(r["length"], r["batch"]): r["ms_per_review"] for r in rows}
+    fig, (by_batch, by_length) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for length in lengths:
+        by_batch.plot(
+            batches, [at[length, b] for b in batches], marker="o", label=f"{length} tokens"
+        )
+    by_batch.set(xscale="log", yscale="log", xlabel="batch size (equal lengths)")
+    by_batch.set(ylabel="session ms per review", title="per review, against batch size")
+    by_batch.set_xticks(batches, [str(b) for b in batches])
+    by_batch.legend(fontsize=8)
+    for batch in batches:
+        by_length.plot(lengths, [at[n, batch] for n in lengths], marker="o", label=f"batch {batch}")
+    by_length.set(xscale="log", yscale="log", xlabel="review length (tokens)")
+    by_length.set(title="per review, against length")
+    by_length.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     made = [
         latency_plot(results, "classify", out_dir / "latency_classify.png"),
         latency_plot(results, "generate", out_dir / "latency_generate.png"),
         cold_start_plot(results, out_dir / "cold_start.png"),
+        batch_curve_plot(results, out_dir / "batch_curve.png"),
     ]
     return [p for p in made if p is not None]

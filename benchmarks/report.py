@@ -29,6 +29,11 @@ def _ms(value: Any) -> str:
     return f"{value:,.1f}" if value >= 10 else f"{value:.2f}"
 
 
+def _us(ms: Any) -> str:
+    """Microseconds, for the sub-millisecond figures of the roofline."""
+    return "-" if ms is None else f"{ms * 1e3:,.1f} µs"
+
+
 def _ratio(value: Any) -> str:
     return "-" if value is None else f"**{value:,.1f}x**"
 
@@ -89,6 +94,7 @@ def render(
     out += _overhead(results)
     out += _memory(results)
     out += _footprint(results)
+    out += _roofline(results, plots, rel)
     out += _microbatch(microbatch_path or json_path.parent / "microbatch.json", rel)
     agreement = analysis.label_agreement(results)
     out += [
@@ -529,6 +535,65 @@ def _memory(results: dict[str, Any]) -> list[str]:
             ],
         ],
     )
+    return out
+
+
+def _roofline(results: dict[str, Any], plots: Sequence[Path], rel: Any) -> list[str]:
+    roof = results.get("roofline")
+    if not roof:
+        return []
+    out = [
+        "## Distance to this core's int8 limit",
+        "",
+        f"`benchmarks/roofline.py` on `{roof['bundle']}`, one thread on the server's core. At "
+        "batch 1 each token costs every layer a recurrent int8 GEMV (its weights streamed from "
+        "cache) plus its share of one input GEMM over the review; both are timed here with "
+        "onnxruntime's own `DynamicQuantizeMatMul`, many nodes per graph so `run()` overhead "
+        "is not counted.",
+        "",
+    ]
+    out += _table(
+        [
+            "layer (in -> hidden)",
+            "recurrent GEMV",
+            "GEMV weights GB/s",
+            "input GEMM / token",
+            "floor / token",
+        ],
+        (
+            [
+                f"{layer['input']} -> {layer['hidden']}",
+                _us(layer["recurrent_gemv"]["ms"]),
+                _num(layer["recurrent_gemv"]["weight_gb_per_s"], 1),
+                _us(layer["input_gemm"]["ms"] / roof["floor"]["tokens_per_call"]),
+                _us(layer["per_token_ms"]),
+            ]
+            for layer in roof["floor"]["layers"]
+        ),
+    )
+    bandwidth = ", ".join(f"{k} {v} GB/s" for k, v in roof["bandwidth_gb_per_s"].items())
+    out += [
+        "",
+        f"Floor {_us(roof['floor']['per_token_ms'])} per token; the classifier session takes "
+        f"{_us(roof['session_per_token_ms'])} per token on a {roof['floor']['tokens_per_call']}-"
+        f"token review: **{_num(roof['session_over_floor'])}x** the floor. Copy bandwidth "
+        f"(read + write): {bandwidth}.",
+        "",
+        "One int8 product [m, 768] x [768, 3072] against m (what batching reviews buys the "
+        "recurrent step):",
+        "",
+    ]
+    out += _table(
+        ["m", "ms", "GOPS", "weights GB/s"],
+        (
+            [r["m"], _us(r["ms"]), _num(r["gops"], 1), _num(r["weight_gb_per_s"], 1)]
+            for r in roof["gemm_batch_curve"]
+        ),
+    )
+    curve = [p for p in plots if p.name == "batch_curve.png"]
+    out += ["", "Session ms per review against batch size and length (equal lengths):", ""]
+    out += [f"![batch curve]({rel(p)})" for p in curve]
+    out += [""]
     return out
 
 

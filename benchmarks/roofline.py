@@ -164,6 +164,42 @@ def session_per_token_ms(
     return _best_ms(lambda: model.predict_ids([ids]), repeats) / tokens
 
 
+BATCH_SIZES = (1, 2, 4, 8, 16)
+LENGTHS = (32, 64, 128, 256, 512, 1024)
+
+
+def batch_curve(
+    bundle_dir: Path,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    lengths: Sequence[int] = LENGTHS,
+    repeats: int = 5,
+) -> list[dict[str, Any]]:
+    """Session ms per review against batch size and length (equal lengths: no padding), the
+    curve the micro-batching default should be read from."""
+    from bundle import ClassifierModel, load_bundle
+
+    model = load_bundle(bundle_dir, threads=1, inter_threads=1)
+    assert isinstance(model, ClassifierModel), f"{bundle_dir} is not a classifier bundle"
+    rng = np.random.default_rng(3)
+    rows = []
+    for length in lengths:
+        reviews = [
+            [model.bos_id, *rng.integers(8, model.vocab_size, size=length - 1).tolist()]
+            for _ in range(max(batch_sizes))
+        ]
+        for batch in batch_sizes:
+            ms = round(_best_ms(lambda: model.predict_ids(reviews[:batch]), repeats), 3)  # noqa: B023
+            rows.append(
+                {
+                    "length": length,
+                    "batch": batch,
+                    "ms": ms,
+                    "ms_per_review": round(ms / batch, 3),
+                }
+            )
+    return rows
+
+
 def measure(bundle_dir: Path, repeats: int = 7) -> dict[str, Any]:
     """Everything the report's roofline section shows, for one classifier bundle."""
     import json
@@ -182,6 +218,24 @@ def measure(bundle_dir: Path, repeats: int = 7) -> dict[str, Any]:
             int8_product(m, 768, 3072, repeats, nodes=8).row() for m in (1, 2, 4, 8, 16, 32)
         ],
         "floor": floor,
+        "batch_curve": batch_curve(bundle_dir, repeats=max(2, repeats // 2)),
         "session_per_token_ms": round(session, 5),
         "session_over_floor": round(session / floor["per_token_ms"], 2),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.roofline --bundle DIR`: the JSON of `measure` on stdout."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.roofline", description=__doc__)
+    parser.add_argument("--bundle", type=Path, required=True, help="a classifier bundle dir")
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.bundle, args.repeats)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

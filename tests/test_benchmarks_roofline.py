@@ -42,6 +42,9 @@ def test_floor_and_session_on_the_tiny_classifier(tiny_bundles: Path) -> None:
     out = roofline.measure(tiny_bundles / "imdb-sentiment", repeats=1)
     assert out["bundle"] == "imdb-sentiment"
     assert out["floor"]["per_token_ms"] > 0 and out["session_per_token_ms"] > 0
+    curve = {(r["length"], r["batch"]): r for r in out["batch_curve"]}
+    assert set(curve) == {(n, b) for n in roofline.LENGTHS for b in roofline.BATCH_SIZES}
+    assert all(r["ms_per_review"] == round(r["ms"] / r["batch"], 3) for r in curve.values())
     assert out["session_over_floor"] == round(
         out["session_per_token_ms"] / out["floor"]["per_token_ms"], 2
     )

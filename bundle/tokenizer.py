@@ -149,7 +149,7 @@ class AffixTokenizer:
     Written from spaCy's documented algorithm ("Tokenizer algorithm", `Tokenizer.explain`); the
     details the docs leave open (which special cases the final pass re-finds and how it resolves
     overlaps) follow spaCy's observed behaviour, and every path is checked token for token
-    against spaCy itself (tests/test_tokenizer_parity.py).
+    against spaCy itself (tests/test_bundle_tokenizer_parity.py).
     """
 
     def __init__(self, tables: dict[str, Any]) -> None:

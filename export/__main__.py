@@ -1,80 +1,192 @@
-"""CLI: `python -m export --run RUN_DIR --out models/` writes `imdb-lm/` and `imdb-sentiment/`."""
+"""CLI: a fastai learner (`learn.export()`) -> a verified bundle the server loads.
+
+  python -m export model.pkl --out models/ [--name NAME] [--eval-csv held_out.csv --text-col text
+      --label-col label [--label-delim ';']]
+  python -m export --run RUN_DIR --out models/     this project's training run: imdb-lm/ and
+                                                   imdb-sentiment/, checked on the IMDB test split
+
+Both go through the same exporter (export.pipeline.export_learner). Exit status: 0 on success,
+2 when the learner or the input is refused (one line says why; nothing is written), 1 when a
+check failed (parity or int8 bound; nothing is written).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+REFUSED, CHECK_FAILED = 2, 1
+DATA_ENV = "IMDB_DIR"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imdb"
+RUN_BUNDLES = {"lm": ("lm.pkl", "imdb-lm"), "classifier": ("classifier.pkl", "imdb-sentiment")}
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # bundle/manifest.py's rule for names
+
+
+class Refused(Exception):
+    """Bad usage or input that the user must fix (one line)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("pkl", nargs="?", type=Path, help="a learner saved with fastai's learn.export()")
+    p.add_argument("--run", type=Path, help="this project's training run directory instead")
+    p.add_argument("--out", type=Path, default=Path("models"), help="bundles dir (default models/)")
+    p.add_argument("--name", help="bundle name (default: the .pkl file's stem)")
+    p.add_argument("--version", help="bundle version (default: a UTC timestamp)")
+    p.add_argument("--eval-csv", type=Path, help="held-out CSV for accuracy / perplexity")
+    p.add_argument("--text-col", default="text", help="--eval-csv text column (default: text)")
+    p.add_argument("--label-col", help="--eval-csv label column (classifiers)")
+    p.add_argument("--label-delim", help="separator of several labels in --label-col")
+    p.add_argument("--keep-fp32", action="store_true", help="keep model.fp32.onnx in the bundle")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    run = p.add_argument_group("--run only")
+    run.add_argument("--data", help=f"IMDB dir; default ${DATA_ENV} or ../shared/data/imdb")
+    run.add_argument("--eval-docs", type=int, help="test reviews for the classifier (default all)")
+    run.add_argument("--lm-eval-docs", type=int, default=200, help="test reviews for the LM")
+    run.add_argument("--only", choices=sorted(RUN_BUNDLES), help="export one bundle")
+    return p
+
+
+def _bundle_name(args: argparse.Namespace) -> str:
+    if args.name is not None:
+        if not _NAME_RE.match(args.name):
+            raise Refused(f"--name {args.name!r}: use lower-case letters, digits, '.', '_', '-'")
+        return str(args.name)
+    name = re.sub(r"[^a-z0-9._-]+", "-", args.pkl.stem.lower()).strip("-._")
+    if not name:
+        raise Refused(f"cannot make a bundle name from {args.pkl.name!r}; pass --name")
+    return name
+
+
+def _export_pkl(args: argparse.Namespace, version: str) -> list[Path]:
+    from .eval_data import read_eval_csv
+    from .learner import learner_facts, load_learner_file
+    from .pipeline import export_learner
+
+    name = _bundle_name(args)
+    learn = load_learner_file(args.pkl)
+    facts = learner_facts(learn)  # refuse before anything is written
+    eval_data = None
+    if args.eval_csv is not None:
+        if facts.task == "classify" and args.label_col is None:
+            raise Refused("a classifier's --eval-csv needs --label-col")
+        label_col = args.label_col if facts.task == "classify" else None
+        eval_data = read_eval_csv(args.eval_csv, args.text_col, label_col, args.label_delim)
+    source = {"kind": "learner", "file": args.pkl.name}
+    return [
+        export_learner(
+            learn,
+            args.out,
+            name,
+            version,
+            source=source,
+            eval_data=eval_data,
+            keep_fp32=args.keep_fp32,
+        )
+    ]
+
+
+def _run_eval_data(args: argparse.Namespace) -> dict[str, Any]:
+    """The IMDB test split, shuffled once so that any prefix mixes the labels."""
+    from .eval_data import EvalData, imdb_held_out
+
+    data_dir = Path(args.data or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
+    test = imdb_held_out(data_dir).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    rows = test if args.eval_docs is None else test.iloc[: args.eval_docs]
+    return {
+        "classifier": EvalData(
+            texts=rows["text"].tolist(),
+            labels=[[str(label)] for label in rows["label"]],
+            description="IMDB test split (never used for training)",
+        ),
+        "lm": EvalData(
+            texts=test["text"].iloc[: args.lm_eval_docs].tolist(),
+            labels=None,
+            description="IMDB test reviews (held out from LM training)",
+        ),
+    }
+
+
+def _export_run(args: argparse.Namespace, version: str | None) -> list[Path]:
+    """This project's run: the same exporter, with the run's config and metrics recorded."""
+    from .learner import load_learner_file
+    from .pipeline import export_learner
+
+    cfg = json.loads((args.run / "config.json").read_text())
+    training = {
+        "config": cfg,
+        "metrics": json.loads((args.run / "metrics.json").read_text()),
+        "run_dir": args.run.name,
+    }
+    version = version or f"{cfg['name']}-{datetime.now(UTC):%Y%m%dT%H%M}"
+    data = _run_eval_data(args)
+    written = []
+    for kind, (file, name) in RUN_BUNDLES.items():
+        if args.only not in (None, kind):
+            continue
+        learn = load_learner_file(args.run / file)
+        source = {"kind": "run", "run_dir": args.run.name, "file": file}
+        written.append(
+            export_learner(
+                learn,
+                args.out,
+                name,
+                version,
+                source=source,
+                eval_data=data[kind],
+                training=training,
+                keep_fp32=args.keep_fp32,
+            )
+        )
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__)
-    p.add_argument(
-        "--run",
-        required=True,
-        type=Path,
-        help="training run directory (python -m training ... --out)",
-    )
-    p.add_argument(
-        "--out", type=Path, default=Path("models"), help="where the bundles go (default: models/)"
-    )
-    p.add_argument(
-        "--data", help="IMDB dir for the held-out checks; default $IMDB_DIR or ../shared/data/imdb"
-    )
-    p.add_argument(
-        "--eval-docs", type=int, help="test reviews for the classifier checks (default: all)"
-    )
-    p.add_argument(
-        "--lm-eval-docs", type=int, default=200, help="test reviews for the LM perplexity check"
-    )
-    p.add_argument("--only", choices=["lm", "classifier"], help="export one bundle")
-    p.add_argument("--version", help="bundle version (default: <config>-<UTC timestamp>)")
-    p.add_argument(
-        "--keep-fp32", action="store_true", help="keep model.fp32.onnx in the bundle for comparison"
-    )
-    p.add_argument("--threads", type=int, default=1, help="torch threads")
-    args = p.parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.pkl is None) == (args.run is None):
+        parser.error("give a learner .pkl or --run RUN_DIR (one of them)")
 
+    # fastai's modules decorate functions with torch.jit.script at import, which torch now
+    # reports as deprecated: a note for fastai's developers, nothing an exporting user can act on
+    warnings.filterwarnings(
+        "ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning
+    )
     import numpy as np
     import torch
 
-    from training.data import load_imdb, resolve_data_dir
-
-    from .pipeline import EvalData, export_classifier_bundle, export_language_model
+    from .eval_data import EvalDataError
+    from .learner import UnsupportedLearner
+    from .onnx_graphs import ExportError, quiet_quantizer_hints
 
     torch.set_num_threads(args.threads)
-    cfg = json.loads((args.run / "config.json").read_text())
-    version = args.version or f"{cfg['name']}-{datetime.now(UTC):%Y%m%dT%H%M}"
-    data = load_imdb(resolve_data_dir(args.data))
-    if data.test is None or not len(data.test):
-        raise SystemExit(
-            "the held-out checks need the test split (test.csv.gz or sample.csv is_valid rows)"
-        )
-    test = data.test.sample(frac=1.0, random_state=0).reset_index(
-        drop=True
-    )  # mix labels for subsets
-    clf_rows = test if args.eval_docs is None else test.iloc[: args.eval_docs]
-    eval_data = EvalData(
-        texts=clf_rows["text"].tolist(),
-        labels=clf_rows["label"].astype(str).tolist(),
-        lm_texts=test["text"].iloc[: args.lm_eval_docs].tolist(),
-    )
     np.random.seed(0)
-    args.out.mkdir(parents=True, exist_ok=True)
-    written = {}
-    if args.only in (None, "lm"):
-        written["lm"] = export_language_model(
-            args.run, args.out, "imdb-lm", version, eval_data, keep_fp32=args.keep_fp32
-        )
-    if args.only in (None, "classifier"):
-        written["classifier"] = export_classifier_bundle(
-            args.run, args.out, "imdb-sentiment", version, eval_data, keep_fp32=args.keep_fp32
-        )
-    for kind, path in written.items():
-        metrics = json.loads((path / "manifest.json").read_text())["metrics"]
-        print(json.dumps({kind: str(path), "metrics": metrics}, default=str), flush=True)
+    quiet_quantizer_hints()
+    try:
+        if args.run is not None:
+            written = _export_run(args, args.version)
+        else:
+            written = _export_pkl(args, args.version or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+    except (Refused, UnsupportedLearner, EvalDataError) as e:
+        print(f"python -m export: refused: {e}", file=sys.stderr)
+        return REFUSED
+    except ExportError as e:
+        print(f"python -m export: a check failed, nothing written: {e}", file=sys.stderr)
+        return CHECK_FAILED
+    for path in written:
+        manifest = json.loads((path / "manifest.json").read_text())
+        print(json.dumps({"bundle": str(path), "metrics": manifest["metrics"]}), flush=True)
     return 0
 
 

@@ -5,37 +5,44 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from bundle import ClassifierModel, LanguageModel
 
+from .progress import progress
+
+BATCH_SIZE = 32  # documents per classifier run in the evaluations
 LENGTH_BINS = [0, 32, 64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048]
 UNK_RATE_BINS = [0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16]
 CONFIDENCE_BINS = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99]
 
 
 def classify_ids(
-    model: ClassifierModel, docs: Sequence[Sequence[int]], batch_size: int = 32
+    model: ClassifierModel,
+    docs: Sequence[Sequence[int]],
+    batch_size: int = BATCH_SIZE,
+    on_batch: Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Probabilities for many documents: length-sorted batches keep padding (wasted work) small."""
+    """Probabilities for many documents: length-sorted batches keep padding (wasted work) small.
+    `on_batch` is called after each batch (progress)."""
     order = np.argsort([len(d) for d in docs])
     probs = np.zeros((len(docs), len(model.labels)), dtype=np.float32)
     for start in range(0, len(docs), batch_size):
         idx = order[start : start + batch_size]
         probs[idx] = model.predict_ids([docs[i] for i in idx])
+        if on_batch is not None:
+            on_batch()
     return probs
 
 
-def accuracy(probs: np.ndarray, labels: Sequence[str], label_names: Sequence[str]) -> float:
-    target = np.array([label_names.index(label) for label in labels])
-    return float((probs.argmax(1) == target).mean())
-
-
 def lm_perplexity(
-    model: LanguageModel, docs: Sequence[Sequence[int]], streams: int = 32
+    model: LanguageModel,
+    docs: Sequence[Sequence[int]],
+    streams: int = 32,
+    label: str = "perplexity",
 ) -> dict[str, float]:
     """Perplexity of the next-token prediction over documents packed into parallel streams,
     one token per step with the state carried (the same path generation uses)."""
@@ -48,7 +55,7 @@ def lm_perplexity(
     state = model.initial_state(streams)
     nll, correct = 0.0, 0
     t0 = time.perf_counter()
-    for t in range(n):
+    for t in progress(range(n), label, unit="steps"):
         logits, state = model.step(inputs[:, t : t + 1], state)
         logits = logits.astype(np.float64)
         m = logits.max(axis=1, keepdims=True)

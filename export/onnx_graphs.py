@@ -7,6 +7,7 @@ does so silently or not at all, so both facts are asserted on the files, not ass
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -24,6 +25,23 @@ QUANTIZED_OPS = ["LSTM", "MatMul", "Gather"]
 
 class ExportError(Exception):
     """The exported or quantized graph is not what the server needs."""
+
+
+class _PreProcessingHint(logging.Filter):
+    """quantize_dynamic logs (root logger) a hint to run onnxruntime's shape-inference
+    pre-processing, meant for static quantization of vision models. Our LSTM/MatMul/Gather
+    dynamic quantization gains nothing from it and quantize() asserts what it needs on the file,
+    so to a user exporting a model the line is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+def quiet_quantizer_hints() -> None:
+    """Drop only that hint; every other log record passes."""
+    root = logging.getLogger()
+    if not any(isinstance(f, _PreProcessingHint) for f in root.filters):
+        root.addFilter(_PreProcessingHint())
 
 
 def lm_io_names(n_layers: int) -> tuple[list[str], list[str]]:

@@ -9,6 +9,7 @@ training/, export/ and benchmarks/ share it without pulling anything in.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import TextIO, TypeVar
@@ -48,6 +49,7 @@ class Progress:
         self.started = time.perf_counter()
         self._last = self.started
         self._closed = False
+        self._lock = threading.Lock()  # export's fp32 and int8 evaluations share one bar
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
@@ -63,11 +65,12 @@ class Progress:
         )
 
     def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self._last >= self.every_s or self.done >= self.total:
-            self._last = now
-            self._emit(final=False)
+        with self._lock:
+            self.done += n
+            now = time.perf_counter()
+            if now - self._last >= self.every_s or self.done >= self.total:
+                self._last = now
+                self._emit(final=False)
 
     def _emit(self, final: bool) -> None:
         if self.interactive:
@@ -77,9 +80,10 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._emit(final=True)
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._emit(final=True)
 
     def __enter__(self) -> Progress:
         return self

@@ -17,6 +17,8 @@ import onnxruntime as ort
 
 from bundle.runtime import session_options
 
+from .progress import progress
+
 REPEATS = 7
 
 
@@ -63,7 +65,10 @@ def choose_session_format(int8: Path, directory: Path) -> dict[str, Any]:
     }
     results: dict[str, dict[str, Any]] = {}
     reference = None
-    for fmt, (path, level) in candidates.items():
+    timing = progress(
+        candidates.items(), "session load timing", total=len(candidates), unit="formats"
+    )
+    for fmt, (path, level) in timing:
         ms, outputs = _load_ms(path, level)
         if reference is None:
             reference = outputs

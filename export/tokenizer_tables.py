@@ -228,7 +228,7 @@ def fastai_reference_tokens(texts: Sequence[str]) -> list[list[str]]:
 def parity_mismatches(tables: dict[str, Any], texts: Sequence[str]) -> list[dict[str, Any]]:
     """Documents where the exported tokenizer disagrees with fastai (empty list = parity).
 
-    Export calls this on a sample of its data before it writes a bundle.
+    Export calls this on its check texts before it writes a bundle (pipeline._check_tokenizer).
     """
     from bundle.tokenizer import Tokenizer
 

@@ -40,22 +40,23 @@ def layer_sizes(awd: Any) -> list[int]:
 class LanguageModelGraph(nn.Module):
     """(input_ids, h0, c0, h1, c1, ...) -> (logits of the last position, h0', c0', ...).
 
-    The embedding and the decoder share ONE tensor, stored transposed as `emb_t` [emb, vocab]:
-    the embedding is a column gather, the decoder a MatMul with it as the right operand. The
-    weight tie survives export and int8 quantization as a single initializer.
+    Embedding and decoder weights are stored transposed, [emb, vocab]: the embedding is a column
+    gather, the decoder a MatMul with the weight as the right operand. When fastai tied them
+    (its default) they are ONE tensor, `emb_t`, and the tie survives export and int8 quantization
+    as a single initializer; an untied decoder (`tie_weights=False`) gets its own `dec_t`.
     """
 
     def __init__(self, fastai_lm: Any) -> None:
         super().__init__()
-        awd, decoder = fastai_lm[0], fastai_lm[1]
-        if decoder.decoder.weight.data_ptr() != awd.encoder.weight.data_ptr():
-            raise ValueError(
-                "the fastai LM's decoder is not tied to its embedding; export expects tie_weights=True"
-            )
+        awd, decoder = fastai_lm[0], fastai_lm[1].decoder
+        self.tied = decoder.weight.data_ptr() == awd.encoder.weight.data_ptr()
         self.emb_t = nn.Parameter(awd.encoder.weight.detach().t().contiguous())
-        bias = decoder.decoder.bias
+        self.dec_t = (
+            self.emb_t if self.tied else nn.Parameter(decoder.weight.detach().t().contiguous())
+        )
+        bias = decoder.bias
         self.decoder_bias = nn.Parameter(
-            bias.detach().clone() if bias is not None else torch.zeros(self.emb_t.shape[1])
+            bias.detach().clone() if bias is not None else torch.zeros(self.dec_t.shape[1])
         )
         self.lstms = _plain_lstms(awd)
         self.eval()
@@ -67,21 +68,25 @@ class LanguageModelGraph(nn.Module):
         for i, lstm in enumerate(self.lstms):
             x, (h, c) = lstm(x, (states[2 * i], states[2 * i + 1]))
             new_states += [h, c]
-        logits = torch.matmul(x[:, -1], self.emb_t) + self.decoder_bias
+        logits = torch.matmul(x[:, -1], self.dec_t) + self.decoder_bias
         return (logits, *new_states)
 
 
 class ClassifierGraph(nn.Module):
     """(input_ids right-padded, lengths) -> probabilities; fastai's SentenceEncoder + masked
-    concat pooling + PoolingLinearClassifier head, without the bptt loop.
+    concat pooling + PoolingLinearClassifier head, without the bptt loop. `activation` is what
+    the learner's loss applies in predict: softmax (single label) or sigmoid (multi-label).
 
     Exactness: the LSTM is unidirectional, so right padding cannot change outputs at real
     positions; pooling covers what fastai keeps: non-pad positions from the first bptt chunk
     that lies within the last `max_len` tokens (all of them for reviews up to max_len).
     """
 
-    def __init__(self, fastai_clf: Any) -> None:
+    def __init__(self, fastai_clf: Any, activation: str = "softmax") -> None:
         super().__init__()
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown activation {activation!r}")
+        self.activation = activation
         encoder, head = fastai_clf[0], fastai_clf[1]
         awd = encoder.module
         self.bptt = int(encoder.bptt)
@@ -118,4 +123,6 @@ class ClassifierGraph(nn.Module):
         max_pool = x.masked_fill(~keep.unsqueeze(2), float("-inf")).max(dim=1).values
         avg_pool = (x * keep_f).sum(dim=1) / keep_f.sum(dim=1)
         logits = self.head(torch.cat([last, max_pool, avg_pool], dim=1))
+        if self.activation == "sigmoid":
+            return torch.sigmoid(logits)
         return F.softmax(logits, dim=-1)

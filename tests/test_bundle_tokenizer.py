@@ -1,6 +1,6 @@
 """bundle.tokenizer: loading tokenizer.json, ids, and readable decoding (whole and streamed).
 
-Parity with fastai is tests/test_tokenizer_parity.py; this file checks what the server builds on:
+Parity with fastai is tests/test_bundle_tokenizer_parity.py; this file checks what the server builds on:
 a file written by export loads and behaves, importing the tokenizer stays free of spaCy / fastai /
 torch, and generated token streams decode into readable text, identically in one go and token by
 token.

@@ -1,5 +1,6 @@
-"""Export round trip on real fastai learners (tiny config): ONNX outputs match torch, padding and
-state carry are exact, the graphs have real (quantized) LSTM nodes, manifests carry the figures."""
+"""export/pipeline.py on this project's own run (`python -m export --run`, the tiny config):
+ONNX outputs match torch, padding and state carry are exact, the graphs have real (quantized)
+LSTM nodes, manifests carry the figures, a violated bound publishes nothing."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 import torch
 
 from bundle import BundleError, ClassifierModel, LanguageModel, load_bundle, load_manifest
+from export.eval_data import EvalData
+from export.learner import load_learner_file, text_ids
 from export.onnx_graphs import ExportError, assert_lstm_nodes, quantize
-from export.pipeline import Bounds, EvalData, _fastai_ids, export_classifier_bundle
+from export.pipeline import Bounds, export_learner
 
 TEXTS = [
     "The acting was wonderful and the plot felt brilliant. I watched it twice.",
@@ -25,14 +28,11 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def learners(tiny_run_and_bundles: tuple[Path, Path]) -> dict:
-    from fastai.text.all import load_learner
-
     run, _ = tiny_run_and_bundles
     return {
         "run": run,
-        "lm": load_learner(run / "lm.pkl"),
-        "clf": load_learner(run / "classifier.pkl"),
-        "vocab": json.loads((run / "vocab.json").read_text()),
+        "lm": load_learner_file(run / "lm.pkl"),
+        "clf": load_learner_file(run / "classifier.pkl"),
     }
 
 
@@ -42,7 +42,7 @@ def test_classifier_fp32_and_int8_match_fastai(learners: dict, tiny_bundles: Pat
     int8 = load_bundle(bundle_dir)
     assert isinstance(fp32, ClassifierModel) and isinstance(int8, ClassifierModel)
     model = learners["clf"].model.eval()
-    for text, ids in zip(TEXTS, _fastai_ids(learners["vocab"], TEXTS), strict=False):
+    for text, ids in zip(TEXTS, text_ids(learners["clf"], TEXTS), strict=False):
         assert fp32.tokenizer.encode(text) == ids  # our tokenizer gives fastai's ids
         model.reset()
         with torch.no_grad():
@@ -77,7 +77,7 @@ def test_long_review_pools_like_fastai(learners: dict, tiny_bundles: Path) -> No
     assert isinstance(fp32, ClassifierModel)
     max_len = fp32.manifest.architecture["max_len"]
     text = " ".join(TEXTS * 40)
-    ids = _fastai_ids(learners["vocab"], [text])[0]
+    ids = text_ids(learners["clf"], [text])[0]
     assert len(ids) > max_len + 50
     model = learners["clf"].model.eval()
     model.reset()
@@ -142,8 +142,12 @@ def test_manifests_record_measured_figures(tiny_bundles: Path) -> None:
         assert set(m["sources"]) >= {"fastai", "torch", "onnx", "onnxruntime", "spacy"}
         assert m["metrics"]["session_load_ms"][m["model"]["format"]]["same_outputs"]
         assert m["training"]["config"]["name"] == "tiny"
+        assert m["source"]["kind"] == "run" and m["direction"] == "forward"
+        assert m["metrics"]["evaluation"]["held_out"] is True
+        assert m["metrics"]["tokenizer"]["mismatches"] == 0
         assert m["reference_stats"]["documents"] > 0
     assert clf["metrics"]["quantization"]["argmax_agreement_int8_vs_fp32"] >= 0.99
+    assert clf["multi_label"] is False and "threshold" not in clf
     assert lm["metrics"]["quantization"]["perplexity_ratio_int8_vs_fp32"] <= 1.02
     assert lm["metrics"]["parity"]["max_abs_diff_stepwise_vs_whole"] <= 1e-4
     assert clf["metrics"]["sizes"]["int8_bytes"] < clf["metrics"]["sizes"]["fp32_bytes"]
@@ -153,12 +157,19 @@ def test_export_refuses_to_publish_when_a_bound_is_violated(
     tiny_run_and_bundles: tuple[Path, Path], tmp_path: Path
 ) -> None:
     run, _ = tiny_run_and_bundles
-    data = EvalData(texts=TEXTS, labels=["pos", "neg", "pos"], lm_texts=TEXTS)
+    data = EvalData(texts=TEXTS, labels=[["pos"], ["neg"], ["pos"]], description="three texts")
+    out = tmp_path / "models"
     with pytest.raises(ExportError, match="max_abs_diff_vs_torch"):
-        export_classifier_bundle(
-            run, tmp_path, "imdb-sentiment", "x", data, bounds=Bounds(max_abs_diff_fp32=0.0)
+        export_learner(
+            load_learner_file(run / "classifier.pkl"),
+            out,
+            "imdb-sentiment",
+            "x",
+            source={"kind": "run"},
+            eval_data=data,
+            bounds=Bounds(max_abs_diff_fp32=0.0),
         )
-    assert not (tmp_path / "imdb-sentiment").exists()
+    assert not out.exists()  # not the bundle, not its staging dir, not the dir made for it
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from bundle import ClassifierModel, LanguageModel, load_bundle
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "tiny-bundles"
 PIPELINE_SOURCES = ("training", "export", "bundle", "tests/corpus.py")
@@ -113,3 +115,18 @@ def imdb() -> Path:
     if not (path / "train.csv.gz").exists() and not (path / "sample.csv").exists():
         pytest.skip(f"IMDB data not found at {path} (set IMDB_DIR)")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_bundles: Path) -> ClassifierModel:
+    """The tiny classify bundle, loaded as the server loads it (verified, onnxruntime)."""
+    model = load_bundle(tiny_bundles / "imdb-sentiment")
+    assert isinstance(model, ClassifierModel)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_bundles: Path) -> LanguageModel:
+    model = load_bundle(tiny_bundles / "imdb-lm")
+    assert isinstance(model, LanguageModel)
+    return model

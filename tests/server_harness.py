@@ -1,8 +1,12 @@
-"""Helpers for the server tests: the real `python -m server` (gunicorn) on a free loopback port,
-and a small OpenAPI 3.0 schema checker for the responses.
+"""Helpers for the server tests, in two tiers with one interface (`get`, `post`, `url`):
 
-Why a subprocess and not Falcon's test client: the contract is what gunicorn actually sends
-(status lines, chunked bodies, streaming, limits on bytes read, startup and readiness).
+- `InProcessServer`: the real app (`create_app` over the real bundles and onnxruntime) called
+  through falcon.testing, no socket. For behaviour: fast, and a failure points at the code.
+- `RunningServer`: the real `python -m server` (gunicorn) on a free loopback port, for what
+  only transport shows (status lines, chunked bodies, streaming, bytes read, startup, SIGTERM,
+  overload, headers on the wire).
+
+Plus a small OpenAPI 3.0 schema checker for the responses and the Prometheus text reader.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import falcon.testing
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRACEBACK_MARKERS = ("Traceback", 'File "', "Error:", "line ")
@@ -61,6 +67,54 @@ class RunningServer:
                 self.process.kill()
                 self.process.wait(5)
         return int(self.process.returncode)
+
+
+class InProcessResponse:
+    """A falcon.testing result with the parts of `requests.Response` the tests read."""
+
+    def __init__(self, result: falcon.testing.Result) -> None:
+        self._result = result
+        self.status_code = result.status_code
+        self.headers = requests.structures.CaseInsensitiveDict(result.headers)
+        self.content = result.content
+        self.text = result.text
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class InProcessServer:
+    """The app of `python -m server`, built in this process over `model_dir` and called
+    through falcon.testing. `settings` overrides are Settings fields (e.g. max_batch_texts=16)."""
+
+    base_url = "http://falcon.test"
+
+    def __init__(self, model_dir: Path, **settings: Any) -> None:
+        from server.app import create_app
+        from server.config import Settings
+        from server.runtime import ServerRuntime
+
+        self.settings = Settings(model_dir=model_dir, **settings)
+        self.runtime = ServerRuntime.load(self.settings)
+        self.runtime.warm_up()
+        self.app = create_app(self.settings, self.runtime)
+        self.client = falcon.testing.TestClient(self.app)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def request(self, method: str, path: str, **kwargs: Any) -> InProcessResponse:
+        kwargs.pop("timeout", None)
+        if "data" in kwargs:
+            data = kwargs.pop("data")
+            kwargs["body"] = data if isinstance(data, (bytes, str)) else b"".join(data)
+        return InProcessResponse(self.client.simulate_request(method, path, **kwargs))
+
+    def get(self, path: str, **kwargs: Any) -> InProcessResponse:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> InProcessResponse:
+        return self.request("POST", path, **kwargs)
 
 
 def server_env(model_dir: Path, port: int, **overrides: str) -> dict[str, str]:
@@ -120,7 +174,9 @@ def assert_no_traceback(body: str) -> None:
         assert marker not in body, f"{marker!r} leaked into a response: {body[:300]}"
 
 
-def assert_json_error(response: requests.Response, status: int) -> dict[str, Any]:
+def assert_json_error(
+    response: requests.Response | InProcessResponse, status: int
+) -> dict[str, Any]:
     """The error contract: the status, JSON content type, exactly {title, description}."""
     assert response.status_code == status, (response.status_code, response.text[:300])
     assert response.headers["Content-Type"].startswith("application/json"), response.headers
@@ -266,3 +322,28 @@ class SchemaChecker:
             return None
         response = self.resolve(response)
         return response.get("content", {}).get(content_type, {}).get("schema", {})
+
+
+# ------------------------------------------------------------------ Prometheus text, read back
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> tuple[dict[str, str], Samples]:
+    """({family: type}, {(sample name, labels): value}) as Prometheus itself would read them."""
+    types: dict[str, str] = {}
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return types, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    """Sum over every series of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))

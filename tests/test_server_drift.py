@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import RunningServer, start_server
-from test_monitoring_metrics import parse, value
+from server_harness import RunningServer, parse, start_server, value
 
 from server.observability.drift import (
     BinnedReference,

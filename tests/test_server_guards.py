@@ -1,6 +1,7 @@
-"""server/limits.py and server/batching.py in-process, on the real tiny classifier (onnxruntime).
+"""The run guards, the micro-batcher and the admission gate in process, on the real tiny
+classifier (onnxruntime): server/inference/guards.py, batching.py, server/http/admission.py.
 
-The HTTP behaviour (503 under overload, 504 at the deadline) is in test_hardening_overload.py;
+The HTTP behaviour (503 under overload, 504 at the deadline) is in test_server_admission.py;
 these pin down the pieces: the gate's arithmetic, onnxruntime runs really being terminated, and
 the micro-batcher's coalescing, ordering, deadlines and hand-over between leaders.
 """
@@ -10,12 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bundle import ClassifierModel, load_bundle
+from bundle import ClassifierModel
 from server.config import Settings
 from server.http.admission import AdmissionGate
 from server.http.errors import Overloaded, ShuttingDown, http_error
@@ -27,13 +27,6 @@ from server.inference.guards import CLASSIFY_RUNS, RUN_DEADLINES, RequestBudget,
 MAX_TOKENS = Settings().classify_max_tokens  # the CLASSIFY_MAX_TOKENS default
 
 LONG_IDS = 5000  # tokens per row of the "long" batch: ~1 s of tiny-model work per 64 rows
-
-
-@pytest.fixture(scope="module")
-def classifier(tiny_bundles: Path) -> ClassifierModel:
-    model = load_bundle(tiny_bundles / "imdb-sentiment")
-    assert isinstance(model, ClassifierModel)
-    return model
 
 
 def long_batch(model: ClassifierModel, rows: int = 64) -> list[list[int]]:
@@ -79,9 +72,9 @@ def test_closing_cuts_in_flight_deadlines_and_admits_no_more() -> None:
 
 
 # ------------------------------------------------------------------ onnxruntime termination
-def test_a_run_past_its_deadline_is_terminated(classifier: ClassifierModel) -> None:
-    batch = long_batch(classifier)
-    run = classifier_runner(classifier, MAX_TOKENS)
+def test_a_run_past_its_deadline_is_terminated(tiny_classifier: ClassifierModel) -> None:
+    batch = long_batch(tiny_classifier)
+    run = classifier_runner(tiny_classifier, MAX_TOKENS)
     full = run(batch, time.monotonic() + 600, 600)
     assert full.shape == (64, 2)
     # Interleaved rounds, fastest of each kind: a burst of other work on the machine (the rest of
@@ -104,10 +97,10 @@ def test_a_run_past_its_deadline_is_terminated(classifier: ClassifierModel) -> N
     assert min(stopped_times) < 0.8 * min(full_times), (stopped_times, full_times)
 
 
-def test_an_expired_budget_runs_nothing(classifier: ClassifierModel) -> None:
-    run = classifier_runner(classifier, MAX_TOKENS)
+def test_an_expired_budget_runs_nothing(tiny_classifier: ClassifierModel) -> None:
+    run = classifier_runner(tiny_classifier, MAX_TOKENS)
     with pytest.raises(DeadlineExceeded):
-        run([[classifier.bos_id, 5]], time.monotonic() - 1, 1.0)
+        run([[tiny_classifier.bos_id, 5]], time.monotonic() - 1, 1.0)
 
 
 # ------------------------------------------------------------------------------ batching
@@ -159,24 +152,24 @@ def wait_queued(batcher: ClassifyBatcher, count: int) -> None:
         time.sleep(0.002)
 
 
-def test_a_lone_request_runs_at_once_in_its_own_thread(classifier: ClassifierModel) -> None:
-    runner = GatedRunner(classifier)
+def test_a_lone_request_runs_at_once_in_its_own_thread(tiny_classifier: ClassifierModel) -> None:
+    runner = GatedRunner(tiny_classifier)
     runner.release_first.set()
     batcher = ClassifyBatcher(runner, max_texts=64)
-    request = ids_of(classifier, 1)[0]
+    request = ids_of(tiny_classifier, 1)[0]
     result = batcher.predict(request, RequestBudget(5))
     assert runner.calls == [(threading.get_ident(), request)]  # no hand-off to another thread
-    np.testing.assert_array_equal(result, classifier.predict_ids(request))
+    np.testing.assert_array_equal(result, tiny_classifier.predict_ids(request))
 
 
 def test_concurrent_requests_share_one_call_and_get_their_own_rows(
-    classifier: ClassifierModel,
+    tiny_classifier: ClassifierModel,
 ) -> None:
-    runner = GatedRunner(classifier)
+    runner = GatedRunner(tiny_classifier)
     batcher = ClassifyBatcher(runner, max_texts=64)
     observed: list[tuple[int, int]] = []
     batcher.observers.append(lambda requests, texts, seconds: observed.append((requests, texts)))
-    requests = ids_of(classifier, 8)
+    requests = ids_of(tiny_classifier, 8)
     threads, answers = submit_all(batcher, requests)
     threads[0].start()
     assert runner.first_started.wait(10)
@@ -189,23 +182,23 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows(
     assert observed == [(1, 1), (7, 7)]
     second_call = runner.calls[1][1]
     assert sorted(map(len, second_call)) == sorted(len(r[0]) for r in requests[1:])
-    together = classifier.predict_ids(second_call)  # the same call, made directly
+    together = tiny_classifier.predict_ids(second_call)  # the same call, made directly
     for index, request in enumerate(requests):
         answer = answers[index]
         assert isinstance(answer, np.ndarray), answer
         if index == 0:
-            np.testing.assert_array_equal(answer, classifier.predict_ids(request))
+            np.testing.assert_array_equal(answer, tiny_classifier.predict_ids(request))
             continue
         row = second_call.index(request[0])
         np.testing.assert_array_equal(answer, together[row : row + 1])
 
 
 def test_calls_never_exceed_max_texts_and_big_requests_run_alone(
-    classifier: ClassifierModel,
+    tiny_classifier: ClassifierModel,
 ) -> None:
-    runner = GatedRunner(classifier)
+    runner = GatedRunner(tiny_classifier)
     batcher = ClassifyBatcher(runner, max_texts=4)
-    small = ids_of(classifier, 6)
+    small = ids_of(tiny_classifier, 6)
     big = [small[0][0]] * 9  # one request of 9 texts: larger than max_texts
     requests = [small[0], big, *small[1:]]
     threads, answers = submit_all(batcher, requests)
@@ -224,10 +217,12 @@ def test_calls_never_exceed_max_texts_and_big_requests_run_alone(
     assert answers[1].shape == (9, 2)  # type: ignore[union-attr]
 
 
-def test_a_request_that_expires_in_the_queue_costs_no_work(classifier: ClassifierModel) -> None:
-    runner = GatedRunner(classifier)
+def test_a_request_that_expires_in_the_queue_costs_no_work(
+    tiny_classifier: ClassifierModel,
+) -> None:
+    runner = GatedRunner(tiny_classifier)
     batcher = ClassifyBatcher(runner, max_texts=64)
-    first, late = ids_of(classifier, 2)
+    first, late = ids_of(tiny_classifier, 2)
     answers: dict[str, object] = {}
 
     def leader() -> None:
@@ -247,12 +242,12 @@ def test_a_request_that_expires_in_the_queue_costs_no_work(classifier: Classifie
     assert batcher.stats() == {"queued": 0, "leading": False}
 
 
-def test_leadership_passes_on_and_everyone_is_answered(classifier: ClassifierModel) -> None:
+def test_leadership_passes_on_and_everyone_is_answered(tiny_classifier: ClassifierModel) -> None:
     """Many rounds of many threads: every request answered with its own rows, none stuck."""
-    runner = classifier_runner(classifier, MAX_TOKENS)
+    runner = classifier_runner(tiny_classifier, MAX_TOKENS)
     batcher = ClassifyBatcher(runner, max_texts=3)
-    requests = ids_of(classifier, 24)
-    expected = [classifier.predict_ids(r) for r in requests]
+    requests = ids_of(tiny_classifier, 24)
+    expected = [tiny_classifier.predict_ids(r) for r in requests]
     for _ in range(3):
         threads, answers = submit_all(batcher, requests)
         for thread in threads:
@@ -268,13 +263,13 @@ def test_leadership_passes_on_and_everyone_is_answered(classifier: ClassifierMod
     assert batcher.stats() == {"queued": 0, "leading": False}
 
 
-def test_a_failed_call_fails_each_of_its_requests(classifier: ClassifierModel) -> None:
+def test_a_failed_call_fails_each_of_its_requests(tiny_classifier: ClassifierModel) -> None:
     def broken(ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
         raise RuntimeError("onnxruntime exploded")
 
     batcher = ClassifyBatcher(broken, max_texts=8)
     with pytest.raises(BatchFailed) as failed:
-        batcher.predict(ids_of(classifier, 1)[0], RequestBudget(5))
+        batcher.predict(ids_of(tiny_classifier, 1)[0], RequestBudget(5))
     assert isinstance(failed.value.__cause__, RuntimeError)
     assert batcher.stats() == {"queued": 0, "leading": False}  # the next request can lead
 
@@ -312,13 +307,16 @@ def test_run_slots_let_one_run_at_a_time_and_a_waiter_keeps_its_deadline() -> No
     second.join(5)
 
 
-def test_classifier_runs_wait_for_a_slot(classifier: ClassifierModel) -> None:
-    run = classifier_runner(classifier, MAX_TOKENS)
+def test_classifier_runs_wait_for_a_slot(tiny_classifier: ClassifierModel) -> None:
+    run = classifier_runner(tiny_classifier, MAX_TOKENS)
     CLASSIFY_RUNS.configure(1)
     # another request's run holds the slot
     with CLASSIFY_RUNS.hold(time.monotonic() + 10, 10), pytest.raises(DeadlineExceeded):
-        run([[classifier.bos_id, 5, 6]], time.monotonic() + 0.2, 0.2)
-    assert run([[classifier.bos_id, 5, 6]], time.monotonic() + 10, 10).shape == (1, 2)  # free again
+        run([[tiny_classifier.bos_id, 5, 6]], time.monotonic() + 0.2, 0.2)
+    assert run([[tiny_classifier.bos_id, 5, 6]], time.monotonic() + 10, 10).shape == (
+        1,
+        2,
+    )  # free again
 
 
 def test_token_runs_cover_every_text_once_within_the_budget() -> None:
@@ -333,20 +331,22 @@ def test_token_runs_cover_every_text_once_within_the_budget() -> None:
 
 
 def test_classifier_runner_splits_by_tokens_and_keeps_the_order(
-    classifier: ClassifierModel,
+    tiny_classifier: ClassifierModel,
 ) -> None:
     texts = [
-        [classifier.bos_id] + [5 + (i * j) % 40 for j in range(n)]
+        [tiny_classifier.bos_id] + [5 + (i * j) % 40 for j in range(n)]
         for i, n in enumerate([30, 3, 90, 12, 60])
     ]
-    alone = np.concatenate([classifier.predict_ids([t]) for t in texts])
-    split = classifier_runner(classifier, max_tokens=1)(
+    alone = np.concatenate([tiny_classifier.predict_ids([t]) for t in texts])
+    split = classifier_runner(tiny_classifier, max_tokens=1)(
         texts, time.monotonic() + 60, 60
     )  # every text alone
     np.testing.assert_array_equal(split, alone)
     # 64 tokens: the two shortest (4 and 13 ids) share a run, the others run alone; rows come back in order
-    mixed = classifier_runner(classifier, max_tokens=64)(texts, time.monotonic() + 60, 60)
-    np.testing.assert_array_equal(mixed[[1, 3]], classifier.predict_ids([texts[1], texts[3]]))
+    mixed = classifier_runner(tiny_classifier, max_tokens=64)(texts, time.monotonic() + 60, 60)
+    np.testing.assert_array_equal(mixed[[1, 3]], tiny_classifier.predict_ids([texts[1], texts[3]]))
     np.testing.assert_array_equal(mixed[[0, 2, 4]], alone[[0, 2, 4]])
-    together = classifier_runner(classifier, max_tokens=10**6)(texts, time.monotonic() + 60, 60)
+    together = classifier_runner(tiny_classifier, max_tokens=10**6)(
+        texts, time.monotonic() + 60, 60
+    )
     assert (together.argmax(1) == alone.argmax(1)).all()

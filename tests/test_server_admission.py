@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hardening_load import Client, Outcome, encode
+from load_harness import Client, Outcome, encode
 from server_harness import (
     RunningServer,
     SchemaChecker,

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from server_harness import REPO_ROOT, RunningServer, free_port, server_env, start_server
-from test_monitoring_metrics import parse, value
+from server_harness import (
+    REPO_ROOT,
+    RunningServer,
+    free_port,
+    parse,
+    server_env,
+    start_server,
+    value,
+)
 
 from server.observability.metrics import ServerMetrics
 from server.observability.shadow import ShadowRunner, load_candidate

@@ -1,5 +1,5 @@
 """Soak under overload: twice the measured capacity, open loop, for SOAK_SECONDS (default 20 s;
-the issue's 60 s run: `SOAK_SECONDS=60 pytest tests/test_hardening_soak.py -s`). Loopback only.
+the issue's 60 s run: `SOAK_SECONDS=60 pytest tests/test_server_soak.py -s`). Loopback only.
 
 Capacity is measured first on the same server (closed loop at WEB_THREADS clients); then
 requests arrive on a fixed schedule at twice that rate whatever the answers, as real traffic
@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from hardening_load import (
+from load_harness import (
     RssSampler,
     closed_loop,
     encode,

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from hardening_load import Client, Outcome, closed_loop, encode
+from load_harness import Client, Outcome, closed_loop, encode
 from server_harness import start_server
 
 CLOUD_RUN_WINDOW_S = 10.0

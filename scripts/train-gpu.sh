@@ -1,15 +1,43 @@
 #!/usr/bin/env bash
-# Train the shipped models on a lent GPU machine (docs/training.md): the `gpu` config from the
-# pre-tokenized corpus (`python -m training tokenize`), weights-only (no spaCy there), each phase
-# fitted to a number of seconds. Copies the fp16 weights, metrics and log to RESULTS_DIR even when
-# the time limit cuts the run short; `python -m training rebuild` turns them into learners.
-#   scripts/train-gpu.sh CORPUS_DIR RUN_DIR RESULTS_DIR [LM_SECONDS] [CLF_SECONDS] [CONFIG]
+# Train on a lent GPU machine (docs/training.md): CONFIG (default gpu) from the pre-tokenized
+# corpus (`python -m training tokenize`), weights-only (no spaCy there), the whole call done within
+# LIMIT_S wall-clock seconds (default 600, the machines' limit per command), start-up included:
+# the LM and classifier seconds are derived from what is left once fastai is installed and
+# imported (training/budget.py). fastai comes from the wheels in $GPU_WHEELS (default
+# .gpu/wheels, made by scripts/gpu-wheels.sh) when the machine's Python lacks it. Copies to
+# RESULTS_DIR, in the run directory's layout, everything `python -m training rebuild` needs
+# (config, vocab, metrics, fp16 weight chunks) and the log, also when the limit cuts training short.
+#   scripts/train-gpu.sh CORPUS_DIR RUN_DIR RESULTS_DIR [LIMIT_S] [CONFIG] [training args...]
 set -uo pipefail
-corpus=$1 run=$2 results=$3 lm_s=${4:-290} clf_s=${5:-180} config=${6:-gpu}; shift $(($# < 6 ? $# : 6))
+started=$(date +%s)
+corpus=$1 run=$2 results=$3 limit=${4:-600} config=${5:-gpu}
+shift $(($# < 5 ? $# : 5))
+PYTHON=${PYTHON:-python3}
+COPY_S=10  # kept after training stops: copying the results back
 mkdir -p "$results"
-PYTHONUNBUFFERED=1 timeout --signal=INT $((lm_s + clf_s + 60)) python3 -m training all --config "$config" \
-  --data "$corpus" --out "$run" --weights-only --lm-seconds "$lm_s" --clf-seconds "$clf_s" "$@" 2>&1 | tee "$results/train.log"
+log="$results/train.log"
+
+if ! "$PYTHON" -c 'import fastai' 2>/dev/null; then
+  wheels=${GPU_WHEELS:-.gpu/wheels} site=${GPU_SITE:-/tmp/gpu-site}
+  if ! ls "$wheels"/*.whl >/dev/null 2>&1; then
+    echo "fastai is not installed and $wheels holds no wheels: run scripts/gpu-wheels.sh here" \
+      "and carry $wheels" | tee "$log" >&2
+    exit 2
+  fi
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$site" "$wheels"/*.whl || exit 2
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+  echo "installed $(ls "$wheels"/*.whl | wc -l) wheels from $wheels in $(($(date +%s) - started)) s" \
+    | tee "$log"
+fi
+
+finish_by=$((started + limit - COPY_S))
+# the hard stop, should the budgets be wrong: SIGINT at the deadline, SIGKILL 5 s later
+PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=5 $((finish_by - $(date +%s))) \
+  "$PYTHON" -m training all --config "$config" --data "$corpus" --out "$run" --weights-only \
+  --finish-by "$finish_by" "$@" 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}
-cp "$run"/weights/*.pt "$run"/metrics.json "$run"/config.json "$results"/ 2>/dev/null
-ls -l "$results"
+"$PYTHON" -m training.run_files "$run" "$results"
+echo "wall time $(($(date +%s) - started)) s of the ${limit} s limit, exit status $status" \
+  | tee -a "$log"
 exit "$status"

@@ -4,19 +4,24 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, run_module
 
-from training.budget import plan
+from training.budget import FINISH_S, FINISH_SHARE, LM_SHARE, plan, split_time_left
 from training.config import get_config
 from training.corpus import TokenizedCorpus, build_corpus
 from training.data import load_imdb
+from training.tokens import tokenize_texts
 from training.weights import load_fp16_chunks, save_fp16_chunks
 
 
@@ -91,75 +96,93 @@ def test_corpus_gives_fastai_the_same_tokens_and_vocab_as_the_text_path(
         loaded.check_matches(get_config("tiny", lm_docs=10))
 
 
-def test_weights_only_run_without_spacy_then_rebuild_gives_working_learners(
+GPU_SCRIPT_LIMIT_S = 40  # the tiny run through scripts/train-gpu.sh, start-up included
+
+
+def test_gpu_script_within_its_time_limit_then_rebuild_gives_working_learners(
     synthetic: Path, tmp_path: Path
 ) -> None:
+    """The documented GPU recipe end to end on the CPU: tokenize here, scripts/train-gpu.sh with a
+    wall-clock limit where spaCy is absent (as on a lent GPU machine), then `rebuild` from exactly
+    the folder the script brought back."""
+    corpus = tmp_path / "corpus"
     run_module(
-        "training",
-        "tokenize",
-        "--config",
-        "tiny",
-        "--data",
-        str(synthetic),
-        "--out",
-        str(tmp_path / "corpus"),
+        "training", "tokenize", "--config", "tiny", "--data", str(synthetic), "--out", str(corpus)
     )
-    # what a lent GPU machine runs: no spaCy importable there
-    no_spacy = (
-        "import runpy, sys; sys.modules['spacy'] = None; sys.argv = ['training'] + sys.argv[1:]; "
-        "runpy.run_module('training', run_name='__main__')"
-    )
-    args = [
-        "all",
-        "--config",
-        "tiny",
-        "--threads",
-        "1",
-        "--data",
-        str(tmp_path / "corpus"),
-        "--out",
-        str(tmp_path / "run"),
-        "--weights-only",
-        "--lm-seconds",
-        "8",
-        "--clf-seconds",
-        "12",
-        "--lm-epochs",
-        "3",
-    ]
+    no_spacy = tmp_path / "no-spacy" / "spacy"
+    no_spacy.mkdir(parents=True)
+    (no_spacy / "__init__.py").write_text("raise ImportError('no spaCy on a lent GPU machine')\n")
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": os.pathsep.join([str(no_spacy.parent), str(REPO)]),
+    }
+    results = tmp_path / "results"
+    started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-c", no_spacy, *args],
+        [
+            "bash",
+            "scripts/train-gpu.sh",
+            str(corpus),
+            str(tmp_path / "run"),
+            str(results),
+            str(GPU_SCRIPT_LIMIT_S),
+            "tiny",
+            "--threads",
+            "1",
+            "--lm-epochs",
+            "3",
+        ],
         cwd=REPO,
+        env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=GPU_SCRIPT_LIMIT_S + 30,
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    run = tmp_path / "run"
-    assert not (run / "lm.pkl").exists() and not (run / "classifier.pkl").exists()
-    assert sorted(p.name for p in (run / "weights").glob("*.pt")) == ["classifier-0.pt", "lm-0.pt"]
-    metrics = json.loads((run / "metrics.json").read_text())
+    wall_s = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert wall_s < GPU_SCRIPT_LIMIT_S, wall_s
+    log = (results / "train.log").read_text()
+    assert "time limit:" in log and "wall time" in log
+    brought = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.is_file())
+    assert brought == [
+        "config.json",
+        "metrics.json",
+        "train.log",
+        "vocab.json",
+        "weights/classifier-0.pt",
+        "weights/lm-0.pt",
+    ]
+    metrics = json.loads((results / "metrics.json").read_text())
     schedule = metrics["lm"]["schedule"]
     assert (
         schedule["epochs"] >= 1
         and 0 < schedule["epoch_fraction"] <= 1
         and schedule["probe_ms_per_batch"] > 0
     )
-    assert (
-        metrics["lm"]["train_seconds"] < 8 + 10 + 5
-    )  # budget + the guard's grace + the final validation
     assert metrics["lm"]["train_loss_end"] < metrics["lm"]["train_loss_start"]
 
-    run_module(
-        "training",
-        "rebuild",
-        "--config",
-        "tiny",
-        "--data",
-        str(tmp_path / "corpus"),
-        "--out",
-        str(run),
+    # a folder missing a file is refused at once, naming every missing file, writing nothing
+    broken = tmp_path / "broken"
+    shutil.copytree(results, broken)
+    (broken / "weights" / "classifier-0.pt").unlink()
+    (broken / "vocab.json").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "rebuild", "--data", str(corpus), "--out", str(broken)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert proc.returncode == 2
+    assert str(broken / "vocab.json") in proc.stderr
+    assert str(broken / "weights" / "classifier-") in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (broken / "lm.pkl").exists() and not (broken / "classifier.pkl").exists()
+
+    run = tmp_path / "rebuilt"
+    shutil.copytree(results, run)  # what docs/training.md says to do with the folder
+    run_module("training", "rebuild", "--config", "tiny", "--data", str(corpus), "--out", str(run))
     rebuilt = json.loads((run / "metrics.json").read_text())["rebuilt"]
     # fp16 weights, fp32 here: the validation accuracy the run reported comes back
     assert (
@@ -191,3 +214,22 @@ def test_weights_only_run_without_spacy_then_rebuild_gives_working_learners(
     label, continuation = out["LABEL"], out["TEXT"]
     assert label in ("neg", "pos")
     assert continuation.lower().startswith("the movie was") and len(continuation.split()) > 3
+
+
+def test_time_limit_split_keeps_a_share_to_finish() -> None:
+    lm_s, clf_s = split_time_left(560.0)
+    assert lm_s + clf_s == pytest.approx((560.0 - FINISH_S) * (1 - FINISH_SHARE))
+    assert lm_s == pytest.approx((lm_s + clf_s) * LM_SHARE)
+    assert split_time_left(-5.0) == (0.0, 0.0)
+
+
+def test_chunked_tokenizer_gives_fastai_tokenize_df_tokens(synthetic: Path) -> None:
+    """The progress-reporting tokenizer is fastai's own: same tokens as tokenize_df."""
+    from fastai.text.all import tokenize_df
+
+    texts = load_imdb(synthetic).train["text"].tolist()[:40]
+    df, _ = tokenize_df(pd.DataFrame({"text": texts}), text_cols="text", n_workers=1)
+    expected = [list(t) for t in df["text"]]
+    assert tokenize_texts(texts, n_workers=1) == expected
+    # small chunks over two processes: they finish out of order, the result keeps the input's
+    assert tokenize_texts(texts, n_workers=2, chunk_texts=3) == expected

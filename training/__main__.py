@@ -2,7 +2,8 @@
 
 tokenize: fastai-tokenize train + unsup once and write a pre-tokenized corpus to --out (for a
 GPU machine). lm / classifier / all: train; --data may be IMDB text or such a corpus.
-rebuild: turn a --weights-only run's fp16 weights into lm.pkl / classifier.pkl (needs the corpus).
+rebuild: turn a --weights-only run's fp16 weights into lm.pkl / classifier.pkl (needs the corpus);
+it first checks that every file it needs is there and names any that is not.
 """
 
 from __future__ import annotations
@@ -10,9 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+import warnings
 from pathlib import Path
 
 from .config import CONFIGS, get_config
+
+# fastai scripts its activation functions with torch.jit.script when it is imported, which torch
+# now deprecates: a note for fastai's authors that no user of this command can act on.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
         help="fit the classifier (its last stage gets what is left) to this many seconds",
     )
     p.add_argument(
+        "--finish-by",
+        type=float,
+        help="all: a wall-clock deadline (Unix seconds) for the whole run, saving included; the "
+        "LM and classifier seconds are derived from what is left (training/budget.py)",
+    )
+    p.add_argument(
         "--init-lm",
         type=Path,
         help="start the LM from the fp16 weight chunks (lm-*.pt) in this directory",
@@ -85,12 +100,30 @@ def main(argv: list[str] | None = None) -> int:
         "then `rebuild` where spaCy is",
     )
     args = p.parse_args(argv)
+    if args.finish_by is not None and (args.lm_seconds or args.clf_seconds):
+        p.error("--finish-by derives the LM and classifier seconds: give it or them, not both")
+
+    from .data import resolve_data_dir
+    from .run_files import missing_for_rebuild
+
+    data_dir = resolve_data_dir(args.data, args.download)
+    if args.stage == "rebuild":  # before anything slow: one message naming every missing file
+        missing = missing_for_rebuild(args.out, data_dir)
+        if missing:
+            print(
+                "python -m training rebuild: these files are missing, nothing was done:\n  "
+                + "\n  ".join(missing)
+                + "\n--out is the RESULTS folder a GPU run brought back (scripts/train-gpu.sh), "
+                "copied here whole; --data is the pre-tokenized corpus it trained on.",
+                file=sys.stderr,
+            )
+            return 2
 
     import torch
 
-    from .budget import TimeBudget
+    from .budget import TimeBudget, split_time_left
     from .corpus import TokenizedCorpus, build_corpus, is_corpus_dir
-    from .data import load_imdb, resolve_data_dir
+    from .data import load_imdb
     from .ulmfit import rebuild_learners, train_classifier, train_lm
 
     if args.threads:
@@ -106,7 +139,6 @@ def main(argv: list[str] | None = None) -> int:
         clf_init=args.clf_init,
         pretrained=args.pretrained,
     )
-    data_dir = resolve_data_dir(args.data, args.download)
     if args.stage == "tokenize":
         corpus = build_corpus(load_imdb(data_dir), cfg, args.out / "cache")
         corpus.save(args.out)
@@ -128,8 +160,20 @@ def main(argv: list[str] | None = None) -> int:
             p.error("rebuild needs --data to be the pre-tokenized corpus the run trained on")
         print(json.dumps({"rebuilt": rebuild_learners(data, args.out)}), flush=True)
         return 0
+    lm_seconds, clf_seconds = args.lm_seconds, args.clf_seconds
+    clf_until = None  # with --finish-by the classifier trains until a fixed time: what the LM
+    if args.finish_by is not None:  # leaves unused is the classifier's, an LM overrun is not
+        left = args.finish_by - time.time()
+        lm_seconds, clf_seconds = split_time_left(left)
+        clf_until = TimeBudget.seconds(lm_seconds + clf_seconds)
+        print(
+            f"time limit: {left:.0f} s left after start-up -> LM {lm_seconds:.0f} s, "
+            f"classifier {clf_seconds:.0f} s, {left - lm_seconds - clf_seconds:.0f} s kept to finish",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.stage in ("lm", "all"):
-        budget = TimeBudget.seconds(args.lm_seconds) if args.lm_seconds else None
+        budget = TimeBudget.seconds(lm_seconds) if lm_seconds else None
         print(
             json.dumps(
                 {"lm": train_lm(data, cfg, args.out, budget, args.weights_only, args.init_lm)},
@@ -138,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if args.stage in ("classifier", "all"):
-        budget = TimeBudget.seconds(args.clf_seconds) if args.clf_seconds else None
+        budget = clf_until or (TimeBudget.seconds(clf_seconds) if clf_seconds else None)
         metrics = train_classifier(
             data, cfg, args.out, args.resume_after_stage, budget, args.weights_only
         )
@@ -147,4 +191,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C, or scripts/train-gpu.sh's hard stop at its time limit
+        print(
+            "python -m training: interrupted; what was written so far stays in the run directory",
+            file=sys.stderr,
+        )
+        sys.exit(130)

@@ -20,6 +20,7 @@ import pandas as pd
 
 from .config import TrainConfig
 from .data import ImdbData
+from .tokens import tokenize_cached
 
 CORPUS_FILE = "corpus.npz"
 META_FILE = "corpus.json"
@@ -124,10 +125,8 @@ class TokenizedCorpus:
 def build_corpus(data: ImdbData, cfg: TrainConfig, cache_dir: Path) -> TokenizedCorpus:
     """Tokenize train + unsup with fastai (cached), build the vocab from the LM documents exactly
     as `train_lm` does, and encode everything as uint16 ids (unknown tokens become xxunk)."""
-    from .ulmfit import _tokenize_cached
-
     texts = pd.concat([data.train["text"], data.unsup["text"]], ignore_index=True)
-    tokens = _tokenize_cached(texts, cache_dir, "all", cfg.n_workers)
+    tokens = tokenize_cached(texts, cache_dir, "all", cfg.n_workers)
     order = lm_order(len(tokens), cfg)
     vocab = build_vocab([tokens[i] for i in order], cfg)
     if len(vocab) > np.iinfo(np.uint16).max:

@@ -8,7 +8,6 @@ Everything a later stage needs is written to the run directory:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -24,8 +23,6 @@ import torch
 from fastai.text.all import (
     AWD_LSTM,
     BaseTokenizer,
-    Callback,
-    CancelTrainException,
     CategoryBlock,
     ColReader,
     DataBlock,
@@ -43,18 +40,19 @@ from fastai.text.all import (
     language_model_learner,
     set_seed,
     text_classifier_learner,
-    tokenize_df,
 )
 
 from .budget import TimeBudget, fit_budgeted
 from .config import TrainConfig
 from .corpus import TokenizedCorpus, build_vocab, clf_rows, lm_order
 from .data import ImdbData
+from .run_files import CONFIG_FILE, VOCAB_FILE, WEIGHTS_DIR
+from .schedule import fit_one_cycle, validate
+from .tokens import tokenize_cached
 from .weights import load_fp16_chunks, save_fp16_chunks
 
 Source = ImdbData | TokenizedCorpus
 
-MOMS = (0.8, 0.7, 0.8)  # ULMFiT's momentum schedule
 DISCRIMINATIVE_FACTOR = 2.6**4  # lower layer groups get lr / 2.6^4 (ULMFiT)
 
 
@@ -71,62 +69,10 @@ def hardware() -> dict[str, Any]:
     return info
 
 
-def _tokenize_cached(
-    texts: pd.Series, cache_dir: Path, tag: str, n_workers: int
-) -> list[list[str]]:
-    """fastai tokenization is the slow part of data prep (~4 min per 100k reviews): do it once."""
-    digest = hashlib.sha256("\x00".join(texts.tolist()).encode("utf-8")).hexdigest()[:16]
-    path = cache_dir / f"{tag}-{digest}.pkl"
-    if path.exists():
-        return pd.read_pickle(path)
-    df, _ = tokenize_df(
-        pd.DataFrame({"text": texts.tolist()}), text_cols="text", n_workers=n_workers
-    )
-    tokens = [list(t) for t in df["text"]]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    pd.to_pickle(tokens, path)
-    return tokens
-
-
 def _lm_corpus(data: ImdbData, cfg: TrainConfig) -> pd.Series:
     """LM text: train + unsup (never test), shuffled with the config's seed, capped at lm_docs."""
     texts = pd.concat([data.train["text"], data.unsup["text"]], ignore_index=True)
     return texts.iloc[lm_order(len(texts), cfg)].reset_index(drop=True)
-
-
-class PartialEpoch(Callback):
-    """Train on the first `fraction` of each epoch's batches with the one-cycle schedule compressed
-    to that length (ShortEpochCallback would stop at the schedule's peak learning rate)."""
-
-    order = -20  # before TrainEvalCallback and ParamScheduler read n_iter
-
-    def __init__(self, fraction: float) -> None:
-        self.fraction = fraction
-
-    def before_batch(self) -> None:
-        if self.training and self.iter == 0:
-            self.learn.n_iter = max(1, int(len(self.dl) * self.fraction))
-
-    def after_batch(self) -> None:
-        if self.training and self.iter + 1 >= self.learn.n_iter:
-            raise CancelTrainException
-
-
-def _fit(
-    learn: Any,
-    epochs: int,
-    lr: float | slice,
-    fraction: float = 1.0,
-    extra_cbs: list[Callback] | None = None,
-) -> None:
-    """One-cycle fit; progress bars only on a terminal. `fraction` < 1 trains on part of each
-    epoch (PartialEpoch), validating on the whole validation set."""
-    cbs = [*(extra_cbs or []), *([PartialEpoch(fraction)] if fraction < 1 else [])]
-    if sys.stdout.isatty():
-        learn.fit_one_cycle(epochs, lr, moms=MOMS, cbs=cbs)
-    else:
-        with learn.no_bar():
-            learn.fit_one_cycle(epochs, lr, moms=MOMS, cbs=cbs)
 
 
 def _text_tokenizer(weights_only: bool = False) -> Tokenizer:
@@ -147,7 +93,7 @@ def _lm_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[str
     if isinstance(data, TokenizedCorpus):
         data.check_matches(cfg)
         return data.lm_tokens(), data.vocab
-    tokens = _tokenize_cached(_lm_corpus(data, cfg), out / "cache", "lm", cfg.n_workers)
+    tokens = tokenize_cached(_lm_corpus(data, cfg), out / "cache", "lm", cfg.n_workers)
     return tokens, build_vocab(tokens, cfg)
 
 
@@ -156,7 +102,7 @@ def _clf_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[st
     if isinstance(data, TokenizedCorpus):
         return data.clf_tokens(cfg)
     train = data.train.iloc[clf_rows(len(data.train), cfg)]
-    tokens = _tokenize_cached(
+    tokens = tokenize_cached(
         train["text"].reset_index(drop=True), out / "cache", "clf", cfg.n_workers
     )
     return tokens, train["label"].astype(str).tolist()
@@ -305,7 +251,7 @@ def train_lm(
     t0 = time.perf_counter()
     tokens, vocab = _lm_tokens(data, cfg, out)
     t_tok = time.perf_counter() - t0
-    _write_json(out / "vocab.json", vocab)
+    _write_json(out / VOCAB_FILE, vocab)
 
     if weights_only and isinstance(
         data, TokenizedCorpus
@@ -321,16 +267,17 @@ def train_lm(
     t1 = time.perf_counter()
     if budget is None:
         schedule = {"epochs": cfg.lm_epochs, "epoch_fraction": 1.0}
-        _fit(learn, cfg.lm_epochs, cfg.lm_lr)
+        fit_one_cycle(learn, cfg.lm_epochs, cfg.lm_lr, label="LM")
     else:
-        schedule = fit_budgeted(learn, cfg.lm_epochs, cfg.lm_lr, budget)
+        schedule = fit_budgeted(learn, cfg.lm_epochs, cfg.lm_lr, budget, label="LM")
     t_train = time.perf_counter() - t1
     trend = _loss_trend(learn)  # before validate(), which resets the recorder
-    with learn.no_bar():
-        valid_loss, valid_acc, valid_ppl = (float(v) for v in learn.validate())
+    valid_loss, valid_acc, valid_ppl = validate(learn, "LM validation")
     learn.save_encoder("encoder")
+    weight_files = []
     if weights_only:
-        save_fp16_chunks(learn.model.state_dict(), out / "weights", "lm")
+        paths = save_fp16_chunks(learn.model.state_dict(), out / WEIGHTS_DIR, "lm")
+        weight_files = [str(p.relative_to(out)) for p in paths]
     else:
         learn.export("lm.pkl")  # relative to learn.path (= out)
     n_tokens = sum(len(d) for d in tokens)
@@ -351,6 +298,7 @@ def train_lm(
         "train_seconds": round(t_train, 1),
         "train_tokens_per_second": round(n_tokens * (1 - cfg.valid_pct) * epochs_run / t_train, 1),
         "hardware": hardware(),
+        **({"weight_files": weight_files} if weights_only else {}),
     }
     _update_metrics(out, "lm", metrics)
     return metrics
@@ -377,11 +325,13 @@ def _clf_stages(cfg: TrainConfig) -> list[tuple[int | None, int, float | slice]]
     return stages
 
 
-def _export_classifier(learn: Any, out: Path, weights_only: bool) -> None:
-    if weights_only:
-        save_fp16_chunks(learn.model.state_dict(), out / "weights", "classifier")
-    else:
+def _export_classifier(learn: Any, out: Path, weights_only: bool) -> list[str]:
+    """classifier.pkl, or fp16 weight chunks: returns the chunks' paths within `out`."""
+    if not weights_only:
         learn.export("classifier.pkl")
+        return []
+    paths = save_fp16_chunks(learn.model.state_dict(), out / WEIGHTS_DIR, "classifier")
+    return [str(p.relative_to(out)) for p in paths]
 
 
 def train_classifier(
@@ -432,12 +382,11 @@ def train_classifier(
         else:
             learn.freeze_to(freeze_to)
         if budget is not None and last:  # the last stage gets what the budget has left
-            schedule = fit_budgeted(learn, epochs, lr, budget)
+            schedule = fit_budgeted(learn, epochs, lr, budget, label=f"classifier stage {i}")
             epochs, fraction = schedule["epochs"], schedule["epoch_fraction"]
         else:
-            _fit(learn, epochs, lr, fraction)
-        with learn.no_bar():
-            _loss, acc = (float(v) for v in learn.validate())
+            fit_one_cycle(learn, epochs, lr, fraction, label=f"classifier stage {i}")
+        _loss, acc = validate(learn, f"classifier stage {i} validation")
         history.append(
             {
                 "stage": i,
@@ -454,9 +403,8 @@ def train_classifier(
         )  # after every stage: an interrupted run still exports
         _update_metrics(out, "classifier_progress", {"stages": history})
     t_train = time.perf_counter() - t1
-    with learn.no_bar():
-        valid_loss, valid_acc = (float(v) for v in learn.validate())
-    _export_classifier(learn, out, weights_only)
+    valid_loss, valid_acc = validate(learn, "classifier validation")
+    weight_files = _export_classifier(learn, out, weights_only)
     metrics = {
         "docs": len(tokens),
         "labels": list(dls.vocab[1]),
@@ -466,35 +414,52 @@ def train_classifier(
         "tokenize_seconds": round(t_tok, 1),
         "train_seconds": round(t_train, 1),
         "hardware": hardware(),
+        **({"weight_files": weight_files} if weights_only else {}),
     }
     _update_metrics(out, "classifier", metrics)
     return metrics
 
 
-def rebuild_learners(data: TokenizedCorpus, out: Path, validate: bool = True) -> dict[str, Any]:
+def rebuild_learners(
+    data: TokenizedCorpus, out: Path, check_accuracy: bool = True
+) -> dict[str, Any]:
     """Turn a weights-only run (fp16 chunks in out/weights, trained where spaCy was absent) into
     the usual learners: lm.pkl and classifier.pkl with fastai's real tokenizer, models/encoder.pth.
-    With `validate`, the classifier is re-validated here so a broken transfer shows at once."""
+    With `check_accuracy`, the classifier is re-validated here so a broken transfer shows at once.
+    The caller checks first that every file is there (run_files.missing_for_rebuild)."""
     out = out.resolve()
-    cfg = TrainConfig(**json.loads((out / "config.json").read_text()))
-    vocab = json.loads((out / "vocab.json").read_text())
+    cfg = TrainConfig(**json.loads((out / CONFIG_FILE).read_text()))
+    vocab = json.loads((out / VOCAB_FILE).read_text())
     if vocab != data.vocab:
-        raise ValueError(f"{out}/vocab.json differs from the corpus vocab")
+        raise ValueError(f"{out}/{VOCAB_FILE} differs from the corpus vocab")
+    steps = ["LM learner from fp16 weights", "classifier learner over the corpus", "export"]
+    if check_accuracy:
+        steps.insert(2, "classifier validation")
+    t0 = time.perf_counter()
+
+    def step(name: str) -> None:
+        n = steps.index(name) + 1
+        elapsed = time.perf_counter() - t0
+        print(f"rebuild {n}/{len(steps)}: {name} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+
     rebuilt: dict[str, Any] = {}
+    step(steps[0])
     lm_docs = data.doc_tokens(data.lm_order[:64])  # the learner needs a DataLoaders; any docs do
     lm = _lm_learner(lm_docs, vocab, replace(cfg, lm_bs=4), out)
-    lm.model.load_state_dict(load_fp16_chunks(out / "weights", "lm"))
+    lm.model.load_state_dict(load_fp16_chunks(out / WEIGHTS_DIR, "lm"))
+    step("classifier learner over the corpus")
+    tokens, labels = data.clf_tokens(cfg)
+    clf = _clf_learner(tokens, labels, vocab, cfg, out)
+    clf.model.load_state_dict(load_fp16_chunks(out / WEIGHTS_DIR, "classifier"))
+    if check_accuracy:
+        step("classifier validation")
+        accuracy = validate(clf, "rebuild: classifier validation")[1]
+        rebuilt["classifier_valid_accuracy_fp16_weights"] = accuracy
+    step("export")
     lm.save_encoder("encoder")
     lm.export("lm.pkl")
-    rebuilt["lm"] = "lm.pkl"
-    if any((out / "weights").glob("classifier-*.pt")):
-        tokens, labels = data.clf_tokens(cfg)
-        clf = _clf_learner(tokens, labels, vocab, cfg, out)
-        clf.model.load_state_dict(load_fp16_chunks(out / "weights", "classifier"))
-        if validate:
-            with clf.no_bar():
-                rebuilt["classifier_valid_accuracy_fp16_weights"] = float(clf.validate()[1])
-        clf.export("classifier.pkl")
-        rebuilt["classifier"] = "classifier.pkl"
+    clf.export("classifier.pkl")
+    rebuilt.update(lm="lm.pkl", classifier="classifier.pkl")
+    rebuilt["seconds"] = round(time.perf_counter() - t0, 1)
     _update_metrics(out, "rebuilt", rebuilt)
     return rebuilt

@@ -27,6 +27,7 @@ from benchmarks.inputs import Inputs, default_imdb_dir, pick_inputs
 from benchmarks.loadgen import Workload, run_load
 from benchmarks.memory import MemorySampler
 from benchmarks.servers import NAIVE, ONE_THREAD, OURS, REPO, base_env, launch, pinned, wait_ready
+from export.progress import Progress
 
 DEFAULT_IMAGE_RECORD = (
     Path(os.environ.get("CONTAINER_STATE", "/var/tmp/fastai-onnx-serve-podman"))
@@ -219,11 +220,13 @@ def run_cells(
     keep_level: int | None = None,
     progress: Callable[[str], None] | None = None,
     label: str = "",
+    on_cell: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, Any]]:
     """Warm `workload` (two requests, one at a time, which also measures its service time),
     then one cell per concurrency level, lowest first. A level whose predicted duration exceeds
     `cell_max_seconds` is skipped (with the prediction) instead of run. Returns (cell summaries
-    with their samples, skipped cells, {body index: answer} kept at `keep_level`)."""
+    with their samples, skipped cells, {body index: answer} kept at `keep_level`). `on_cell` is
+    called after each level, run or skipped."""
     warm = run_load(base_url, workload, 1, min(2, len(workload.bodies)), 600)
     if warm.errors:
         raise RuntimeError(f"warm-up of {workload.name} failed: {warm.error_examples}")
@@ -249,6 +252,8 @@ def run_cells(
                     f"{predicted:.0f} s at {service_s:.2f} s per request > "
                     f"{cell_max_seconds:.0f} s)"
                 )
+            if on_cell:
+                on_cell()
             continue
         keep = concurrency == keep_level
         result = run_load(
@@ -269,11 +274,22 @@ def run_cells(
             )
         if result.completed:  # on one core, 1 / throughput is the time one request holds it
             service_s = result.wall_s / result.completed
+        if on_cell:
+            on_cell()
     return cells, skipped, answers
 
 
+def cell_count(cfg: BenchConfig, workloads: list[Workload]) -> int:
+    """Cells one server runs: the floor at the lowest level, every other workload at each."""
+    return sum(1 if w is FLOOR else len(cfg.concurrency) for w in workloads)
+
+
 def serve_under_load(
-    name: str, cfg: BenchConfig, workloads: list[Workload], log_dir: Path
+    name: str,
+    cfg: BenchConfig,
+    workloads: list[Workload],
+    log_dir: Path,
+    cells_bar: Progress | None = None,
 ) -> dict[str, Any]:
     """Start one server, warm each workload, run every concurrency level, read its memory."""
     server = launch(name, cfg.run_dir, cfg.models, log_dir, cfg.server_cpu)
@@ -302,6 +318,7 @@ def serve_under_load(
                         low if workload.path == "/classify" else None,
                         log,
                         name,
+                        cells_bar.update if cells_bar else None,
                     )
                 except RuntimeError as exc:
                     raise server.failure(str(exc)) from None
@@ -474,9 +491,14 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             progress=log,
         )
         results["latency"] = {}
-        for name in (OURS, NAIVE):
-            log(f"latency: {name}")
-            results["latency"][name] = serve_under_load(name, cfg, workloads, work / "logs")
+        servers = (OURS, NAIVE)
+        # the long part of a run (minutes): cells done of all, at what rate, how long to go
+        with Progress(len(servers) * cell_count(cfg, workloads), "load cells", "cell") as cells:
+            for name in servers:
+                log(f"latency: {name}")
+                results["latency"][name] = serve_under_load(
+                    name, cfg, workloads, work / "logs", cells
+                )
         log("in-process timings (raw onnxruntime session, startup probes)")
         results["in_process"] = run_inprocess(cfg, inputs, workloads, work)
     log("footprint" + (" (fresh venv install of the serve extra)" if cfg.fresh_venv else ""))

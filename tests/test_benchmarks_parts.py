@@ -124,6 +124,7 @@ def test_cells_predicted_past_the_cap_are_skipped_not_run(echo_url: str) -> None
     each with the service time and prediction it was skipped on."""
     workload = Workload("slow", "/slow", [{"x": 1}, {"x": 2}], "echo")
     started = time.perf_counter()
+    counted: list[int] = []
     cells, skipped, answers = run_cells(
         echo_url,
         workload,
@@ -132,7 +133,9 @@ def test_cells_predicted_past_the_cap_are_skipped_not_run(echo_url: str) -> None
         cell_seconds=0.2,
         cell_max_seconds=0.3,
         keep_level=1,
+        on_cell=lambda: counted.append(1),
     )
+    assert len(counted) == 3  # the run's progress counts every level, run or skipped
     assert time.perf_counter() - started < 1.5
     assert [c["concurrency"] for c in cells] == [1]
     assert cells[0]["errors"] == 0 and cells[0]["n"] == len(cells[0]["samples_ms"]) >= 3

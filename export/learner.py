@@ -80,9 +80,12 @@ def load_learner_file(path: Path) -> Any:
     from fastai.learner import load_learner
 
     with warnings.catch_warnings():
-        # torch.load warns that unpickling runs code; loading a learner is unpickling by nature
-        # (fastai's own format), and the user asked for this file: the warning says nothing new.
-        warnings.simplefilter("ignore")
+        # fastai warns that load_learner unpickles (can run code): loading a learner is
+        # unpickling by nature and the user named this file, so the warning tells them nothing.
+        warnings.filterwarnings("ignore", message=".*insecure pickle module", category=UserWarning)
+        # unpickling imports fastai.tabular, which sets a pandas option pandas 3 deprecated:
+        # a note for fastai's developers, nothing an exporting user can act on.
+        warnings.filterwarnings("ignore", message=".*mode.chained_assignment")
         try:
             learn = load_learner(path, cpu=True)
         except (ModuleNotFoundError, AttributeError) as e:

@@ -86,7 +86,7 @@ def _build_bundles(pkls: Path, work: Path) -> None:
     held_out = make_corpus(60, seed=1)
     held_out.to_csv(work.parent / f"{work.name}.held-out.csv", index=False)
     csv = work.parent / f"{work.name}.held-out.csv"
-    extra = {
+    extra: dict[str, list[str | Path]] = {
         "three_class": ["--eval-csv", csv, "--text-col", TEXT_COL, "--label-col", LABEL_COL],
         "multi_label": ["--eval-csv", csv, "--label-col", TAGS_COL, "--label-delim", TAG_DELIM],
     }

@@ -39,3 +39,20 @@ def test_a_terminal_redraws_in_place() -> None:
     text = out.getvalue()
     assert text.startswith("\r") and text.endswith("\n")
     assert LINE.match(text.strip().split("\r")[-1])
+
+
+def test_one_bar_shared_by_two_threads_counts_every_update() -> None:
+    """export's fp32 and int8 evaluations run in two threads and report to one bar."""
+    import threading
+
+    stream = io.StringIO()
+    bar = Progress(2000, "int8 and fp32 evaluation", unit="batches", stream=stream, log_every_s=0)
+    workers = [threading.Thread(target=lambda: [bar.update() for _ in range(1000)]) for _ in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    bar.close()
+    assert bar.done == 2000
+    assert stream.getvalue().splitlines()[-1].startswith("int8 and fp32 evaluation")
+    assert "2000/2000 batches" in stream.getvalue().splitlines()[-1]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
@@ -85,7 +86,7 @@ class BagOfWords(torch.nn.Module):
         return self.head(self.embedding(ids))
 
 
-def _quiet(learn):  # type: ignore[no-untyped-def]
+def _quiet(learn: Any) -> Any:
     learn.remove_cbs([cb for cb in learn.cbs if type(cb).__name__ == "ProgressCallback"])
     return learn
 

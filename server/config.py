@@ -207,9 +207,25 @@ class Settings:
         metadata=env(
             "MODEL_DIR",
             PathParser(),
-            "Directory of bundles, one sub-directory each (see `docs/bundle-format.md`). Default: "
+            "Directory of bundles, one sub-directory each, any number per task (see "
+            '`docs/bundle-format.md`); requests pick one by name with `"model"`. Default: '
             "the repo's `models/`, or `./models` when the package is installed outside the repo.",
         ),
+    )
+    default_classifier: str | None = setting(
+        "DEFAULT_CLASSIFIER",
+        OptionalName(),
+        None,
+        "The classify bundle (manifest `name`) that answers `/classify` when a request names no "
+        '`"model"`. Needed when MODEL_DIR holds several classifiers (the server refuses to '
+        "start without it, naming them); with one, that one is the default.",
+    )
+    default_lm: str | None = setting(
+        "DEFAULT_LM",
+        OptionalName(),
+        None,
+        "The language model bundle that answers `/generate` (and the demo page) when a request "
+        'names no `"model"`; needed when MODEL_DIR holds several, as `DEFAULT_CLASSIFIER`.',
     )
     web_workers: int = setting(
         "WEB_WORKERS",

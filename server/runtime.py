@@ -94,7 +94,11 @@ class ServerRuntime:
     def load(cls, settings: Settings) -> ServerRuntime:
         started = time.perf_counter()
         models = load_models(
-            settings.model_dir, settings.ort_intra_op_threads, settings.ort_inter_op_threads
+            settings.model_dir,
+            settings.ort_intra_op_threads,
+            settings.ort_inter_op_threads,
+            settings.default_classifier,
+            settings.default_lm,
         )
         log.info(
             "models loaded",

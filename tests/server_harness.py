@@ -347,3 +347,18 @@ def total(samples: Samples, name: str, **labels: str) -> float:
     """Sum over every series of `name` whose labels include `labels`."""
     wanted = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= set(ls))
+
+
+# ------------------------------------------------------------------ bundles for the tests
+def bundle_copy(source: Path, into: Path, **manifest_changes: Any) -> Path:
+    """A copy of a real bundle under `into/<name>`, with manifest fields changed (a new name or
+    version, multi_label, direction); the weights and tokenizer are the source's, so the copy is
+    still verified like any bundle (hashes, vocab size) when the server loads it."""
+    import shutil
+
+    manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    manifest.update(manifest_changes)
+    target = into / manifest["name"]
+    shutil.copytree(source, target)
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    return target

@@ -87,14 +87,20 @@ def manifest_not_json(bundle: Path) -> None:
 
 
 def swapped_model_file(bundle: Path) -> None:
-    """The other task's graph under this bundle's name, hashes updated: inputs do not match."""
+    """The other task's graph under this bundle's name, hashes updated: inputs do not match.
+    The manifest's model entry (file, format) follows the graph, so onnxruntime loads it and
+    only the bundle's own check can tell."""
     manifest = read_manifest(bundle)
     other = "imdb-lm" if bundle.name == "imdb-sentiment" else "imdb-sentiment"
-    other_manifest = read_manifest(bundle.parent / other)
-    shutil.copy(
-        bundle.parent / other / other_manifest["model"]["file"], bundle / manifest["model"]["file"]
-    )
-    rehash(bundle, manifest["model"]["file"])
+    other_entry = read_manifest(bundle.parent / other)["model"]
+    (bundle / manifest["model"]["file"]).unlink()
+    del manifest["files"][manifest["model"]["file"]]
+    shutil.copy(bundle.parent / other / other_entry["file"], bundle / other_entry["file"])
+    for key in ("file", "format"):  # the declared inputs stay this task's
+        if key in other_entry:
+            manifest["model"][key] = other_entry[key]
+    write_manifest(bundle, manifest)
+    rehash(bundle, other_entry["file"])
 
 
 CASES: list[tuple[str, str, Callable[[Path], None], str]] = [

@@ -253,7 +253,10 @@ ERROR_CASES: list[tuple[str, str, Any, int]] = [
     ("/generate", "overflowing float", b'{"prompt": "a", "temperature": 1e999}', 400),
     ("/generate", "huge integer", b'{"prompt": "a", "n_words": 1' + b"0" * 5000 + b"}", 400),
     ("/generate", "duplicate key", b'{"prompt": "a", "prompt": "b"}', 400),
-    ("/tokenize", "unknown model", {"text": "a", "model": "nope"}, 400),
+    ("/tokenize", "unknown model", {"text": "a", "model": "nope"}, 404),
+    ("/classify", "unknown model", {"text": "a", "model": "nope"}, 404),
+    ("/generate", "unknown model", {"prompt": "a", "model": "nope"}, 404),
+    ("/classify", "model not a string", {"text": "a", "model": ["x"]}, 400),
     ("/tokenize", "missing text", {"model": None}, 400),
     ("/classify", "syntax error", b'{"text": "a",}', 400),
     ("/classify", "truncated", b'{"text": "a', 400),
@@ -267,7 +270,7 @@ ERROR_CASES: list[tuple[str, str, Any, int]] = [
 @pytest.mark.parametrize(
     "path,case,body,status", ERROR_CASES, ids=[f"{path}-{case}" for path, case, _, _ in ERROR_CASES]
 )
-def test_invalid_input_is_400_json(
+def test_invalid_input_is_4xx_json(
     server: InProcessServer, spec: SchemaChecker, path: str, case: str, body: Any, status: int
 ) -> None:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()

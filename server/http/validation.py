@@ -130,11 +130,10 @@ def optional_bool(body: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def optional_name(body: dict[str, Any], key: str, choices: Iterable[str]) -> str | None:
-    value = body.get(key, _MISSING)
-    if value is _MISSING or value is None:
-        return None
-    options = sorted(choices)
-    if not isinstance(value, str) or value not in options:
-        raise InvalidRequest(f"'{key}' must be one of: {', '.join(options)}.")
+def optional_model(body: dict[str, Any]) -> str | None:
+    """The `model` field: a loaded bundle's name, or absent/null for the task's default (an
+    unknown name is the inference wing's 404, not a 400: the request itself is well formed)."""
+    value = body.get("model")
+    if value is not None and not isinstance(value, str):
+        raise InvalidRequest(f"'model' must be a string (a bundle name), not {_type_name(value)}.")
     return value

@@ -98,25 +98,52 @@ def bundle_dirs(model_dir: Path) -> list[Path]:
     return found
 
 
-def load_models(model_dir: Path, threads: int = 1, inter_threads: int = 1) -> ModelSet:
-    """Verify and load every bundle; any bad bundle stops the server (BundleError propagates)."""
+def default_of(task: str, named: dict[str, Model], chosen: str | None, variable: str) -> str | None:
+    """The bundle answering `task` when a request names none: `chosen` (the env var), else the
+    only one; several and no choice, or a choice that is not one of them, stop the server."""
+    names = ", ".join(sorted(named)) or "none"
+    if chosen is not None:
+        if chosen not in named:
+            raise ModelDirError(
+                f"{variable}={chosen!r} names no '{task}' bundle in MODEL_DIR ({task}: {names})"
+            )
+        return chosen
+    if len(named) > 1:
+        raise ModelDirError(
+            f"MODEL_DIR holds {len(named)} '{task}' bundles ({names}); set {variable} to the one "
+            f'that answers requests without a "model" field'
+        )
+    return next(iter(named), None)
+
+
+def load_models(
+    model_dir: Path,
+    threads: int = 1,
+    inter_threads: int = 1,
+    default_classifier: str | None = None,
+    default_lm: str | None = None,
+) -> ModelSet:
+    """Verify and load every bundle; any bad bundle stops the server (BundleError propagates),
+    and so does a set that cannot be served (see `default_of`, backward language models)."""
     by_name: dict[str, Model] = {}
-    by_task: dict[str, Model] = {}
     for directory in bundle_dirs(model_dir):
         model = load_bundle(directory, threads=threads, inter_threads=inter_threads)
         manifest = model.manifest
         if manifest.name in by_name:
-            raise ModelDirError(f"two bundles named {manifest.name!r} in {model_dir}")
-        if manifest.task in by_task:
             raise ModelDirError(
-                f"two '{manifest.task}' bundles in {model_dir}: "
-                f"{by_task[manifest.task].manifest.name} and {manifest.name}"
+                f"two bundles named {manifest.name!r} in {model_dir} "
+                f"({by_name[manifest.name].manifest.directory.name} and {directory.name})"
             )
-        by_name[manifest.name] = by_task[manifest.task] = model
-    classifier = by_task.get(CLASSIFY)
-    language_model = by_task.get(GENERATE)
+        if isinstance(model, LanguageModel) and model.backwards:
+            raise ModelDirError(
+                f"bundle {manifest.name!r} ({directory}) is a backward language model: it reads "
+                "text right to left, so it cannot continue a prompt; serve a forward one "
+                "(a backward classifier is fine)"
+            )
+        by_name[manifest.name] = model
+    models = ModelSet(by_name)
     return ModelSet(
         by_name,
-        classifier.manifest.name if classifier is not None else None,
-        language_model.manifest.name if language_model is not None else None,
+        default_of(CLASSIFY, dict(models.classifiers), default_classifier, "DEFAULT_CLASSIFIER"),
+        default_of(GENERATE, dict(models.language_models), default_lm, "DEFAULT_LM"),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -78,9 +79,14 @@ class ObservedClassifier(ClassifierModel):
         metrics.input_tokens.observe_many(lengths, model=model)
         metrics.unk_rate.observe_many(unk_rates, model=model)
         metrics.confidence.observe_many(confidences.tolist(), model=model)
-        for index, count in enumerate(np.bincount(predicted, minlength=len(self.labels))):
-            if count:
-                metrics.predictions.inc(float(count), model=model, label=self.labels[index])
+        if self.multi_label:  # every label above the threshold is a prediction
+            chosen = Counter(label for row in probabilities for label in self.chosen_labels(row))
+            for label, count in chosen.items():
+                metrics.predictions.inc(float(count), model=model, label=label)
+        else:
+            for index, count in enumerate(np.bincount(predicted, minlength=len(self.labels))):
+                if count:
+                    metrics.predictions.inc(float(count), model=model, label=self.labels[index])
         if self.drift is not None:
             self.drift.observe(
                 [

@@ -17,6 +17,7 @@ from server.http.responses import send_json
 from server.http.validation import (
     optional_bool,
     optional_int,
+    optional_model,
     optional_number,
     reject_unknown_fields,
     required_text,
@@ -30,6 +31,7 @@ log = logging.getLogger("server.generate")
 
 FIELDS = (
     "prompt",
+    "model",
     "n_words",
     "n_samples",
     "temperature",
@@ -45,7 +47,8 @@ MAX_SEED = 2**63 - 1
 
 
 def parse_request(body: dict[str, Any], settings: Settings) -> tuple[GenerationRequest, bool]:
-    """Validate the body into a GenerationRequest and the stream flag (400 on any problem)."""
+    """Validate the body into a GenerationRequest and the stream flag (400 on any problem); the
+    `model` field is read by the resource (`optional_model`)."""
     reject_unknown_fields(body, FIELDS)
     prompt = required_text(body, "prompt", settings.max_text_chars)
     n_words = optional_int(body, "n_words", 40, 1, settings.max_n_words)
@@ -73,17 +76,18 @@ class GenerateResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         body = read_json_object(req, self._settings.max_body_bytes)
         request, stream = parse_request(body, self._settings)
+        name = optional_model(body)
         budget = request_budget(req)
         if stream:
             samples: list[str] = []
-            model, pieces = self._service.stream(request, budget, samples)
+            model, pieces = self._service.stream(request, budget, samples, name)
             req.context.model_id = model.manifest.model_id
             resp.content_type = "text/event-stream; charset=utf-8"
             resp.set_header("Cache-Control", "no-cache")
             resp.set_header("X-Accel-Buffering", "no")
             resp.stream = _events(pieces, samples, model.manifest.model_id)
             return
-        model, samples = self._service.generate(request, budget)
+        model, samples = self._service.generate(request, budget, name)
         req.context.model_id = model.manifest.model_id
         send_json(resp, {"samples": samples, "model": model.manifest.model_id})
 

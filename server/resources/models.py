@@ -1,5 +1,6 @@
-"""GET /models: what is loaded, from the manifests (the same metrics export measured), plus what
-only the running process knows: drift scores and the shadow comparison (server/observability/monitoring.py)."""
+"""GET /models: what is loaded, from the manifests (the same metrics export measured), which
+bundle answers each task by default, plus what only the running process knows: drift scores and
+the shadow comparison (server/observability/monitoring.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Any
 
 import falcon
 
+from bundle import ClassifierModel, Manifest
 from server.http.responses import finite, send_json
+from server.inference.loading import Model
 from server.runtime import ServerRuntime
 
 
-def describe(manifest: Any) -> dict[str, Any]:
+def describe(manifest: Manifest) -> dict[str, Any]:
     """The public part of a manifest: identity, task, labels and the measured metrics."""
     raw = manifest.raw
     return finite(
@@ -21,6 +24,7 @@ def describe(manifest: Any) -> dict[str, Any]:
             "id": manifest.model_id,
             "task": manifest.task,
             "labels": manifest.labels,
+            "direction": "backward" if manifest.backwards else "forward",
             "created_at": raw.get("created_at"),
             "quantization": raw.get("model", {}).get("quantization"),
             "metrics": raw.get("metrics", {}),
@@ -28,10 +32,21 @@ def describe(manifest: Any) -> dict[str, Any]:
     )
 
 
+def entry(model: Model, default: bool) -> dict[str, Any]:
+    described = describe(model.manifest)
+    described["default"] = default
+    if isinstance(model, ClassifierModel):
+        described["multi_label"] = model.multi_label
+        described["threshold"] = model.threshold
+    return described
+
+
 class ModelsResource:
     def __init__(self, runtime: ServerRuntime) -> None:
+        models = runtime.models
+        defaults = {models.default_classifier, models.default_language_model}
         self._entries = [
-            (name, describe(model.manifest)) for name, model in runtime.models.by_name.items()
+            (name, entry(model, name in defaults)) for name, model in models.by_name.items()
         ]
         self._monitoring = runtime.monitoring
 
@@ -40,8 +55,8 @@ class ModelsResource:
             resp,
             {
                 "models": [
-                    {**entry, **finite(self._monitoring.model_status(name))}
-                    for name, entry in self._entries
+                    {**listed, **finite(self._monitoring.model_status(name))}
+                    for name, listed in self._entries
                 ]
             },
         )

@@ -28,6 +28,16 @@ def build_spec(settings: Settings, models: ModelSet | None = None) -> dict[str, 
     generate = schemas["GenerateRequest"]["properties"]
     generate["n_words"]["maximum"] = settings.max_n_words
     generate["n_samples"]["maximum"] = settings.max_n_samples
+    if models is not None:  # the names each "model" field accepts (null: the default)
+        by_task = {
+            "ClassifyRequest": sorted(models.classifiers),
+            "GenerateRequest": sorted(models.language_models),
+            "TokenizeRequest": sorted(models.by_name),
+        }
+        for schema, names in by_task.items():
+            own = schemas[schema]["properties"]["model"]
+            own.pop("$ref", None)  # the shared ModelChoice, with this task's names
+            own.update({**schemas["ModelChoice"], **own, "enum": [*names, None]})
     parameters = spec["components"].get("parameters", {})
     if models is not None and "ModelName" in parameters:
         loaded = sorted(models.by_name.values(), key=lambda m: m.manifest.name)

@@ -6,7 +6,7 @@ import falcon
 
 from server.http.body import read_json_object
 from server.http.responses import send_json
-from server.http.validation import optional_name, reject_unknown_fields, required_text
+from server.http.validation import optional_model, reject_unknown_fields, required_text
 from server.inference.loading import ModelSet
 from server.runtime import ServerRuntime
 
@@ -20,8 +20,7 @@ class TokenizeResource:
         body = read_json_object(req, self._settings.max_body_bytes)
         reject_unknown_fields(body, ("text", "model"))
         text = required_text(body, "text", self._settings.max_text_chars)
-        name = optional_name(body, "model", self._models.by_name)
-        model = self._models.any_model(name)
+        model = self._models.any_model(optional_model(body))
         ids = [int(i) for i in model.tokenizer.encode(text)]
         req.context.model_id = model.manifest.model_id
         send_json(

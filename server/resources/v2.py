@@ -2,7 +2,8 @@
 standard v2 clients (tritonclient, KServe's InferenceRESTClient, curl scripts) can call the models.
 
 The classifier answers `label` (BYTES [n]) and `probabilities` (FP32 [n, labels], in the bundle's
-label order); the language model answers `text` (BYTES [n]: each prompt with its continuation),
+label order); a multi-label classifier answers `labels` instead of `label` (BYTES [n], each the
+JSON array of the labels above its threshold) and per-label sigmoid probabilities; the language model answers `text` (BYTES [n]: each prompt with its continuation),
 with the /generate fields (n_words, temperature, top_k, top_p, seed, no_unk) as request
 parameters. The tensors are read and written by server/http/v2_codec.py; the work is the same
 classify and generate services as /classify and /generate. Errors under /v2 are
@@ -11,11 +12,13 @@ classify and generate services as /classify and /generate. Errors under /v2 are
 
 from __future__ import annotations
 
+import json
 from importlib import metadata
 from typing import Any
 
 import falcon
 
+from bundle import ClassifierModel
 from server.http.admission import request_budget
 from server.http.responses import send_json
 from server.http.v2_codec import (
@@ -44,11 +47,16 @@ def server_version() -> str:
         return "unknown"
 
 
+def label_output(model: ClassifierModel) -> str:
+    """`label` (one per text) for a single-label classifier, `labels` for a multi-label one."""
+    return "labels" if model.multi_label else "label"
+
+
 def tensor_metadata(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     inputs = [{"name": TEXT, "datatype": "BYTES", "shape": [-1]}]
-    if model.manifest.task == "classify":
+    if isinstance(model, ClassifierModel):
         outputs = [
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": label_output(model), "datatype": "BYTES", "shape": [-1]},
             {
                 "name": "probabilities",
                 "datatype": "FP32",
@@ -143,12 +151,15 @@ class V2ModelResource:
         self, name: str, request: InferRequest, budget: RequestBudget
     ) -> list[OutputTensor]:
         result = self._runtime.classify.classify(request.texts, budget, name)
-        labels = list(result.model.labels)
-        predicted = [labels[int(i)] for i in result.probabilities.argmax(axis=1)]
+        model = result.model
+        if model.multi_label:
+            predicted = [json.dumps(model.chosen_labels(row)) for row in result.probabilities]
+        else:
+            predicted = [model.labels[int(i)] for i in result.probabilities.argmax(axis=1)]
         n = request.batch_shape[0]
         return [
-            OutputTensor("label", "BYTES", [n], predicted),
-            OutputTensor("probabilities", "FP32", [n, len(labels)], result.probabilities),
+            OutputTensor(label_output(model), "BYTES", [n], predicted),
+            OutputTensor("probabilities", "FP32", [n, len(model.labels)], result.probabilities),
         ]
 
     def _generate(

@@ -30,7 +30,8 @@ service-replace:
 	scripts/deploy.sh replace-service "$(IMAGE)"
 
 verify-bundles:
-	$(PYTHON) -m bundle.verify --require-task classify --require-task generate $(MODELS)
+	$(PYTHON) -m bundle.verify $(MODELS)
+	MODEL_DIR=$(MODELS) $(PYTHON) -m server --check
 
 container-tools:
 	scripts/install-container-tools.sh

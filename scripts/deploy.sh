@@ -17,7 +17,9 @@
 #   GCP_PROJECT    default: gcloud's configured project
 #   REGION, REPO, SERVICE   defaults equal cloudbuild.yaml's substitutions
 #   CANARY=true    deploy with no traffic under the tag `canary` (docs/deploy.md, "Canary")
-#   LOCAL_MODELS   bundles to ship (default: models)
+#   LOCAL_MODELS   bundles to ship (default: models): any number, of either task
+#   DEFAULT_CLASSIFIER, DEFAULT_LM   the bundle answering a task's requests that name no model
+#                  (needed when LOCAL_MODELS holds several of a task; docs/configuration.md)
 #   ALLOW_DIRTY=1  deploy uncommitted changes of the build inputs (default: refuse)
 #   DRY_RUN=1      do everything local, print the gcloud commands instead of running them
 set -euo pipefail
@@ -30,6 +32,8 @@ REPO=${REPO:-fastai-onnx-serve}
 SERVICE=${SERVICE:-imdb-ulmfit}
 CANARY=${CANARY:-false}
 LOCAL_MODELS=${LOCAL_MODELS:-models}
+DEFAULT_CLASSIFIER=${DEFAULT_CLASSIFIER:-}
+DEFAULT_LM=${DEFAULT_LM:-}
 ALLOW_DIRTY=${ALLOW_DIRTY:-0}
 DRY_RUN=${DRY_RUN:-0}
 if [ -x "$REPO_ROOT/.venv/bin/python" ]; then PYTHON=${PYTHON:-$REPO_ROOT/.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
@@ -92,7 +96,9 @@ deploy() {
   gcp_project=$(project)
 
   say "verifying $LOCAL_MODELS"
-  "$PYTHON" -m bundle.verify --require-task classify --require-task generate "$LOCAL_MODELS"
+  "$PYTHON" -m bundle.verify "$LOCAL_MODELS"
+  MODEL_DIR="$LOCAL_MODELS" DEFAULT_CLASSIFIER="$DEFAULT_CLASSIFIER" DEFAULT_LM="$DEFAULT_LM" \
+    "$PYTHON" -m server --check
 
   stamp=$(date -u +%Y%m%dT%H%M%SZ)
   prefix="bundles/$stamp-$(git rev-parse --short HEAD)"
@@ -108,7 +114,7 @@ deploy() {
   gcloud_run builds submit "$stage" \
     --config="$stage/cloudbuild.yaml" \
     --project="$gcp_project" \
-    --substitutions="_REGION=$REGION,_REPO=$REPO,_SERVICE=$SERVICE,_MODEL_BUCKET=$MODEL_BUCKET,_BUNDLE_PREFIX=$prefix,_CANARY=$CANARY"
+    --substitutions="_REGION=$REGION,_REPO=$REPO,_SERVICE=$SERVICE,_MODEL_BUCKET=$MODEL_BUCKET,_BUNDLE_PREFIX=$prefix,_CANARY=$CANARY,_DEFAULT_CLASSIFIER=$DEFAULT_CLASSIFIER,_DEFAULT_LM=$DEFAULT_LM"
 
   if [ "$DRY_RUN" != 1 ]; then
     rm -rf "$stage"

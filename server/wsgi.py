@@ -14,11 +14,9 @@ import sys
 
 from server.app import create_app
 from server.config import process_settings
-from server.inference.loading import load_failures
+from server.inference.loading import EXIT_BAD_BUNDLES, load_failures
 from server.observability import logs
 from server.runtime import ServerRuntime
-
-EXIT_BAD_BUNDLES = 3  # gunicorn's own "worker failed to boot" code, so both paths agree
 
 settings = process_settings()
 logs.configure(settings.log_level)

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from server_harness import bundle_copy
 
 pytestmark = pytest.mark.slow
 
@@ -34,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPTS = REPO / "scripts"
 IMAGE = "localhost/fastai-onnx-serve:test"
 PORT = 9090  # not the default: proves the image honours PORT
+SECOND_CLASSIFIER = "sentiment-copy"
 # Copied into the build context beside the runtime files, so .dockerignore has something to keep out.
 CONTEXT_ITEMS = (
     "Dockerfile",
@@ -181,6 +183,9 @@ def image(
     bundles = bundle_source(request)
     for name in ("imdb-lm", "imdb-sentiment"):
         shutil.copytree(bundles / name, context / "models" / name)
+    # Any number of bundles per task: a second classifier, picked by name (DEFAULT_CLASSIFIER
+    # names the one answering requests that name none).
+    bundle_copy(bundles / "imdb-sentiment", context / "models", name=SECOND_CLASSIFIER)
 
     start = time.perf_counter()
     podman(
@@ -263,7 +268,16 @@ def test_container_serves_offline_and_stops_cleanly_on_sigterm(
     podman: Podman, image: str, request: pytest.FixtureRequest, record_property: Callable
 ) -> None:
     started = time.perf_counter()
-    container = podman("run", "-d", "--network=none", "-e", f"PORT={PORT}", image).stdout.strip()
+    container = podman(
+        "run",
+        "-d",
+        "--network=none",
+        "-e",
+        f"PORT={PORT}",
+        "-e",
+        "DEFAULT_CLASSIFIER=imdb-sentiment",
+        image,
+    ).stdout.strip()
     try:
         base = f"http://127.0.0.1:{PORT}"
 
@@ -289,6 +303,11 @@ def test_container_serves_offline_and_stops_cleanly_on_sigterm(
         classified = json.loads(body)
         assert classified["label"] in classified["probabilities"]
         assert abs(sum(classified["probabilities"].values()) - 1.0) < 1e-3
+        assert classified["model"].startswith("imdb-sentiment@")
+        status, body = call("/classify", {"text": "A dull film.", "model": SECOND_CLASSIFIER})
+        assert status == 200 and json.loads(body)["model"].startswith(SECOND_CLASSIFIER + "@"), body
+        status, body = call("/classify", {"text": "A dull film.", "model": "nope"})
+        assert status == 404, body
 
         status, body = call("/generate", {"prompt": "The movie was", "n_words": 5, "seed": 7})
         assert status == 200, body

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from server_harness import bundle_copy
 
 from server.config import ENV_VARS
 
@@ -522,7 +523,10 @@ def test_every_repo_file_cloudbuild_uses_exists_and_is_staged_by_deploy_sh() -> 
     referenced = set(
         re.findall(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|toml|yaml|txt|sh))\b", text)
     )
-    referenced |= {m.replace(".", "/") + ".py" for m in re.findall(r"python -m ([\w.]+)", text)}
+    for module in re.findall(r"python -m ([\w.]+)", text):
+        as_path = module.replace(".", "/")
+        package = REPO / as_path
+        referenced.add(f"{as_path}/__main__.py" if package.is_dir() else f"{as_path}.py")
     referenced |= set(re.findall(r"--file=(\S+)", text))
     referenced = {r for r in referenced if not r.startswith("/tmp/")}
     assert {
@@ -736,6 +740,87 @@ def test_deploy_sh_needs_a_bucket(tmp_path: Path) -> None:
         env={**env, "DRY_RUN": "1", "GCP_PROJECT": "p"},
     )
     assert result.returncode != 0 and "MODEL_BUCKET" in result.stderr
+
+
+# ------------------------------------------------------------------ any bundles, several at once
+def run_step_with_fake_gcloud(
+    config: dict, step_id: str, tmp_path: Path, **overrides: str
+) -> list[list[str]]:
+    """Run a step's real bash with a recording `gcloud`; return every gcloud call's argv."""
+    args = [
+        substitute(a, default_values(config, **overrides)) for a in step(config, step_id)["args"]
+    ]
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir(parents=True, exist_ok=True)
+    record = tmp_path / "gcloud-calls"
+    gcloud = fake_bin / "gcloud"
+    gcloud.write_text(
+        f"#!/bin/sh\nprintf '%s\\0' \"$@\" >> {shlex.quote(str(record))}\n"
+        f"printf '\\n' >> {shlex.quote(str(record))}\n"
+    )
+    gcloud.chmod(0o755)
+    env = {"PATH": f"{fake_bin}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run(["bash", *args], check=True, env=env, cwd=tmp_path, timeout=30)
+    calls = record.read_bytes().decode().split("\n")[:-1]
+    return [call.split("\0")[:-1] for call in calls]
+
+
+def test_fetch_takes_every_bundle_of_the_folder_or_the_named_ones(tmp_path: Path) -> None:
+    config = load_cloudbuild()
+    values = default_values(config)
+    source = f"gs://{values['_MODEL_BUCKET']}/{values['_BUNDLE_PREFIX']}"
+    whole = run_step_with_fake_gcloud(config, "fetch-bundles", tmp_path / "all")
+    assert whole == [["storage", "rsync", "--recursive", source, "models"]]
+    named = run_step_with_fake_gcloud(
+        config, "fetch-bundles", tmp_path / "named", _BUNDLES="imdb-sentiment my-tags imdb-lm"
+    )
+    assert named == [
+        ["storage", "rsync", "--recursive", f"{source}/{name}", f"models/{name}"]
+        for name in ("imdb-sentiment", "my-tags", "imdb-lm")
+    ]
+
+
+def test_verify_gate_loads_the_bundles_as_the_server_will() -> None:
+    script = " ".join(step(load_cloudbuild(), "verify-bundles")["args"])
+    assert "python -m server --check" in script
+    assert 'DEFAULT_CLASSIFIER="${_DEFAULT_CLASSIFIER}"' in script
+    assert 'DEFAULT_LM="${_DEFAULT_LM}"' in script
+    assert "--require-task" not in script  # any bundles: a classifier-only deploy is fine
+
+
+def test_server_check_refuses_several_classifiers_without_a_default(
+    tiny_bundles: Path, tmp_path: Path
+) -> None:
+    """The gate's command on real bundles: several of a task need DEFAULT_*, one does not."""
+    models = tmp_path / "models"
+    bundle_copy(tiny_bundles / "imdb-sentiment", models)
+    bundle_copy(tiny_bundles / "imdb-sentiment", models, name="sentiment-b")
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("DEFAULT_")}
+        return subprocess.run(
+            [sys.executable, "-m", "server", "--check"],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+            env={**clean, "MODEL_DIR": str(models), **env},
+        )
+
+    refused = check()
+    assert refused.returncode == 3 and "set DEFAULT_CLASSIFIER" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    chosen = check(DEFAULT_CLASSIFIER="sentiment-b")
+    assert chosen.returncode == 0, chosen.stderr
+    lines = chosen.stdout.splitlines()
+    assert any("sentiment-b@" in line and line.endswith("default") for line in lines), lines
+    assert any("imdb-sentiment@" in line and line.endswith("by name") for line in lines), lines
+
+
+def test_deploy_passes_the_task_defaults_to_the_service(tmp_path: Path) -> None:
+    argv = run_deploy_step(load_cloudbuild(), tmp_path, _DEFAULT_CLASSIFIER="sentiment-b")
+    env = dict(pair.split("=", 1) for pair in flags(argv)["set-env-vars"].split(","))
+    assert env["DEFAULT_CLASSIFIER"] == "sentiment-b" and env["DEFAULT_LM"] == ""
 
 
 # ------------------------------------------------------------------ the rollout docs

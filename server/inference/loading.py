@@ -18,6 +18,11 @@ Model = ClassifierModel | LanguageModel
 CLASSIFY, GENERATE = "classify", "generate"
 
 
+# Exit status of a process refusing its MODEL_DIR: gunicorn's own "worker failed to boot" code,
+# so the master, a failed worker warm-up and `python -m server --check` all agree.
+EXIT_BAD_BUNDLES = 3
+
+
 class ModelDirError(Exception):
     """MODEL_DIR is missing or empty, or its bundles cannot be served as configured."""
 

@@ -11,17 +11,15 @@ The screenshot in docs/ comes from the same test over the shipped models:
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from server_harness import RunningServer, start_server
+from server_harness import RunningServer, bundle_copy, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -81,16 +79,17 @@ def server(tiny_bundles: Path, tmp_path: Path) -> Iterator[RunningServer]:
 
 
 @pytest.fixture
-def two_classifiers(tiny_bundles: Path, tmp_path: Path) -> Iterator[RunningServer]:
-    """The tiny bundles plus a second classifier under another name (DEFAULT_CLASSIFIER picks)."""
-    model_dir = tmp_path / "models"
-    shutil.copytree(tiny_bundles, model_dir)
-    shutil.copytree(model_dir / "imdb-sentiment", model_dir / "imdb-sentiment-b")
-    manifest_path = model_dir / "imdb-sentiment-b" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["name"] = "imdb-sentiment-b"
-    manifest_path.write_text(json.dumps(manifest))
-    yield from _serve(model_dir, tmp_path / "logs", DEFAULT_CLASSIFIER="imdb-sentiment")
+def several_models(tiny_bundles: Path, tmp_path: Path) -> Iterator[RunningServer]:
+    """Two single-label classifiers, a multi-label one and two language models."""
+    root = tmp_path / "models"
+    bundle_copy(tiny_bundles / "imdb-sentiment", root)
+    bundle_copy(tiny_bundles / "imdb-sentiment", root, name="sentiment-b", version="b")
+    bundle_copy(tiny_bundles / "imdb-sentiment", root, name="tags", multi_label=True, threshold=0.3)
+    bundle_copy(tiny_bundles / "imdb-lm", root)
+    bundle_copy(tiny_bundles / "imdb-lm", root, name="lm-b", version="b")
+    yield from _serve(
+        root, tmp_path / "logs", DEFAULT_CLASSIFIER="imdb-sentiment", DEFAULT_LM="imdb-lm"
+    )
 
 
 def _wait(driver: Any, css: str) -> Any:
@@ -178,23 +177,54 @@ def test_demo_page_shows_an_api_error_in_words(browser: Any, server: RunningServ
     assert "n_words" in error.text and "Traceback" not in error.text
 
 
-def test_demo_page_model_selector_sends_the_chosen_classifier(
-    browser: Any, two_classifiers: RunningServer
+def _choose(driver: Any, task: str, name: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f"#{task}-model option[value='{name}']").click()
+
+
+def test_demo_page_model_selectors_send_the_chosen_model(
+    browser: Any, several_models: RunningServer
 ) -> None:
-    browser.get(two_classifiers.url("/"))
-    row = _wait(browser, "#classify-model-row:not([hidden])")
-    assert row.is_displayed()
-    options = [
-        o.get_attribute("value")
-        for o in browser.find_elements(By.CSS_SELECTOR, "#classify-model option")
+    browser.get(several_models.url("/"))
+    _wait(browser, "#classify-model-row:not([hidden])")
+    _wait(browser, "#generate-model-row:not([hidden])")
+    listed = {
+        task: sorted(
+            o.get_attribute("value")
+            for o in browser.find_elements(By.CSS_SELECTOR, f"#{task}-model option")
+        )
+        for task in ("classify", "generate")
+    }
+    assert listed == {
+        "classify": ["imdb-sentiment", "sentiment-b", "tags"],
+        "generate": ["imdb-lm", "lm-b"],
+    }
+    review = "Dreadful and boring, a waste of two hours."
+    _choose(browser, "classify", "sentiment-b")
+    label, model = _classify(browser, review)
+    assert model == "sentiment-b@b" and label in ("neg", "pos")
+    _choose(browser, "classify", "imdb-sentiment")
+    assert _classify(browser, review)[1].startswith("imdb-sentiment@")
+
+    # multi-label: the page lists every label over the threshold, as the API answers
+    _choose(browser, "classify", "tags")
+    box = browser.find_element(By.CSS_SELECTOR, "#classify-form textarea[name=text]")
+    box.clear()
+    box.send_keys(review)
+    browser.find_element(By.CSS_SELECTOR, "#classify-form button").click()
+    _wait(browser, "#classify-labels")
+    api = requests.post(
+        several_models.url("/classify"), json={"text": review, "model": "tags"}, timeout=30
+    ).json()
+    shown = [
+        chip.text for chip in browser.find_elements(By.CSS_SELECTOR, "#classify-labels .verdict")
     ]
-    assert sorted(options) == ["imdb-sentiment", "imdb-sentiment-b"]
-    assert not browser.find_element(By.ID, "generate-model-row").is_displayed()  # one LM
-    browser.find_element(
-        By.CSS_SELECTOR, "#classify-model option[value='imdb-sentiment-b']"
-    ).click()
-    _, model = _classify(browser, "Dreadful and boring, a waste of two hours.")
-    assert model.startswith("imdb-sentiment-b@")
-    browser.find_element(By.CSS_SELECTOR, "#classify-model option[value='imdb-sentiment']").click()
-    _, model = _classify(browser, "Dreadful and boring, a waste of two hours.")
-    assert model.startswith("imdb-sentiment@")
+    assert shown == api["labels"]
+    assert f"threshold {api['threshold']}" in browser.find_element(By.ID, "classify-out").text
+    assert browser.find_element(By.ID, "classify-model-used").text == api["model"]
+
+    _choose(browser, "generate", "lm-b")
+    browser.find_element(By.CSS_SELECTOR, "#generate-form button").click()
+    WebDriverWait(browser, WAIT_S).until(
+        lambda d: d.find_element(By.ID, "generate-status").get_attribute("data-done")
+    )
+    assert browser.find_element(By.ID, "generate-status").text.endswith("· lm-b@b")

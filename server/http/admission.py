@@ -11,7 +11,7 @@ request gets a `RequestBudget` (its deadline, server/inference/guards.py).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import falcon
@@ -75,7 +75,7 @@ class _ReleasingStream:
     """A streamed body that frees its admission slot when the WSGI server closes it: the work of
     a stream (generation) happens while it is iterated, after process_response has run."""
 
-    def __init__(self, stream: Iterable[bytes], release: Any) -> None:
+    def __init__(self, stream: Iterable[bytes], release: Callable[[], None]) -> None:
         self._iterator = iter(stream)
         self._stream = stream
         self._release = release

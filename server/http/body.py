@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import falcon
 
@@ -34,7 +34,13 @@ def check_json_content_type(content_type: str | None) -> None:
             raise NotJSON(content_type)
 
 
-def read_limited(stream: Any, declared_length: int | None, limit: int) -> bytes:
+class Readable(Protocol):
+    """A WSGI input stream (Falcon's bounded_stream or the server's own)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def read_limited(stream: Readable, declared_length: int | None, limit: int) -> bytes:
     """Read at most `limit` bytes; more than that (declared or sent) is 413, never buffered."""
     if declared_length is not None and declared_length > limit:
         raise BodyTooLarge(limit)

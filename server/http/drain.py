@@ -44,7 +44,19 @@ def begin_drain(runtime: Drainable, grace_s: float) -> None:
     )
 
 
-def install_sigterm_drain(worker: Any, runtime: Drainable) -> None:
+class _Config(Protocol):
+    graceful_timeout: float
+
+
+class GunicornWorker(Protocol):
+    """What the drain needs of gunicorn's worker: its config and its own SIGTERM handler."""
+
+    cfg: _Config
+
+    def handle_exit(self, signum: int, frame: Any) -> None: ...
+
+
+def install_sigterm_drain(worker: GunicornWorker, runtime: Drainable) -> None:
     """Run `begin_drain` before gunicorn's own SIGTERM handling in this worker."""
     gunicorn_handler: Callable[[int, Any], None] = worker.handle_exit
 

@@ -16,9 +16,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from server.inference.errors import DeadlineExceeded
+
+if TYPE_CHECKING:  # imported lazily in `guard`: this module stays cheap to import
+    import onnxruntime as ort
 
 
 class RequestBudget:
@@ -50,6 +54,14 @@ class RequestBudget:
         self.deadline = min(self.deadline, deadline)
 
 
+@dataclass
+class _Run:
+    """One guarded onnxruntime run: its options (the terminate flag) and whether it still runs."""
+
+    options: ort.RunOptions
+    running: bool = True
+
+
 class RunDeadlines:
     """One watchdog thread that terminates onnxruntime runs which outlive their deadline.
 
@@ -61,7 +73,7 @@ class RunDeadlines:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, Any]] = []
+        self._heap: list[tuple[float, int, _Run]] = []
         self._counter = itertools.count()
         self._pid: int | None = None
         self.terminated_total = 0
@@ -78,15 +90,15 @@ class RunDeadlines:
             while True:
                 now = time.monotonic()
                 while self._heap and self._heap[0][0] <= now:
-                    _, _, entry = heapq.heappop(self._heap)
-                    if entry is not None and entry[1]:  # still running
-                        entry[0].terminate = True
+                    _, _, run = heapq.heappop(self._heap)
+                    if run.running:
+                        run.options.terminate = True
                         self.terminated_total += 1
                 timeout = self._heap[0][0] - now if self._heap else None
                 self._cond.wait(timeout)
 
     @contextmanager
-    def guard(self, deadline: float, timeout_s: float) -> Iterator[Any]:
+    def guard(self, deadline: float, timeout_s: float) -> Iterator[ort.RunOptions]:
         import onnxruntime as ort  # already loaded by the bundles; kept lazy for cheap import
 
         options = ort.RunOptions()
@@ -95,10 +107,10 @@ class RunDeadlines:
             return
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(timeout_s)
-        entry = [options, True]  # [run options, running]
+        run = _Run(options)
         with self._cond:
             self._ensure_thread()
-            heapq.heappush(self._heap, (deadline, next(self._counter), entry))
+            heapq.heappush(self._heap, (deadline, next(self._counter), run))
             self._cond.notify()
         try:
             yield options
@@ -107,7 +119,7 @@ class RunDeadlines:
                 raise DeadlineExceeded(timeout_s) from None
             raise
         finally:
-            entry[1] = False  # the heap entry is dropped when it comes due
+            run.running = False  # the heap entry is dropped when it comes due
 
 
 RUN_DEADLINES = RunDeadlines()

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from bundle import Manifest
+
 log = logging.getLogger("server.drift")
 
 # Empty bins are floored to this fraction, as is usual for PSI: a bin that is empty in the
@@ -142,7 +144,9 @@ class DriftMonitor:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_manifest(cls, manifest: Any, window: int, min_documents: int) -> DriftMonitor | None:
+    def for_manifest(
+        cls, manifest: Manifest, window: int, min_documents: int
+    ) -> DriftMonitor | None:
         """None when the bundle has no reference statistics (made before export recorded them)."""
         reference = manifest.raw.get("reference_stats")
         if not isinstance(reference, Mapping):

@@ -1,4 +1,6 @@
-"""Fuzzing over real HTTP: schemathesis from the server's own OpenAPI document, then hypothesis on
+"""Fuzzing the real app in process (falcon.testing / schemathesis's WSGI transport, no socket:
+what reaches the bytes on the wire is in test_server_gunicorn.py): schemathesis from the
+server's own OpenAPI document, then hypothesis on
 what a schema cannot express (bytes that are not UTF-8, numbers JSON can write but floats cannot
 hold, NaN/Infinity, nesting depth, length limits) and on the tokenizer/generation parameters.
 
@@ -10,6 +12,7 @@ Each test counts what it sent and checks it sent what it promised.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -18,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -30,9 +32,9 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from server_harness import RunningServer, SchemaChecker, assert_no_traceback, start_server
+from server_harness import InProcessResponse, InProcessServer, SchemaChecker, assert_no_traceback
 
-REQUEST_TIMEOUT_S = 30  # a request that takes longer is a hang
+REQUEST_TIMEOUT_S = 30  # the app's own deadline: a request past it is a 504, and fails a test
 LIMITS = {
     "MAX_BODY_BYTES": "65536",
     "MAX_TEXT_CHARS": "3000",
@@ -40,6 +42,8 @@ LIMITS = {
     "MAX_N_WORDS": "20",
     "MAX_N_SAMPLES": "3",
 }
+SETTINGS = {name.lower(): int(value) for name, value in LIMITS.items()}
+SETTINGS["request_timeout_s"] = REQUEST_TIMEOUT_S
 # Examples per operation and generation mode; operations without inputs yield what exists.
 EXAMPLES = {"POST": int(os.environ.get("FUZZ_EXAMPLES", "250")), "GET": 30}
 MIN_SCHEMATHESIS_REQUESTS = 6 * EXAMPLES["POST"]  # 5 POST operations x 2 modes, with slack
@@ -54,25 +58,38 @@ FUZZ_SETTINGS = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def server(tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(tiny_bundles, tmp_path_factory.mktemp("fuzz-logs"), **LIMITS)
-    yield running
-    log = running.log()
-    assert running.stop() == 0, log[-3000:]
-    assert "Traceback" not in log, log[-5000:]  # nothing blew up behind a 4xx either
+class ErrorRecords(logging.Handler):
+    """Every ERROR the server logs while fuzzed (a fault hidden behind a 4xx shows here)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 @pytest.fixture(scope="module")
-def spec(server: RunningServer) -> SchemaChecker:
+def server(tiny_bundles: Path) -> Iterator[InProcessServer]:
+    errors = ErrorRecords()
+    logger = logging.getLogger("server")
+    logger.addHandler(errors)
+    try:
+        yield InProcessServer(tiny_bundles, **SETTINGS)
+    finally:
+        logger.removeHandler(errors)
+    assert not errors.records, [r.getMessage() for r in errors.records][:5]
+
+
+@pytest.fixture(scope="module")
+def spec(server: InProcessServer) -> SchemaChecker:
     return SchemaChecker(server.get("/openapi.json").json())
 
 
-def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(server: RunningServer) -> None:
-    schema = schemathesis.openapi.from_url(server.url("/openapi.json"))
+def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(server: InProcessServer) -> None:
+    schema = schemathesis.openapi.from_wsgi("/openapi.json", server.app)
     sent: dict[str, int] = {}
     took: dict[str, float] = {}
-    session = requests.Session()
     for result in schema.get_all_operations():
         operation = result.ok()
         label = f"{operation.method.upper()} {operation.path}"
@@ -81,9 +98,7 @@ def test_schemathesis_finds_no_5xx_and_no_undocumented_answer(server: RunningSer
             @settings(FUZZ_SETTINGS, max_examples=EXAMPLES.get(operation.method.upper(), 30))
             @given(case=operation.as_strategy(generation_mode=mode))
             def exchange(case: schemathesis.Case) -> None:
-                response = case.call(
-                    base_url=server.base_url, session=session, timeout=REQUEST_TIMEOUT_S
-                )
+                response = case.call()
                 sent[label] = sent.get(label, 0) + 1
                 assert response.status_code < 500, (label, response.status_code, response.text)
                 assert_no_traceback(response.text)
@@ -140,20 +155,15 @@ NUMERIC_FIELDS = ["n_words", "n_samples", "temperature", "top_k", "top_p", "seed
 
 
 def post_raw(
-    server: RunningServer, path: str, body: bytes, content_type: str = "application/json"
-) -> requests.Response:
-    return requests.post(
-        server.url(path),
-        data=body,
-        timeout=REQUEST_TIMEOUT_S,
-        headers={"Content-Type": content_type},
-    )
+    server: InProcessServer, path: str, body: bytes, content_type: str = "application/json"
+) -> InProcessResponse:
+    return server.post(path, data=body, headers={"Content-Type": content_type})
 
 
 def assert_refused_cleanly(
     spec: SchemaChecker,
     path: str,
-    response: requests.Response,
+    response: InProcessResponse,
     allowed: tuple[int, ...] = (400, 413),
 ) -> None:
     assert response.status_code in allowed, (response.status_code, response.text[:300])
@@ -200,7 +210,7 @@ def deep_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 @settings(FUZZ_SETTINGS, max_examples=120)
 @given(case=invalid_utf8_bodies())
 def test_invalid_utf8_is_400(
-    server: RunningServer, spec: SchemaChecker, case: tuple[str, bytes]
+    server: InProcessServer, spec: SchemaChecker, case: tuple[str, bytes]
 ) -> None:
     path, body = case
     response = post_raw(server, path, body)
@@ -211,7 +221,7 @@ def test_invalid_utf8_is_400(
 @settings(FUZZ_SETTINGS, max_examples=150)
 @given(body=bad_number_bodies())
 def test_unrepresentable_numbers_are_400(
-    server: RunningServer, spec: SchemaChecker, body: bytes
+    server: InProcessServer, spec: SchemaChecker, body: bytes
 ) -> None:
     assert_refused_cleanly(spec, "/generate", post_raw(server, "/generate", body), (400,))
 
@@ -219,7 +229,7 @@ def test_unrepresentable_numbers_are_400(
 @settings(FUZZ_SETTINGS, max_examples=60)
 @given(case=deep_bodies())
 def test_deep_nesting_is_refused(
-    server: RunningServer, spec: SchemaChecker, case: tuple[str, bytes]
+    server: InProcessServer, spec: SchemaChecker, case: tuple[str, bytes]
 ) -> None:
     path, body = case
     assert_refused_cleanly(spec, path, post_raw(server, path, body))
@@ -232,7 +242,7 @@ def test_deep_nesting_is_refused(
     alphabet=st.sampled_from(["a", "é", "😀", " word", "<br />", "x\u0085"]),
 )
 def test_long_texts_and_many_texts_hit_the_limits_cleanly(
-    server: RunningServer, spec: SchemaChecker, chars: int, count: int, alphabet: str
+    server: InProcessServer, spec: SchemaChecker, chars: int, count: int, alphabet: str
 ) -> None:
     text = (alphabet * chars)[:chars]
     body = json.dumps({"texts": [text] * count}).encode()
@@ -266,7 +276,7 @@ OPTIONAL_FLOAT = st.none() | st.floats(allow_nan=False, allow_infinity=False, wi
     stream=st.booleans(),
 )
 def test_generation_parameters(
-    server: RunningServer,
+    server: InProcessServer,
     spec: SchemaChecker,
     prompt: str,
     n_words: int,
@@ -297,7 +307,7 @@ def test_generation_parameters(
         and (top_p is None or (math.isfinite(top_p) and 0 < top_p <= 1))
         and (seed is None or 0 <= seed <= 2**63 - 1)
     )
-    response = server.post("/generate", json=body, timeout=REQUEST_TIMEOUT_S)
+    response = server.post("/generate", json=body)
     assert_no_traceback(response.text)
     if not valid:
         assert response.status_code == 400, (body, response.status_code, response.text[:300])
@@ -313,11 +323,11 @@ def test_generation_parameters(
 
 @settings(FUZZ_SETTINGS, max_examples=200)
 @given(text=TEXTS)
-def test_tokenizer_on_any_text(server: RunningServer, text: str) -> None:
-    response = server.post("/tokenize", json={"text": text}, timeout=REQUEST_TIMEOUT_S)
+def test_tokenizer_on_any_text(server: InProcessServer, text: str) -> None:
+    response = server.post("/tokenize", json={"text": text})
     assert response.status_code == 200, (text, response.text[:300])
     body = response.json()
     assert body["tokens"][0] == "xxbos" and len(body["tokens"]) == len(body["ids"])
-    classified = server.post("/classify", json={"text": text}, timeout=REQUEST_TIMEOUT_S)
+    classified = server.post("/classify", json={"text": text})
     assert classified.status_code == 200, (text, classified.text[:300])
     assert math.isclose(sum(classified.json()["probabilities"].values()), 1, abs_tol=1e-4)

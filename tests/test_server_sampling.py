@@ -61,6 +61,22 @@ def test_no_unk_never_emits_unk(logits: np.ndarray) -> None:
     assert (with_unk == UNK).all()
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-30])
+def test_a_tiny_temperature_is_greedy_not_nan(logits: np.ndarray, temperature: float) -> None:
+    """Dividing by a denormal temperature once overflowed to inf - inf = NaN (the fuzzer found
+    it): the limit is greedy, and xxunk stays excluded."""
+    params = SamplingParams(temperature=temperature, no_unk=True)
+    with np.errstate(invalid="raise"):  # inf - inf (NaN) fails here
+        probs = next_token_probabilities(logits, params, UNK)
+    masked = logits.copy()
+    masked[:, UNK] = -np.inf
+    assert np.isfinite(probs).all() and (probs[:, UNK] == 0).all()
+    np.testing.assert_array_equal(probs.argmax(axis=1), masked.argmax(axis=1))
+    np.testing.assert_allclose(probs.max(axis=1), 1.0)
+    drawn = choose_next(logits, params, UNK, make_rng(3))
+    np.testing.assert_array_equal(drawn, masked.argmax(axis=1))
+
+
 def test_greedy_is_argmax_of_allowed(logits: np.ndarray) -> None:
     chosen = choose_next(logits, SamplingParams(temperature=0), UNK, make_rng(0))
     masked = logits.copy()

@@ -51,7 +51,11 @@ def allowed_logits(logits: np.ndarray, params: SamplingParams, unk_id: int) -> n
     if params.no_unk and 0 <= unk_id < scores.shape[1]:
         scores[:, unk_id] = -np.inf
     if params.temperature > 0:
-        scores /= params.temperature
+        # Shift the best score to 0 first: a tiny temperature then sends the others to -inf
+        # (greedy in the limit) instead of overflowing to inf - inf = NaN. Softmax is unchanged.
+        scores -= scores.max(axis=1, keepdims=True)
+        with np.errstate(over="ignore"):
+            scores /= params.temperature
     if params.top_k is not None and params.top_k < scores.shape[1]:
         drop = np.argpartition(scores, -params.top_k, axis=1)[:, : -params.top_k]
         np.put_along_axis(scores, drop, -np.inf, axis=1)

@@ -75,6 +75,7 @@ def _export_pkl(args: argparse.Namespace, version: str) -> list[Path]:
     from .pipeline import export_learner
 
     name = _bundle_name(args)
+
     learn = load_learner_file(args.pkl)
     facts = learner_facts(learn)  # refuse before anything is written
     eval_data = None
@@ -158,6 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     if (args.pkl is None) == (args.run is None):
         parser.error("give a learner .pkl or --run RUN_DIR (one of them)")
 
+    if args.pkl is not None:  # refuse a wrong name or file before the slow imports below
+        from .learner import UnsupportedLearner, check_learner_file
+
+        try:
+            _bundle_name(args)
+            check_learner_file(args.pkl)
+        except (Refused, UnsupportedLearner) as e:
+            print(f"python -m export: refused: {e}", file=sys.stderr)
+            return REFUSED
     # fastai's modules decorate functions with torch.jit.script at import, which torch now
     # reports as deprecated: a note for fastai's developers, nothing an exporting user can act on
     warnings.filterwarnings(

@@ -3,7 +3,8 @@
 Every fact (task, labels, vocabulary, sizes, tokenizer, bptt / max_len, direction, multi-label
 threshold) comes from the learner itself: its model, its loss function and the transforms its
 DataLoaders kept. What this project cannot serve exactly is refused with UnsupportedLearner,
-whose message is one line for the user, before anything is written.
+whose message is one line for the user, before anything is written. torch and fastai are
+imported inside the functions: the CLI refuses a wrong file before paying for them.
 """
 
 from __future__ import annotations
@@ -14,10 +15,6 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-
-from .torch_modules import layer_sizes
 
 TOKENIZER_LANG = "en"  # the spaCy tables in tokenizer.json are those of blank English
 
@@ -73,10 +70,26 @@ class LearnerFacts:
         return keys
 
 
-def load_learner_file(path: Path) -> Any:
-    """fastai's `load_learner` on the CPU, with every way a file can be wrong made one line."""
+PICKLE_PROTOCOL_2_PLUS = b"\x80"  # first byte of a pickle of protocol 2 or later
+
+
+def check_learner_file(path: Path) -> None:
+    """Cheap checks before torch and fastai are imported (seconds): the file exists and is in
+    one of torch.save's two formats, a zip archive or a bare pickle (fastai's learn.export)."""
     if not path.is_file():
         raise UnsupportedLearner(f"{path}: no such file")
+    with path.open("rb") as f:
+        head = f.read(1)
+    if not zipfile.is_zipfile(path) and head != PICKLE_PROTOCOL_2_PLUS:
+        raise UnsupportedLearner(
+            f"{path}: not a fastai learner saved with learn.export() (neither torch's zip format "
+            "nor a pickle)"
+        )
+
+
+def load_learner_file(path: Path) -> Any:
+    """fastai's `load_learner` on the CPU, with every way a file can be wrong made one line."""
+    check_learner_file(path)
     from fastai.learner import load_learner
 
     with warnings.catch_warnings():
@@ -180,6 +193,7 @@ def _awd_lstm(module: Any) -> Any:
 
 def _model_kind(learn: Any) -> str:
     """'generate' for language_model_learner, 'classify' for text_classifier_learner."""
+    import torch
     from fastai.text.models.core import LinearDecoder, PoolingLinearClassifier, SentenceEncoder
 
     model = learn.model
@@ -204,6 +218,8 @@ def _model_kind(learn: Any) -> str:
 def _activation(learn: Any) -> str:
     """Which activation fastai's predict applies: compared numerically, not by class name,
     so any loss whose activation is softmax (label smoothing too) or sigmoid qualifies."""
+    import torch
+
     activation = getattr(learn.loss_func, "activation", None)
     if activation is None:
         raise UnsupportedLearner(
@@ -247,6 +263,8 @@ def text_ids(learn: Any, texts: list[str]) -> list[list[int]]:
 
 def learner_facts(learn: Any) -> LearnerFacts:
     """Inspect a loaded learner; UnsupportedLearner (one line) for anything not served exactly."""
+    from .torch_modules import layer_sizes
+
     tokenizer, numericalize, backwards = _text_pipeline(learn)
     task = _model_kind(learn)
     _check_tokenizer(tokenizer)

@@ -55,6 +55,7 @@ FILLER = [
 ]
 TEXT_COL, LABEL_COL, TAGS_COL, TAG_DELIM = "text", "label", "tags", ";"
 KINDS = ("three_class", "multi_label", "lm", "backwards")
+LM_VOCAB_SIZE = 60_000  # fastai's default max_vocab
 REFUSED_KINDS = ("tabular", "custom_model", "other_tokenizer")
 
 
@@ -149,9 +150,16 @@ def build_all(out: Path) -> dict[str, Path]:
     lm_config = dict(
         awd_lstm_lm_config, emb_sz=20, n_hid=44, n_layers=3, tie_weights=False, out_bias=True
     )
-    dls_lm = TextDataLoaders.from_df(
-        df, text_col=TEXT_COL, is_lm=True, valid_pct=0.2, bs=8, seq_len=20, seed=SEED
+    # fastai's default max_vocab (60,000) filled: the corpus' own tokens, then words it never uses
+    small = TextDataLoaders.from_df(df, text_col=TEXT_COL, is_lm=True, bs=8, seq_len=20, seed=SEED)
+    vocab = [t for t in small.vocab if t != "xxfake"]
+    vocab += [f"zzword{i}" for i in range(LM_VOCAB_SIZE - len(vocab))]
+    lm_block = DataBlock(
+        blocks=TextBlock.from_df(TEXT_COL, is_lm=True, seq_len=20, vocab=vocab),
+        get_x=ColReader(TEXT_COL),
+        splitter=RandomSplitter(0.2, seed=SEED),
     )
+    dls_lm = lm_block.dataloaders(df, bs=8, seq_len=20)
     learn = _quiet(language_model_learner(dls_lm, AWD_LSTM, config=lm_config, pretrained=False))
     learn.fit_one_cycle(2, 1e-2)
     learn.export(paths["lm"])

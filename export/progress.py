@@ -59,9 +59,11 @@ class Progress:
         share = self.done / self.total if self.total else 1.0
         filled = int(BAR_WIDTH * min(share, 1.0))
         bar = "█" * filled + "-" * (BAR_WIDTH - filled)
+        # below one a second, seconds per unit (as tqdm does): "40.2 s/batch", not "0.0 batch/s"
+        speed = f"{1 / rate:.1f} s/{self.unit}" if 0 < rate < 1 else f"{rate:.1f} {self.unit}/s"
         return (
             f"{self.label} |{bar}| {share:6.1%} {self.done}/{self.total} {self.unit} "
-            f"[{_duration(elapsed)}<{eta}, {rate:.1f} {self.unit}/s]"
+            f"[{_duration(elapsed)}<{eta}, {speed}]"
         )
 
     def update(self, n: int = 1) -> None:

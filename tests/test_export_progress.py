@@ -56,3 +56,10 @@ def test_one_bar_shared_by_two_threads_counts_every_update() -> None:
     assert bar.done == 2000
     assert stream.getvalue().splitlines()[-1].startswith("int8 and fp32 evaluation")
     assert "2000/2000 batches" in stream.getvalue().splitlines()[-1]
+
+
+def test_slow_steps_show_seconds_per_unit() -> None:
+    bar = Progress(20, "validation", unit="batch", stream=io.StringIO())
+    bar.started -= 80.0  # two batches done in 80 s
+    bar.done = 2
+    assert bar.line().endswith(", 40.0 s/batch]"), bar.line()

@@ -149,6 +149,9 @@ def test_manifests_record_measured_figures(tiny_bundles: Path) -> None:
     assert clf["metrics"]["quantization"]["argmax_agreement_int8_vs_fp32"] >= 0.99
     assert clf["multi_label"] is False and "threshold" not in clf
     assert lm["metrics"]["quantization"]["perplexity_ratio_int8_vs_fp32"] <= 1.02
+    held_out = lm["metrics"]["evaluation"]  # the IMDB test reviews: perplexity fp32 and int8
+    assert held_out["documents"] == 20 and held_out["int8"]["perplexity"] > 1
+    assert held_out["int8"]["perplexity"] / held_out["fp32"]["perplexity"] <= 1.02
     assert lm["metrics"]["parity"]["max_abs_diff_stepwise_vs_whole"] <= 1e-4
     assert clf["metrics"]["sizes"]["int8_bytes"] < clf["metrics"]["sizes"]["fp32_bytes"]
 

@@ -24,11 +24,11 @@ if ! "$PYTHON" -c 'import fastai' 2>/dev/null; then
       "and carry $wheels" | tee "$log" >&2
     exit 2
   fi
+  whl=("$wheels"/*.whl)
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$site" "$wheels"/*.whl || exit 2
+    --target "$site" "${whl[@]}" || exit 2
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-  echo "installed $(ls "$wheels"/*.whl | wc -l) wheels from $wheels in $(($(date +%s) - started)) s" \
-    | tee "$log"
+  echo "installed ${#whl[@]} wheels from $wheels in $(($(date +%s) - started)) s" | tee "$log"
 fi
 
 finish_by=$((started + limit - COPY_S))

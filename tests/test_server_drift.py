@@ -7,7 +7,6 @@ import json
 import math
 import random
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from server_harness import RunningServer, parse, start_server, value
+from server_harness import InProcessServer, parse, value
 
 from server.observability.drift import (
     BinnedReference,
@@ -116,25 +115,19 @@ WINDOW = 80
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    running = start_server(
-        tiny_bundles,
-        tmp_path_factory.mktemp("drift-logs"),
-        DRIFT_WINDOW=str(WINDOW),
-        DRIFT_MIN_DOCUMENTS="60",
-        MAX_BATCH_TEXTS="40",
+def server(tiny_bundles: Path) -> InProcessServer:
+    return InProcessServer(
+        tiny_bundles, drift_window=WINDOW, drift_min_documents=60, max_batch_texts=40
     )
-    yield running
-    assert running.stop() == 0, running.log()
 
 
-def classify_all(server: RunningServer, texts: list[str]) -> None:
+def classify_all(server: InProcessServer, texts: list[str]) -> None:
     for start in range(0, len(texts), 40):
         response = server.post("/classify", json={"texts": texts[start : start + 40]})
         assert response.status_code == 200, response.text
 
 
-def drift_of(server: RunningServer) -> dict[str, Any]:
+def drift_of(server: InProcessServer) -> dict[str, Any]:
     entry = next(m for m in server.get("/models").json()["models"] if m["task"] == "classify")
     return entry["drift"]
 
@@ -149,7 +142,7 @@ SHIFTED = [
 ]
 
 
-def test_drift_score_rises_on_shifted_traffic(server: RunningServer, tiny_bundles: Path) -> None:
+def test_drift_score_rises_on_shifted_traffic(server: InProcessServer, tiny_bundles: Path) -> None:
     manifest = json.loads((tiny_bundles / "imdb-sentiment" / "manifest.json").read_text())
     assert "reference_stats" in manifest
     assert drift_of(server)["max_psi"] is None  # nothing seen yet

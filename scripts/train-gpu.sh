@@ -32,8 +32,14 @@ if ! "$PYTHON" -c 'import fastai' 2>/dev/null; then
 fi
 
 finish_by=$((started + limit - COPY_S))
+left=$((finish_by - $(date +%s)))
+if [ "$left" -le 0 ]; then  # (`timeout 0` would mean no limit at all)
+  echo "no time left to train: start-up took $(($(date +%s) - started)) s of ${limit} s" \
+    | tee -a "$log"
+  exit 124
+fi
 # the hard stop, should the budgets be wrong: SIGINT at the deadline, SIGKILL 5 s later
-PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=5 $((finish_by - $(date +%s))) \
+PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=5 "$left" \
   "$PYTHON" -m training all --config "$config" --data "$corpus" --out "$run" --weights-only \
   --finish-by "$finish_by" "$@" 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}

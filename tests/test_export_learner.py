@@ -45,6 +45,7 @@ NAMES = {
     "multi_label": "tags",
     "lm": "untied-lm",
     "backwards": "backwards-clf",
+    "backwards_lm": "backwards-lm",
 }
 TEXTS = [
     "A wonderful film, the music was superb!",
@@ -166,8 +167,10 @@ def test_manifests_hold_the_learners_facts(user_bundles: Path, learners: dict[st
     assert lm["metrics"]["quantization"]["perplexity_ratio_int8_vs_fp32"] <= 1.02
 
     backwards = load_manifest(user_bundles / NAMES["backwards"]).raw
-    assert backwards["direction"] == "backward"
-    for raw in (three, multi, lm, backwards):
+    backwards_lm = load_manifest(user_bundles / NAMES["backwards_lm"]).raw
+    assert backwards["direction"] == backwards_lm["direction"] == "backward"
+    assert backwards_lm["architecture"]["tied_decoder"] is True  # fastai's default
+    for raw in (three, multi, lm, backwards, backwards_lm):
         assert raw["metrics"]["parity"]["max_abs_diff_vs_torch"] <= 1e-4
         assert raw["metrics"]["tokenizer"]["mismatches"] == 0
 
@@ -214,16 +217,19 @@ def _greedy_bundle(model: LanguageModel, ids: list[int], steps: int) -> list[int
     return out
 
 
-def test_untied_lm_bundle_matches_the_fastai_model(
-    user_bundles: Path, learners: dict[str, Any]
+@pytest.mark.parametrize("kind", ["lm", "backwards_lm"])
+def test_lm_bundles_match_the_fastai_model(
+    user_bundles: Path, learners: dict[str, Any], kind: str
 ) -> None:
-    fp32 = _bundle(user_bundles, "lm", fp32=True)
-    assert isinstance(fp32, LanguageModel)
-    learn = learners["lm"]
+    """The untied 60k-vocabulary LM, and a backward LM fed reversed ids (its caller's job)."""
+    fp32 = _bundle(user_bundles, kind, fp32=True)
+    assert isinstance(fp32, LanguageModel) and fp32.backwards == (kind == "backwards_lm")
+    learn = learners[kind]
     model = learn.model.eval()
     for text in TEXTS:
-        ids = text_ids(learn, [text])[0]
-        assert fp32.tokenizer.encode(text) == ids
+        ids = text_ids(learn, [text])[0]  # reversed by the learner's own pipeline when backward
+        encoded = fp32.tokenizer.encode(text)
+        assert (encoded[::-1] if fp32.backwards else encoded) == ids
         model.reset()
         with torch.no_grad():
             expected = model(torch.tensor([ids]))[0][0, -1].numpy()

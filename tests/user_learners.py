@@ -54,7 +54,7 @@ FILLER = [
     "new",
 ]
 TEXT_COL, LABEL_COL, TAGS_COL, TAG_DELIM = "text", "label", "tags", ";"
-KINDS = ("three_class", "multi_label", "lm", "backwards")
+KINDS = ("three_class", "multi_label", "lm", "backwards", "backwards_lm")
 LM_VOCAB_SIZE = 60_000  # fastai's default max_vocab
 REFUSED_KINDS = ("tabular", "custom_model", "other_tokenizer")
 
@@ -170,6 +170,14 @@ def build_all(out: Path) -> dict[str, Path]:
     learn = _quiet(text_classifier_learner(dls_bwd, AWD_LSTM, config=clf_config, pretrained=False))
     learn.fit_one_cycle(4, 2e-2)
     learn.export(paths["backwards"])
+
+    dls_bwd_lm = TextDataLoaders.from_df(
+        df, text_col=TEXT_COL, is_lm=True, bs=8, seq_len=20, seed=SEED, backwards=True
+    )
+    small_lm = dict(awd_lstm_lm_config, emb_sz=16, n_hid=24, n_layers=2)
+    learn = _quiet(language_model_learner(dls_bwd_lm, AWD_LSTM, config=small_lm, pretrained=False))
+    learn.fit_one_cycle(1, 1e-2)
+    learn.export(paths["backwards_lm"])
     return paths
 
 

@@ -168,7 +168,7 @@ def generate_raw(
 
     from bundle import LanguageModel, load_bundle
     from server.inference.generate import GenerationRequest, generate_texts
-    from server.inference.sampling import SamplingParams, choose_next, make_rng
+    from server.inference.sampling import Sampler, SamplingParams, make_rng
 
     model = load_bundle(bundle_dir, threads=1, inter_threads=1)
     assert isinstance(model, LanguageModel), f"{bundle_dir} is not a language model bundle"
@@ -201,10 +201,8 @@ def generate_raw(
     logits, state = model.step(ids, state)
     step_ms = [_timed(lambda: model.step(ids, state))[0] for _ in range(200)]
     rng = make_rng(0)
-    sample_ms = [
-        _timed(lambda: choose_next(logits, SamplingParams(), model.unk_id, rng))[0]
-        for _ in range(200)
-    ]
+    sampler = Sampler(SamplingParams(), model.unk_id, *logits.shape)  # the server's sampler
+    sample_ms = [_timed(lambda: sampler(logits, rng))[0] for _ in range(200)]
     out["lm_step_batch5"] = {k: v for k, v in _stats(step_ms).items() if k != "samples_ms"}
     out["sampling_batch5"] = {k: v for k, v in _stats(sample_ms).items() if k != "samples_ms"}
     return out

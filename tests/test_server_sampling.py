@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from server.inference.sampling import (
+    Sampler,
     SamplingParams,
     choose_next,
     generate_ids,
@@ -206,3 +207,63 @@ def test_sampling_params_reject_bad_values() -> None:
     ):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
+
+
+def _plain_draws(logits: np.ndarray, params: SamplingParams, seed: int, steps: int) -> np.ndarray:
+    rng = make_rng(seed)
+    return np.stack([choose_next(logits, params, UNK, rng) for _ in range(steps)])
+
+
+def _fast_draws(logits: np.ndarray, params: SamplingParams, seed: int, steps: int) -> np.ndarray:
+    rng = make_rng(seed)
+    sampler = Sampler(params, UNK, *logits.shape)
+    return np.stack([sampler(logits, rng) for _ in range(steps)])
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(),
+        SamplingParams(temperature=0.75),
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=5e-324),
+        SamplingParams(temperature=2.0, no_unk=False),
+        SamplingParams(top_k=1),
+        SamplingParams(top_k=40, temperature=0.8),
+        SamplingParams(top_p=0.05),
+        SamplingParams(top_p=0.9),
+        SamplingParams(top_p=0.999, temperature=3.0),
+        SamplingParams(top_k=500, top_p=0.5),
+    ],
+    ids=repr,
+)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_fast_sampler_draws_what_the_plain_path_draws(params: SamplingParams, seed: int) -> None:
+    """The server's Sampler keeps the seeded stream of the plain functions (docs/api.md: the same
+    seed and fields give the same samples): equal probabilities bit for bit, equal tokens."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=(5, 20_008)) * 3).astype(np.float32)
+    logits[:, 100:140] = logits[:, 99:100]  # ties at the top-k / nucleus cut
+    assert np.array_equal(
+        _fast_draws(logits, params, seed, 30), _plain_draws(logits, params, seed, 30)
+    )
+    if params.temperature > 0:
+        fast = Sampler(params, UNK, *logits.shape).probabilities(logits)
+        assert np.array_equal(fast, next_token_probabilities(logits, params, UNK))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    logits=arrays(np.float32, (3, 300), elements=st.floats(-20, 20, width=32)),
+    temperature=st.sampled_from([0.0, 0.3, 1.0, 4.0]),
+    top_k=st.one_of(st.none(), st.integers(1, 300)),
+    top_p=st.one_of(st.none(), st.floats(0.01, 1.0)),
+    seed=st.integers(0, 2**32),
+)
+def test_fast_sampler_equals_plain_on_any_logits(
+    logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None, seed: int
+) -> None:
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
+    assert np.array_equal(
+        _fast_draws(logits, params, seed, 5), _plain_draws(logits, params, seed, 5)
+    )

@@ -113,6 +113,107 @@ def choose_next(
     return sample_from(next_token_probabilities(logits, params, unk_id), rng)
 
 
+class Sampler:
+    """`choose_next` for a fixed batch shape, drawing the very same tokens from the same rng.
+
+    Why: per step the plain functions allocate several (batch, vocab) float64 arrays (fresh
+    pages every time), sort the whole vocabulary for top_p and compare every cdf entry; over a
+    5 x 40 /generate that was most of the time outside the LM. Here the same float64 operations
+    run in the same order into buffers reused across steps (so every probability and cdf value
+    is bit-identical), the nucleus sorts only the most likely candidates, and the draw is a
+    binary search of the cdf. tests/test_server_sampling.py compares both on fixed logits.
+    """
+
+    def __init__(self, params: SamplingParams, unk_id: int, rows: int, vocab: int) -> None:
+        self.params = params
+        self.unk_id = unk_id
+        self.shape = (rows, vocab)
+        self._scores = np.empty(self.shape, dtype=np.float64)
+        self._work = np.empty(self.shape, dtype=np.float64)
+
+    def scores(self, logits: np.ndarray) -> np.ndarray:
+        """`allowed_logits`, into the reused buffer."""
+        params, scores = self.params, self._scores
+        np.copyto(scores, logits)
+        if params.no_unk and 0 <= self.unk_id < scores.shape[1]:
+            scores[:, self.unk_id] = -np.inf
+        if params.temperature > 0:
+            scores -= scores.max(axis=1, keepdims=True)
+            if params.temperature != 1:  # x / 1 == x exactly: skip the pass
+                with np.errstate(over="ignore"):
+                    scores /= params.temperature
+        if params.top_k is not None and params.top_k < scores.shape[1]:
+            drop = np.argpartition(scores, -params.top_k, axis=1)[:, : -params.top_k]
+            np.put_along_axis(scores, drop, -np.inf, axis=1)
+        return scores
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """`next_token_probabilities` for temperature > 0, into the reused buffer."""
+        scores, probs = self.scores(logits), self._work
+        peak = scores.max(axis=1, keepdims=True)
+        if peak.any():  # the best score is already 0 after the shift: x - 0 == x, skip it
+            np.subtract(scores, peak, out=probs)
+            np.exp(probs, out=probs)
+        else:
+            np.exp(scores, out=probs)
+        probs /= probs.sum(axis=1, keepdims=True)
+        if self.params.top_p is not None and self.params.top_p < 1:
+            _nucleus_partial(probs, self.params.top_p)
+        return probs
+
+    def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if logits.shape != self.shape:
+            raise ValueError(f"logits {logits.shape}, sampler built for {self.shape}")
+        if self.params.temperature == 0:
+            return self.scores(logits).argmax(axis=1).astype(np.int64)
+        probs = self.probabilities(logits)
+        cdf = np.cumsum(probs, axis=1, out=self._scores)  # scores are spent: reuse the buffer
+        targets = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
+        chosen = np.empty(probs.shape[0], dtype=np.int64)
+        vocab = probs.shape[1]
+        for row in range(probs.shape[0]):
+            # cdf is non-decreasing (probabilities >= 0), so the count of entries <= target
+            # is a binary search; the chosen token then has probability > 0 unless the count
+            # ran past the end (u * total rounded up to total): then the last allowed token.
+            index = int(np.searchsorted(cdf[row], targets[row, 0], side="right"))
+            if index >= vocab:
+                index = vocab - 1 - int(np.argmax(probs[row, ::-1] > 0))
+            chosen[row] = index
+        return chosen
+
+
+def _nucleus_partial(probs: np.ndarray, top_p: float) -> None:
+    """`_nucleus` in place, sorting only the most likely tokens (bit-identical results).
+
+    The kept set is a prefix of the tokens in (probability descending, index ascending) order,
+    and the cumulative mass of that prefix is the same sequential sum `_nucleus` computes; the
+    candidates are grown until the prefix ends inside them."""
+    vocab = probs.shape[1]
+    for row in probs:
+        take = min(vocab, 64)
+        while True:
+            if take < vocab:
+                part = np.argpartition(row, vocab - take)[vocab - take :]
+                # ties at the cut: every token as likely as the weakest candidate must compete
+                cut = row[part].min()
+                part = np.flatnonzero(row >= cut)
+            else:
+                part = np.arange(vocab)
+            order = part[np.lexsort((part, -row[part]))]
+            sorted_probs = row[order]
+            mass = np.cumsum(sorted_probs)
+            # Past the candidates the mass before a token is at least this prefix's mass less
+            # a rounding step; with a margin over top_p no later token could be kept.
+            if len(part) >= vocab or mass[-1] >= top_p + 1e-9:
+                break
+            take = min(vocab, take * 4)
+        keep = mass - sorted_probs < top_p
+        keep[0] = True
+        kept = np.zeros_like(row)
+        kept[order[keep]] = row[order[keep]]
+        np.divide(kept, kept.sum(), out=row)
+
+
 def _repeat_rows(state: list[np.ndarray], n: int) -> list[np.ndarray]:
     """Copy a batch-1 LSTM state to n rows; states are [1, batch, size] (bundle-format.md)."""
     return [np.repeat(layer, n, axis=1) for layer in state]
@@ -138,8 +239,9 @@ def generate_ids(
     logits, state = model.step(prompt, model.initial_state(1))
     logits = np.repeat(logits, n_samples, axis=0)
     state = _repeat_rows(state, n_samples)
+    sampler = Sampler(params, unk_id, *logits.shape)
     for index in range(n_words):
-        next_ids = choose_next(logits, params, unk_id, rng)
+        next_ids = sampler(logits, rng)
         yield next_ids
         if index + 1 < n_words:
             logits, state = model.step(next_ids[:, None], state)

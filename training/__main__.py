@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "then `rebuild` where spaCy is",
     )
     args = p.parse_args(argv)
-    if args.finish_by is not None and (args.lm_seconds or args.clf_seconds):
+    if args.finish_by is not None and (args.lm_seconds, args.clf_seconds) != (None, None):
         p.error("--finish-by derives the LM and classifier seconds: give it or them, not both")
 
     from .data import resolve_data_dir
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if args.stage in ("lm", "all"):
-        budget = TimeBudget.seconds(lm_seconds) if lm_seconds else None
+        budget = TimeBudget.seconds(lm_seconds) if lm_seconds is not None else None
         print(
             json.dumps(
                 {"lm": train_lm(data, cfg, args.out, budget, args.weights_only, args.init_lm)},
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if args.stage in ("classifier", "all"):
-        budget = clf_until or (TimeBudget.seconds(clf_seconds) if clf_seconds else None)
+        budget = clf_until or (TimeBudget.seconds(clf_seconds) if clf_seconds is not None else None)
         metrics = train_classifier(
             data, cfg, args.out, args.resume_after_stage, budget, args.weights_only
         )

@@ -26,10 +26,17 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# Binary wheels only: no compiler is installed, and none is needed or left behind.
+# Binary wheels only: no compiler is installed, and none is needed or left behind. The whole
+# dependency closure is pinned (serve-constraints.txt). In the same RUN (so the bytes never reach
+# a layer): delete what serving never loads (scripts/prune_runtime.py: onnxruntime's C API copy
+# and model tooling, numpy's tests, stubs and headers; 47 MB, measured in docs/deploy.md).
 COPY --from=requirements /src/requirements-serve.txt /tmp/requirements-serve.txt
-RUN pip install --no-cache-dir --only-binary=:all: -r /tmp/requirements-serve.txt \
-    && rm -f /tmp/requirements-serve.txt \
+COPY serve-constraints.txt scripts/prune_runtime.py /tmp/
+RUN pip install --no-cache-dir --only-binary=:all: \
+        -c /tmp/serve-constraints.txt -r /tmp/requirements-serve.txt \
+    && python /tmp/prune_runtime.py \
+        "$(python -c 'import pathlib, numpy; print(pathlib.Path(numpy.__file__).parents[1])')" \
+    && rm -f /tmp/requirements-serve.txt /tmp/serve-constraints.txt /tmp/prune_runtime.py \
     && groupadd --gid 10001 app \
     && useradd --uid 10001 --gid app --no-create-home --no-log-init --shell /usr/sbin/nologin app
 
@@ -49,7 +56,10 @@ COPY bundle/ /app/bundle/
 COPY server/ /app/server/
 # Compile once here: with PYTHONDONTWRITEBYTECODE nothing is cached at run time, so every cold
 # start would otherwise recompile the app's modules (measured in docs/deploy.md).
-RUN python -m compileall -q /app/bundle /app/server
+# Then the deploy gate, here too: every bundle verified (manifest, sizes, sha256), loaded and
+# warmed up with the pruned runtime, or the build fails.
+RUN python -m compileall -q /app/bundle /app/server \
+    && python -m server --check
 
 # Files stay root-owned and read-only to the server process. Numeric ids, so a platform can
 # check runAsNonRoot without resolving names.

@@ -3,7 +3,8 @@
 Sizes are the files each distribution's RECORD lists (as installed, bytecode included), summed
 over the dependency closure. The `serve` extra is measured in a fresh venv (`pip install
 --only-binary=:all:` of the pinned list, as the Dockerfile does) when asked, else from the same
-distributions in the current venv. The fastai stack (fastai's closure + falcon + gunicorn for
+distributions in the current venv; either way less what scripts/prune_runtime.py deletes, as
+the image and scripts/serve.sh do (the runtime as installed for serving). The fastai stack (fastai's closure + falcon + gunicorn for
 the naive app) is read from the current venv: installing torch again just to weigh it is not
 cheap. Its CUDA wheels are shown apart, since a CPU-only torch build would not bring them.
 """
@@ -11,12 +12,13 @@ cheap. Its CUDA wheels are shown apart, since a CPU-only torch build would not b
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import importlib.util
 import re
 import subprocess
 import sys
 import tempfile
 import venv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,18 @@ REPO = Path(__file__).resolve().parent.parent
 TOOLING = {"pip", "setuptools", "wheel"}
 NAIVE_ROOTS = ("fastai", "falcon", "gunicorn")
 CUDA_NAME = re.compile(r"^(nvidia-|cuda-|triton$)")
+
+
+def _prune_rules() -> Callable[[str], bool]:
+    """scripts/prune_runtime.py's `pruned` (a script, not a package: loaded from its file)."""
+    spec = importlib.util.spec_from_file_location(
+        "prune_runtime", REPO / "scripts" / "prune_runtime.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pruned: Callable[[str], bool] = module.pruned
+    return pruned
 
 
 def normalise(name: str) -> str:
@@ -63,9 +77,12 @@ def closure(
     return sorted(seen), sorted(missing)
 
 
-def dist_bytes(dist: metadata.Distribution) -> int:
+def dist_bytes(dist: metadata.Distribution, skip: Callable[[str], bool] | None = None) -> int:
+    """Bytes of the files a distribution installed, less those `skip` says are deleted."""
     total = 0
     for file in dist.files or []:
+        if skip is not None and skip(str(file)):
+            continue
         try:
             total += Path(str(dist.locate_file(file))).stat().st_size
         except OSError:
@@ -73,8 +90,12 @@ def dist_bytes(dist: metadata.Distribution) -> int:
     return total
 
 
-def weigh(names: Iterable[str], dists: dict[str, metadata.Distribution]) -> dict[str, Any]:
-    sizes = {name: dist_bytes(dists[name]) for name in names if name not in TOOLING}
+def weigh(
+    names: Iterable[str],
+    dists: dict[str, metadata.Distribution],
+    skip: Callable[[str], bool] | None = None,
+) -> dict[str, Any]:
+    sizes = {name: dist_bytes(dists[name], skip) for name in names if name not in TOOLING}
     cuda = sum(size for name, size in sizes.items() if CUDA_NAME.match(name))
     return {
         "bytes": sum(sizes.values()),
@@ -122,9 +143,11 @@ def fresh_venv_serve(requirements: list[str], timeout_s: float = 600) -> dict[st
         site = next(Path(root).glob("lib/python3*/site-packages"))
         dists = installed([str(site)])
         return {
-            **weigh(dists, dists),
+            **weigh(dists, dists, _prune_rules()),
             "distributions": sorted(set(dists) - TOOLING),
-            "how": "fresh venv, pip install --only-binary=:all: " + " ".join(requirements),
+            "how": "fresh venv, pip install --only-binary=:all: "
+            + " ".join(requirements)
+            + ", less scripts/prune_runtime.py's deletions",
         }
 
 
@@ -137,7 +160,8 @@ def measure(fresh_venv: bool) -> dict[str, Any]:
     result: dict[str, Any] = {
         "serve_requirements": requirements,
         "serve_from_dev_venv": {
-            **weigh(serve_names, dists),
+            **weigh(serve_names, dists, _prune_rules()),
+            "unpruned_bytes": weigh(serve_names, dists)["bytes"],
             "distributions": serve_names,
             "missing": serve_missing,
         },

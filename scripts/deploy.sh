@@ -39,7 +39,7 @@ DRY_RUN=${DRY_RUN:-0}
 if [ -x "$REPO_ROOT/.venv/bin/python" ]; then PYTHON=${PYTHON:-$REPO_ROOT/.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
 
 # What Cloud Build needs from the source tree; models/ comes from the bucket, not from here.
-BUILD_INPUTS=(cloudbuild.yaml Dockerfile .dockerignore pyproject.toml scripts/serve_requirements.py bundle server)
+BUILD_INPUTS=(cloudbuild.yaml Dockerfile .dockerignore pyproject.toml serve-constraints.txt scripts/serve_requirements.py scripts/prune_runtime.py bundle server)
 
 die() { echo "deploy: $*" >&2; exit 1; }
 say() { echo "deploy: $*" >&2; }

@@ -37,7 +37,15 @@ BASE_IMAGE = "python:3.11-slim"
 # Built-ins that exist for `gcloud builds submit` (SHORT_SHA, BRANCH_NAME, ... only for triggers).
 CLOUD_BUILD_BUILTINS = {"PROJECT_ID", "PROJECT_NUMBER", "BUILD_ID", "LOCATION"}
 # Only these may reach the image (and so the build context).
-RUNTIME_PATHS = ("pyproject.toml", "scripts/serve_requirements.py", "bundle/", "server/", "models/")
+RUNTIME_PATHS = (
+    "pyproject.toml",
+    "serve-constraints.txt",
+    "scripts/serve_requirements.py",
+    "scripts/prune_runtime.py",
+    "bundle/",
+    "server/",
+    "models/",
+)
 # Never in the context, whatever the allowlist says.
 FORBIDDEN_PATHS = (
     ".git/HEAD",

@@ -23,6 +23,7 @@ from training.budget import FINISH_S, FINISH_SHARE, LM_SHARE, plan, split_time_l
 from training.config import get_config
 from training.corpus import TokenizedCorpus, build_corpus
 from training.data import load_imdb
+from training.run_files import missing_for_rebuild
 from training.tokens import tokenize_texts
 from training.weights import load_fp16_chunks, save_fp16_chunks
 
@@ -220,3 +221,23 @@ def test_chunked_tokenizer_gives_fastai_tokenize_df_tokens(synthetic: Path) -> N
     assert tokenize_texts(texts, n_workers=1) == expected
     # small chunks over two processes: they finish out of order, the result keeps the input's
     assert tokenize_texts(texts, n_workers=2, chunk_texts=3) == expected
+
+
+def test_rebuild_check_names_a_weight_chunk_lost_in_transfer(tmp_path: Path) -> None:
+    """metrics.json lists the chunks the run wrote: a missing second chunk is named, though
+    weights/lm-*.pt still matches the first."""
+    run, corpus = tmp_path / "run", tmp_path / "corpus"
+    (run / "weights").mkdir(parents=True)
+    corpus.mkdir()
+    for name in ("corpus.npz", "corpus.json"):
+        (corpus / name).write_bytes(b"")
+    for name in ("config.json", "vocab.json", "weights/lm-0.pt", "weights/classifier-0.pt"):
+        (run / name).write_bytes(b"")
+    metrics = {
+        "lm": {"weight_files": ["weights/lm-0.pt", "weights/lm-1.pt"]},
+        "classifier": {"weight_files": ["weights/classifier-0.pt"]},
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert missing_for_rebuild(run, corpus) == [str(run / "weights" / "lm-1.pt")]
+    (run / "weights" / "lm-1.pt").write_bytes(b"")
+    assert missing_for_rebuild(run, corpus) == []

@@ -32,6 +32,12 @@ ONE_THREAD = {
     "ORT_INTRA_OP_THREADS": "1",
     "ORT_INTER_OP_THREADS": "1",
 }
+# Bytecode as deployed: an image compiles every module at build time (pip compiles what it
+# installs; our Dockerfile runs compileall). The dev venv is installed without bytecode and
+# PYTHONDONTWRITEBYTECODE may be set, so each server would otherwise recompile every module it
+# imports on every start. Here a server's first (untimed) start writes its bytecode under this
+# folder, and later starts read it.
+BYTECODE_DIR = REPO / "cache" / "pycache"
 
 
 class ServerFailed(RuntimeError):
@@ -61,6 +67,8 @@ def base_env() -> dict[str, str]:
         if not k.startswith(("MAX_", "WEB_", "ORT_", "GUNICORN"))
     }
     env.update(ONE_THREAD)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(BYTECODE_DIR)
     env.update(PYTHONUNBUFFERED="1", PYTHONWARNINGS="ignore", TQDM_DISABLE="1")
     return env
 

@@ -56,10 +56,13 @@ COPY bundle/ /app/bundle/
 COPY server/ /app/server/
 # Compile once here: with PYTHONDONTWRITEBYTECODE nothing is cached at run time, so every cold
 # start would otherwise recompile the app's modules (measured in docs/deploy.md).
-# Then the deploy gate, here too: every bundle verified (manifest, sizes, sha256), loaded and
-# warmed up with the pruned runtime, or the build fails.
+# Then the bundle gate, here too (bundle/verify.py: manifest, sizes and sha256 of every file, an
+# onnxruntime load and one inference each), now with the pruned runtime: a bundle or a pruned
+# file the server needs fails the build, not the first start. Which bundle is the default is
+# deploy-time configuration (DEFAULT_CLASSIFIER/DEFAULT_LM), so `server --check` stays in the
+# deploy gate.
 RUN python -m compileall -q /app/bundle /app/server \
-    && python -m server --check
+    && python -m bundle.verify /app/models
 
 # Files stay root-owned and read-only to the server process. Numeric ids, so a platform can
 # check runAsNonRoot without resolving names.

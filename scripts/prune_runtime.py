@@ -8,7 +8,8 @@ docs/deploy.md):
     opens it (readelf: no NEEDED entry; strace of a session start: never opened).
   - onnxruntime's model tooling (quantization, transformers, tools, datasets, backend): export
     side, never imported by `import onnxruntime`.
-  - numpy's test suites, type stubs, f2py, C headers and PyInstaller hook: build/test parts.
+  - numpy's test suites and test extensions (_simd, _*_tests), type stubs, f2py, distutils, C headers and
+    PyInstaller hook: build/test parts.
 Each removal is a folder or file pattern below, not a guess at run time; `python -m server
 --check` after pruning (the Dockerfile runs it) proves the rest still serves.
 
@@ -34,9 +35,12 @@ UNUSED = (
     "numpy/tests",
     "numpy/*/tests",
     "numpy/f2py",
+    "numpy/distutils",
     "numpy/_pyinstaller",
     "numpy/_core/include",
     "numpy/*.pyi",
+    "numpy/_core/_*_tests.*",
+    "numpy/_core/_simd.*",
 )
 PRUNED_PACKAGES = sorted({pattern.split("/", 1)[0] for pattern in UNUSED})
 

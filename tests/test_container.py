@@ -41,6 +41,7 @@ CONTEXT_ITEMS = (
     "Dockerfile",
     ".dockerignore",
     "pyproject.toml",
+    "serve-constraints.txt",
     "scripts",
     "bundle",
     "server",

@@ -25,6 +25,8 @@ def test_rules() -> None:
     assert pruned("numpy/_core/tests/test_umath.py")
     assert pruned("numpy/__init__.pyi")
     assert pruned("numpy/linalg/_linalg.pyi")
+    assert pruned("numpy/_core/_simd.cpython-311-x86_64-linux-gnu.so")
+    assert pruned("numpy/_core/_multiarray_tests.cpython-311-x86_64-linux-gnu.so")
     assert not pruned("onnxruntime/capi/onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so")
     assert not pruned("onnxruntime/__init__.py")
     assert not pruned("numpy/__init__.py")

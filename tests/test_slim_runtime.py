@@ -1,4 +1,5 @@
-"""The slim runtime: a fresh venv with only `pip install .[serve]` serves both endpoints, and
+"""The slim runtime: a fresh venv with only `pip install .[serve]` (constrained by
+serve-constraints.txt, then pruned by scripts/prune_runtime.py) serves both endpoints, and
 torch, fastai, fastcore and spaCy are not even importable there.
 
 Slow (a venv and a pip install from PyPI): marked `slow`, run by .ci/run.
@@ -33,6 +34,8 @@ def slim_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            "-c",
+            str(REPO_ROOT / "serve-constraints.txt"),
             f"{REPO_ROOT}[serve]",
         ],
         capture_output=True,
@@ -41,6 +44,15 @@ def slim_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=root,
     )
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    # As scripts/serve.sh and the Dockerfile do: what serving never loads is deleted.
+    site = next(root.glob("lib/python3*/site-packages"))
+    prune = subprocess.run(
+        [str(python), str(REPO_ROOT / "scripts" / "prune_runtime.py"), str(site)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert prune.returncode == 0 and "removed" in prune.stdout, prune.stderr
     return python
 
 

@@ -73,7 +73,7 @@ def render(
             "",
         ]
 
-    out += ["## Targets (issue 5)", ""]
+    out += ["## Targets (issue 11)", ""]
     out += _table(
         ["measure", "reached", "target", "met", "what bounds it (measured)"],
         (

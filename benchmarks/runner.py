@@ -366,6 +366,26 @@ def run_inprocess(
     return {"raw": raw, "startup_probes": startups}
 
 
+def run_roofline(cfg: BenchConfig) -> dict[str, Any] | None:
+    """benchmarks/roofline.py on the served classifier, pinned to the server's core."""
+    classifiers = [
+        path.parent
+        for path in sorted(cfg.models.glob("*/manifest.json"))
+        if json.loads(path.read_text(encoding="utf-8")).get("task") == "classify"
+    ]
+    if not classifiers:
+        return None
+    command = [sys.executable, "-m", "benchmarks.roofline", "--bundle", str(classifiers[0])]
+    command += ["--repeats", "1" if cfg.quick else "7"]
+    argv = pinned(command, cfg.server_cpu)
+    out = subprocess.run(
+        argv, cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=900
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmarks.roofline failed:\n{out.stderr[-3000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def image_record(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {
@@ -501,6 +521,8 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
                 )
         log("in-process timings (raw onnxruntime session, startup probes)")
         results["in_process"] = run_inprocess(cfg, inputs, workloads, work)
+        log("roofline: this core's int8 floor beside the classifier session")
+        results["roofline"] = run_roofline(cfg)
     log("footprint" + (" (fresh venv install of the serve extra)" if cfg.fresh_venv else ""))
     results["footprint"] = footprint.measure(cfg.fresh_venv)
     results["artifacts"] = footprint.artifacts(cfg.run_dir, cfg.models)

@@ -23,17 +23,18 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTIONS = (
-    "## Targets (issue 5)",
+    "## Targets (issue 11)",
     "## Setup",
     "## Cold start",
     "## Latency and throughput over HTTP",
     "## Where our time goes",
     "## Memory of the serving processes",
     "## Footprint",
+    "## Distance to this core's int8 limit",
     "## Micro-batching of /classify (issue 6)",
     "## Same answers",
 )
-PLOTS = ("cold_start.png", "latency_classify.png", "latency_generate.png")
+PLOTS = ("cold_start.png", "latency_classify.png", "latency_generate.png", "batch_curve.png")
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,9 @@ def test_report_and_plots(quick_run: dict[str, Any]) -> None:
     assert results["started_at"] in report and results["machine"]["cpu_model"] in report
     assert "Quick mode" in report
     targets = results["derived"]["targets"]
-    assert len(targets) == 8 and all(t["name"] in report for t in targets)
+    assert len(targets) == 10 and all(t["name"] in report for t in targets)
+    roofline = next(t for t in targets if "int8 floor" in t["name"])
+    assert roofline["value"] == results["roofline"]["session_over_floor"] > 0
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
     assert sorted(Path(i).name for i in images) == sorted(PLOTS)
     for image in images:

@@ -193,6 +193,48 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows(
         np.testing.assert_array_equal(answer, together[row : row + 1])
 
 
+def test_after_a_coalesced_call_the_next_waits_for_as_many_requests(
+    tiny_classifier: ClassifierModel,
+) -> None:
+    """MICROBATCH_WAIT_MS: a call of 3 requests makes the next leader wait (here up to 60 s)
+    for 3 queued requests, not for max_texts; a lone request before that never waited."""
+    runner = GatedRunner(tiny_classifier)
+    batcher = ClassifyBatcher(runner, max_texts=64, wait_s=60)
+    observed: list[tuple[int, int]] = []
+    batcher.observers.append(lambda requests, texts, seconds: observed.append((requests, texts)))
+    requests = ids_of(tiny_classifier, 7)
+    threads, answers = submit_all(batcher, requests, timeout_s=120)
+    threads[0].start()  # alone, after nothing: runs at once (held by the runner)
+    assert runner.first_started.wait(10)
+    for thread in threads[1:4]:
+        thread.start()
+    wait_queued(batcher, 3)
+    runner.release_first.set()
+    for thread in threads[:4]:
+        thread.join(10)
+    assert observed == [(1, 1), (3, 3)]
+    for thread in threads[4:]:  # one at a time: the first leads and waits for the other two
+        thread.start()
+        time.sleep(0.05)
+    for thread in threads[4:]:
+        thread.join(10)  # far less than wait_s: the wait ended when 3 had queued
+    assert not any(thread.is_alive() for thread in threads)
+    assert observed == [(1, 1), (3, 3), (3, 3)]
+    assert all(isinstance(answers[i], np.ndarray) for i in range(len(requests)))
+
+
+def test_a_lone_request_never_waits_for_company(tiny_classifier: ClassifierModel) -> None:
+    runner = GatedRunner(tiny_classifier)
+    runner.release_first.set()
+    batcher = ClassifyBatcher(runner, max_texts=64, wait_s=60)
+    for request in ids_of(tiny_classifier, 3):
+        threads, answers = submit_all(batcher, [request])
+        threads[0].start()
+        threads[0].join(10)  # a 60 s wait would still be running
+        assert isinstance(answers[0], np.ndarray)
+    assert len(runner.calls) == 3
+
+
 def test_calls_never_exceed_max_texts_and_big_requests_run_alone(
     tiny_classifier: ClassifierModel,
 ) -> None:

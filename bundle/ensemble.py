@@ -1,0 +1,173 @@
+"""Ensemble bundles: several classifier bundles answering as one named model with the mean of
+their probabilities (ULMFiT's forward + backward recipe; see docs/bundle-format.md).
+
+An ensemble is a directory whose manifest.json has an "ensemble" section naming member bundles
+stored inside it (members/<name>/). Each member is verified like any bundle (hashes, vocab);
+the members must share labels, multi_label/threshold and the exact tokenizer tables, or the
+ensemble is refused. The result is a plain `ClassifierModel` whose session averages the
+members' sessions, so every caller (the server, its instrumented wrapper) uses it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from .manifest import MANIFEST_NAME, SCHEMA_VERSION, BundleError, Manifest, file_digest
+from .runtime import ClassifierModel, load_bundle
+from .tokenizer import Tokenizer
+
+ENSEMBLE_KEY = "ensemble"
+COMBINE = "mean_probabilities"
+MEMBERS_DIR = "members"
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # bundle/manifest.py's rule for names
+_SHARED_IDS = ("vocab_size", "pad_id", "bos_id", "unk_id")
+
+
+def read_raw(directory: Path) -> dict[str, Any] | None:
+    """The manifest's JSON, or None when there is none or it is unreadable (the ordinary
+    bundle reader then reports why)."""
+    try:
+        raw = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return raw if isinstance(raw, dict) else None
+
+
+def is_ensemble(directory: str | Path) -> bool:
+    raw = read_raw(Path(directory))
+    return raw is not None and ENSEMBLE_KEY in raw
+
+
+class EnsembleSession:
+    """Stands in for an onnxruntime session: runs every member on the same right-padded ids in
+    reading order (reversed per row for a backward member) and returns the mean probabilities."""
+
+    def __init__(self, members: Sequence[ClassifierModel]) -> None:
+        self.members = list(members)
+
+    def get_inputs(self) -> Any:
+        return self.members[0].session.get_inputs()
+
+    def run(
+        self,
+        output_names: Sequence[str],
+        feed: dict[str, np.ndarray],
+        run_options: ort.RunOptions | None = None,
+    ) -> list[np.ndarray]:
+        ids, lengths = feed["input_ids"], feed["lengths"]
+        reversed_ids: np.ndarray | None = None
+        total: np.ndarray | None = None
+        for member in self.members:
+            member_ids = ids
+            if member.backwards:
+                if reversed_ids is None:
+                    reversed_ids = ids.copy()
+                    for row, n in enumerate(lengths.tolist()):
+                        reversed_ids[row, :n] = ids[row, :n][::-1]
+                member_ids = reversed_ids
+            probs = member.session.run(
+                list(output_names), {"input_ids": member_ids, "lengths": lengths}, run_options
+            )[0]
+            total = probs.astype(np.float64) if total is None else total + probs
+        assert total is not None
+        return [(total / len(self.members)).astype(np.float32)]
+
+
+class EnsembleClassifier(ClassifierModel):
+    """A ClassifierModel over an EnsembleSession; `members` are the loaded member bundles."""
+
+    def __init__(
+        self, manifest: Manifest, tokenizer: Tokenizer, members: Sequence[ClassifierModel]
+    ) -> None:
+        session: Any = EnsembleSession(members)
+        super().__init__(manifest, tokenizer, session)
+        self.members = list(members)
+
+
+def _fail(directory: Path, problem: str) -> BundleError:
+    return BundleError(f"ensemble {directory}: {problem}")
+
+
+def check_members(directory: Path, members: Sequence[Any]) -> None:
+    """Members must be classifiers that read the same ids and answer over the same labels."""
+    if len(members) < 2:
+        raise _fail(directory, f"an ensemble needs at least 2 members, got {len(members)}")
+    first = members[0]
+    for member in members:
+        where = f"member {member.manifest.name!r}"
+        if not isinstance(member, ClassifierModel):
+            raise _fail(directory, f"{where} is a '{member.manifest.task}' bundle, not classify")
+        if isinstance(member, EnsembleClassifier):
+            raise _fail(directory, f"{where} is itself an ensemble")
+        if member.labels != first.labels:
+            raise _fail(directory, f"{where} has labels {member.labels}, not {first.labels}")
+        if (member.multi_label, member.threshold) != (first.multi_label, first.threshold):
+            raise _fail(directory, f"{where} differs in multi_label/threshold from the first")
+        arch, first_arch = member.manifest.architecture, first.manifest.architecture
+        same_ids = all(arch[k] == first_arch[k] for k in _SHARED_IDS)
+        same_tables = file_digest(member.manifest.tokenizer_path) == file_digest(
+            first.manifest.tokenizer_path
+        )
+        if not (same_ids and same_tables):
+            raise _fail(
+                directory,
+                f"{where} has other tokenizer tables than {first.manifest.name!r} "
+                "(members must share one vocabulary)",
+            )
+
+
+def _member_dirs(directory: Path, raw: dict[str, Any]) -> list[Path]:
+    section = raw.get(ENSEMBLE_KEY)
+    if not isinstance(section, dict) or section.get("combine") != COMBINE:
+        raise _fail(directory, f'"ensemble" needs "combine": "{COMBINE}" and "members"')
+    entries = section.get("members")
+    if not isinstance(entries, list) or not entries:
+        raise _fail(directory, '"ensemble" lists no members')
+    root = directory.resolve()
+    found = []
+    for entry in entries:
+        path = (directory / str(entry.get("dir", ""))).resolve()
+        if root not in path.parents or not (path / MANIFEST_NAME).is_file():
+            raise _fail(directory, f"member {entry!r} is not a bundle inside the ensemble")
+        found.append(path)
+    return found
+
+
+def load_ensemble(
+    directory: str | Path, threads: int = 1, inter_threads: int = 1
+) -> ClassifierModel:
+    """Verify an ensemble (its manifest, then every member as any bundle) and load it."""
+    directory = Path(directory)
+    raw = read_raw(directory)
+    if raw is None:
+        raise _fail(directory, "unreadable manifest.json")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise _fail(directory, f"unknown schema_version {raw.get('schema_version')!r}")
+    if not isinstance(raw.get("name"), str) or not _NAME_RE.match(raw["name"]):
+        raise _fail(directory, f"invalid name {raw.get('name')!r}")
+    if raw.get("task") != "classify" or "version" not in raw:
+        raise _fail(directory, 'an ensemble is a "classify" bundle with a "version"')
+    members = [
+        load_bundle(path, threads=threads, inter_threads=inter_threads)
+        for path in _member_dirs(directory, raw)
+    ]
+    check_members(directory, members)
+    first = members[0]
+    assert isinstance(first, ClassifierModel)
+    if list(raw.get("labels", [])) != first.labels:
+        raise _fail(directory, f"labels {raw.get('labels')} are not the members' {first.labels}")
+    if bool(raw.get("multi_label", False)) != first.multi_label:
+        raise _fail(directory, "multi_label differs from the members'")
+    resolved = dict(raw, direction="forward")  # callers pass reading order; members reverse
+    resolved["architecture"] = {k: first.manifest.architecture[k] for k in _SHARED_IDS}
+    if first.threshold is not None:
+        resolved["threshold"] = first.threshold
+    classifiers = [m for m in members if isinstance(m, ClassifierModel)]
+    return EnsembleClassifier(Manifest(directory, resolved), first.tokenizer, classifiers)

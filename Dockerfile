@@ -29,7 +29,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Binary wheels only: no compiler is installed, and none is needed or left behind. The whole
 # dependency closure is pinned (serve-constraints.txt). In the same RUN (so the bytes never reach
 # a layer): delete what serving never loads (scripts/prune_runtime.py: onnxruntime's C API copy
-# and model tooling, numpy's tests, stubs and headers; 47 MB, measured in docs/deploy.md).
+# and model tooling, numpy's tests, stubs and headers; 49 MB, measured in docs/deploy.md).
 COPY --from=requirements /src/requirements-serve.txt /tmp/requirements-serve.txt
 COPY serve-constraints.txt scripts/prune_runtime.py /tmp/
 RUN pip install --no-cache-dir --only-binary=:all: \

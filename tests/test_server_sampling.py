@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from server.inference.sampling import (
+    COLUMN_CUMSUM,
+    CUMSUM_AXIS0_ONNX,
     Sampler,
     SamplingParams,
     choose_next,
@@ -267,3 +269,31 @@ def test_fast_sampler_equals_plain_on_any_logits(
     assert np.array_equal(
         _fast_draws(logits, params, seed, 5), _plain_draws(logits, params, seed, 5)
     )
+
+
+def test_the_cumsum_graph_is_what_onnx_helper_builds() -> None:
+    """The served bytes are the one-node graph they claim to be (rebuilt with the dev extra)."""
+    onnx = pytest.importorskip("onnx")
+    helper, proto = onnx.helper, onnx.TensorProto
+    dims = ["vocab", "rows"]
+    graph = helper.make_graph(
+        [helper.make_node("CumSum", ["x", "axis"], ["y"])],
+        "cumsum",
+        [helper.make_tensor_value_info("x", proto.DOUBLE, dims)],
+        [helper.make_tensor_value_info("y", proto.DOUBLE, dims)],
+        [helper.make_tensor("axis", proto.INT64, [], [0])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="fastai-onnx-serve"
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    assert model.SerializeToString() == CUMSUM_AXIS0_ONNX
+
+
+def test_column_cumsum_equals_numpy_cumsum_bit_for_bit() -> None:
+    rng = np.random.default_rng(5)
+    probs = rng.random((5, 20_008)) ** 8  # spread magnitudes: rounding differs by order
+    probs /= probs.sum(axis=1, keepdims=True)
+    columns = np.ascontiguousarray(probs.T)
+    assert np.array_equal(COLUMN_CUMSUM(columns).T, np.cumsum(probs, axis=1))

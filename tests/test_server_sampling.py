@@ -6,6 +6,8 @@ The distribution is checked against fastai's own formula (softmax, xxunk zeroed,
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -297,3 +299,24 @@ def test_column_cumsum_equals_numpy_cumsum_bit_for_bit() -> None:
     probs /= probs.sum(axis=1, keepdims=True)
     columns = np.ascontiguousarray(probs.T)
     assert np.array_equal(COLUMN_CUMSUM(columns).T, np.cumsum(probs, axis=1))
+
+
+class _TopOfTheRange:
+    """A generator stand-in whose draws make u * total == total (what rounding u * total up
+    gives): past every cdf entry, the edge where both samplers fall back to the last allowed
+    token."""
+
+    def random(self, shape: tuple[int, int]) -> np.ndarray:
+        return np.ones(shape)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_k=3)], ids=repr)
+def test_fast_sampler_edge_of_the_cdf_matches_plain(params: SamplingParams) -> None:
+    rng = np.random.default_rng(11)
+    logits = rng.normal(size=(4, 997)).astype(np.float32)
+    fixed: Any = _TopOfTheRange()
+    plain = choose_next(logits, params, UNK, fixed)
+    fast = Sampler(params, UNK, *logits.shape)(logits, fixed)
+    assert np.array_equal(fast, plain)
+    probs = next_token_probabilities(logits, params, UNK)
+    assert (probs[np.arange(4), fast] > 0).all()

@@ -188,38 +188,50 @@ class Sampler:
             np.put_along_axis(scores, drop, -np.inf, axis=1)
         return scores
 
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """`next_token_probabilities` for temperature > 0, into the reused buffer."""
-        scores, probs = self.scores(logits), self._work
+    def _weights(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """exp(scores - best) per row, and each row's sum: softmax before the division."""
+        scores, weights = self.scores(logits), self._work
         peak = scores.max(axis=1, keepdims=True)
         if peak.any():  # the best score is already 0 after the shift: x - 0 == x, skip it
-            np.subtract(scores, peak, out=probs)
-            np.exp(probs, out=probs)
+            np.subtract(scores, peak, out=weights)
+            np.exp(weights, out=weights)
         else:
-            np.exp(scores, out=probs)
-        probs /= probs.sum(axis=1, keepdims=True)
-        if self.params.top_p is not None and self.params.top_p < 1:
-            _nucleus_partial(probs, self.params.top_p)
-        return probs
+            np.exp(scores, out=weights)
+        return weights, weights.sum(axis=1, keepdims=True)
+
+    def _nucleus_on(self) -> bool:
+        return self.params.top_p is not None and self.params.top_p < 1
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """`next_token_probabilities` for temperature > 0, into the reused buffer."""
+        weights, totals = self._weights(logits)
+        weights /= totals
+        if self._nucleus_on():
+            _nucleus_partial(weights, self.params.top_p)  # type: ignore[arg-type]
+        return weights
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if logits.shape != self.shape:
             raise ValueError(f"logits {logits.shape}, sampler built for {self.shape}")
         if self.params.temperature == 0:
             return self.scores(logits).argmax(axis=1).astype(np.int64)
-        probs = self.probabilities(logits)
-        np.copyto(self._columns.T, probs)
-        cdf = COLUMN_CUMSUM(self._columns)  # [vocab, rows]: column r is np.cumsum(probs[r])
-        targets = rng.random((probs.shape[0], 1)) * cdf[-1, :, None]
-        chosen = np.empty(probs.shape[0], dtype=np.int64)
-        vocab = probs.shape[1]
-        for row in range(probs.shape[0]):
+        columns = self._columns  # the probabilities, transposed: [vocab, rows]
+        if self._nucleus_on():
+            np.copyto(columns.T, self.probabilities(logits))
+        else:  # the division writes the transposed copy directly (one pass fewer)
+            weights, totals = self._weights(logits)
+            np.divide(weights, totals, out=columns.T)
+        cdf = COLUMN_CUMSUM(columns)  # column r is np.cumsum(probabilities[r])
+        rows, vocab = self.shape
+        targets = rng.random((rows, 1)) * cdf[-1, :, None]
+        chosen = np.empty(rows, dtype=np.int64)
+        for row in range(rows):
             # cdf is non-decreasing (probabilities >= 0), so the count of entries <= target
             # is a binary search; the chosen token then has probability > 0 unless the count
             # ran past the end (u * total rounded up to total): then the last allowed token.
             index = int(np.searchsorted(cdf[:, row], targets[row, 0], side="right"))
             if index >= vocab:
-                index = vocab - 1 - int(np.argmax(probs[row, ::-1] > 0))
+                index = vocab - 1 - int(np.argmax(columns[::-1, row] > 0))
             chosen[row] = index
         return chosen
 

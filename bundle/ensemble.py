@@ -11,7 +11,6 @@ members' sessions, so every caller (the server, its instrumented wrapper) uses i
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from .manifest import _NAME_RE as NAME_RE
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, BundleError, Manifest, file_digest
 from .runtime import ClassifierModel, load_bundle
 from .tokenizer import Tokenizer
@@ -26,7 +26,6 @@ from .tokenizer import Tokenizer
 ENSEMBLE_KEY = "ensemble"
 COMBINE = "mean_probabilities"
 MEMBERS_DIR = "members"
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # bundle/manifest.py's rule for names
 _SHARED_IDS = ("vocab_size", "pad_id", "bos_id", "unk_id")
 
 
@@ -150,7 +149,7 @@ def load_ensemble(
         raise _fail(directory, "unreadable manifest.json")
     if raw.get("schema_version") != SCHEMA_VERSION:
         raise _fail(directory, f"unknown schema_version {raw.get('schema_version')!r}")
-    if not isinstance(raw.get("name"), str) or not _NAME_RE.match(raw["name"]):
+    if not isinstance(raw.get("name"), str) or not NAME_RE.match(raw["name"]):
         raise _fail(directory, f"invalid name {raw.get('name')!r}")
     if raw.get("task") != "classify" or "version" not in raw:
         raise _fail(directory, 'an ensemble is a "classify" bundle with a "version"')

@@ -4,6 +4,9 @@
       --label-col label [--label-delim ';']]
   python -m export --run RUN_DIR --out models/     this project's training run: imdb-lm/ and
                                                    imdb-sentiment/, checked on the IMDB test split
+  python -m export ensemble BUNDLE BUNDLE ... --out models/ --name NAME [--eval-csv ...]
+                                                   classifier bundles -> one averaging ensemble
+                                                   (export/ensemble.py)
 
 Both go through the same exporter (export.pipeline.export_learner). Exit status: 0 on success,
 2 when the learner or the input is refused (one line says why; nothing is written), 1 when a
@@ -154,6 +157,11 @@ def _export_run(args: argparse.Namespace, version: str | None) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["ensemble"]:
+        from .ensemble import main as ensemble_main
+
+        return ensemble_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if (args.pkl is None) == (args.run is None):

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from benchmarks.inputs import default_imdb_dir
 from export.progress import progress
 
@@ -61,14 +63,21 @@ class ShortText:
 
 @dataclass
 class Scores:
-    """Accuracy over the set and per sentence position."""
+    """Accuracy over the set and per sentence position; with the probability of the positive
+    (last) label, also ROC AUC and the median probability: whether errors are ranking or bias."""
 
     accuracy: float
     by_position: dict[str, float]
     correct: list[bool] = field(repr=False)
+    auc: float | None = None
+    median_positive_probability: float | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"accuracy": round(self.accuracy, 5), "by_position": self.by_position}
+        out: dict[str, Any] = {"accuracy": round(self.accuracy, 5), "by_position": self.by_position}
+        if self.auc is not None:
+            out["auc"] = round(self.auc, 5)
+            out["median_positive_probability"] = self.median_positive_probability
+        return out
 
 
 def read_labelled(path: Path) -> list[tuple[str, str]]:
@@ -109,14 +118,26 @@ def build_set(reviews: Sequence[tuple[str, str]], rule: SetRule) -> list[ShortTe
     return sorted(picked, key=lambda s: (s.review, POSITIONS.index(s.position)))
 
 
-def score(items: Sequence[ShortText], predicted: Sequence[str]) -> Scores:
+def score(
+    items: Sequence[ShortText],
+    predicted: Sequence[str],
+    positive_probability: Sequence[float] | None = None,
+) -> Scores:
     correct = [p == s.label for s, p in zip(items, predicted, strict=True)]
     by_position = {}
     for position in POSITIONS:
         hits = [c for s, c in zip(items, correct, strict=True) if s.position == position]
         if hits:
             by_position[position] = round(sum(hits) / len(hits), 5)
-    return Scores(sum(correct) / max(1, len(correct)), by_position, correct)
+    scores = Scores(sum(correct) / max(1, len(correct)), by_position, correct)
+    labels = sorted({s.label for s in items})
+    if positive_probability is not None and len(labels) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        truth = [s.label == labels[1] for s in items]
+        scores.auc = float(roc_auc_score(truth, positive_probability))
+        scores.median_positive_probability = round(float(np.median(positive_probability)), 4)
+    return scores
 
 
 class Baseline:
@@ -155,6 +176,10 @@ class Baseline:
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [str(p) for p in self.model.predict([plain(t) for t in texts])]
 
+    def probability(self, texts: Sequence[str], label: str) -> list[float]:
+        column = list(self.model.classes_).index(label)
+        return [float(p) for p in self.model.predict_proba([plain(t) for t in texts])[:, column]]
+
     def describe(self) -> dict[str, Any]:
         return {
             "model": "TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True) + "
@@ -167,8 +192,11 @@ class Baseline:
         }
 
 
-def predict_bundle(bundle_dir: Path, texts: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """Labels from a classify bundle via bundle.load_bundle (one thread, as one server worker)."""
+def predict_bundle(
+    bundle_dir: Path, texts: Sequence[str], positive: str
+) -> tuple[list[str], list[float], dict[str, Any]]:
+    """Labels and the `positive` label's probability from a classify bundle via
+    bundle.load_bundle (one thread, as one server worker)."""
     from bundle import ClassifierModel, load_bundle
 
     model = load_bundle(bundle_dir, threads=1)
@@ -178,12 +206,16 @@ def predict_bundle(bundle_dir: Path, texts: Sequence[str]) -> tuple[list[str], d
     ids = [model.tokenizer.encode(t) for t in texts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
     labels: list[str] = [""] * len(ids)
+    positive_probability = [0.0] * len(ids)
+    column = model.labels.index(positive)
     starts = range(0, len(order), BATCH)
     for start in progress(starts, f"{model.manifest.model_id}", unit="batch"):
         rows = order[start : start + BATCH]
         probabilities = model.predict_ids([ids[i] for i in rows])
         for i, best in zip(rows, probabilities.argmax(axis=1), strict=True):
             labels[i] = model.labels[int(best)]
+        for i, p in zip(rows, probabilities[:, column], strict=True):
+            positive_probability[i] = float(p)
     info = {
         "bundle": str(bundle_dir),
         "model_id": model.manifest.model_id,
@@ -191,7 +223,7 @@ def predict_bundle(bundle_dir: Path, texts: Sequence[str]) -> tuple[list[str], d
         "seconds": round(time.perf_counter() - started, 1),
         "tokens_mean": round(sum(map(len, ids)) / max(1, len(ids)), 1),
     }
-    return labels, info
+    return labels, positive_probability, info
 
 
 def run(imdb_dir: Path, bundles: Sequence[Path], rule: SetRule) -> dict[str, Any]:
@@ -209,14 +241,15 @@ def run(imdb_dir: Path, bundles: Sequence[Path], rule: SetRule) -> dict[str, Any
         counts[key] = counts.get(key, 0) + 1
 
     baseline = Baseline(train, seed=rule.seed)
-    baseline_short = score(items, baseline.predict(texts))
+    positive = sorted({s.label for s in items})[-1]
+    baseline_short = score(items, baseline.predict(texts), baseline.probability(texts, positive))
     full_predicted = baseline.predict([t for t, _ in test])
     full_accuracy = sum(p == label for p, (_, label) in zip(full_predicted, test, strict=True))
 
     models = []
     for bundle_dir in bundles:
-        predicted, info = predict_bundle(bundle_dir, texts)
-        scores = score(items, predicted)
+        predicted, positive_probability, info = predict_bundle(bundle_dir, texts, positive)
+        scores = score(items, predicted, positive_probability)
         pairs = list(zip(scores.correct, baseline_short.correct, strict=True))
         models.append(
             {

@@ -9,8 +9,10 @@ import gzip
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_module
 from corpus import write_corpus
+from sklearn.metrics import roc_auc_score
 
 from benchmarks.short_texts import SetRule, build_set, read_labelled, split_sentences
 from bundle import ClassifierModel, load_bundle
@@ -107,8 +109,15 @@ def test_cli_scores_the_bundle_and_the_baseline_end_to_end(
     items = build_set(read_labelled(data / "test.csv.gz"), SetRule(per_group=30))
     clf = load_bundle(bundle_dir)
     assert isinstance(clf, ClassifierModel)
-    answers = clf.predict_texts([s.text for s in items]).argmax(axis=1)
+    probabilities = clf.predict_texts([s.text for s in items])
+    answers = probabilities.argmax(axis=1)
     hits = sum(clf.labels[int(a)] == s.label for a, s in zip(answers, items, strict=True))
     assert model["accuracy"] == round(hits / len(items), 5)
+    # AUC of the "pos" probability; one padded batch here vs length-sorted batches there can
+    # reorder near-ties (~1e-7 apart), each swap moving the AUC by 1 / (60 * 60)
+    truth = [s.label == "pos" for s in items]
+    auc = roc_auc_score(truth, probabilities[:, clf.labels.index("pos")])
+    assert model["auc"] == pytest.approx(auc, abs=2e-3)
+    assert 0.0 <= baseline["auc"] <= 1.0
     baseline_hits = round(baseline["accuracy"] * len(items))
     assert model["only_model_right"] - model["only_baseline_right"] == hits - baseline_hits

@@ -2,7 +2,7 @@
 bundles -> one ensemble bundle answering with the mean of their probabilities.
 
 The members are checked (bundle/ensemble.py's rules) before anything is written, copied into
-NAME/members/<member>/ so the ensemble deploys as one directory, and measured: held-out accuracy
+NAME/members/<i>-<member>/ so the ensemble deploys as one directory, and measured: held-out accuracy
 (int8) of the ensemble and of each member with --eval-csv, and the session time per review of
 the ensemble vs its first member (one thread, one review per run). Exit status: 0 on success,
 2 when a member or the input is refused (one line; nothing written).
@@ -81,9 +81,9 @@ def _load_members(dirs: list[Path], out_dir: Path) -> list[Any]:
         check_members(out_dir, members)
     except (BundleError, TokenizerError) as e:
         raise EnsembleRefused(str(e)) from None
-    names = [m.manifest.name for m in members]
-    if len(set(names)) != len(names):
-        raise EnsembleRefused(f"two members share a name ({', '.join(names)})")
+    ids = [m.manifest.model_id for m in members]  # two runs may both be named imdb-sentiment
+    if len(set(ids)) != len(ids):
+        raise EnsembleRefused(f"the same bundle twice ({', '.join(ids)})")
     return members
 
 
@@ -93,7 +93,7 @@ def _measure(ensemble: ClassifierModel, data: EvalData | None) -> dict[str, Any]
     metrics: dict[str, Any] = {}
     if data is not None:
         members_acc = {
-            m.manifest.name: accuracy(m, data)
+            m.manifest.model_id: accuracy(m, data)
             for m in progress(members, "member accuracy", unit="member")
         }
         metrics["evaluation"] = {
@@ -116,7 +116,7 @@ def _measure(ensemble: ClassifierModel, data: EvalData | None) -> dict[str, Any]
         "mean_tokens": float(np.mean([len(s) for s in ids])),
         "threads": 1,
         "ms_per_review_median": ensemble_ms,
-        "first_member": members[0].manifest.name,
+        "first_member": members[0].manifest.model_id,
         "first_member_ms_per_review_median": first_ms,
         "cost_vs_first_member": ensemble_ms / first_ms,
     }
@@ -135,8 +135,8 @@ def build_ensemble(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         entries = []
-        for member in members:
-            rel = f"{MEMBERS_DIR}/{member.manifest.name}"
+        for i, member in enumerate(members):
+            rel = f"{MEMBERS_DIR}/{i}-{member.manifest.name}"
             shutil.copytree(member.manifest.directory, staging / rel)
             entries.append(
                 {

@@ -105,12 +105,13 @@ def test_manifest_records_members_figures_and_latency(ensemble_dir: Path) -> Non
     ]
     for m in members:
         assert (ensemble_dir / m["dir"] / "manifest.json").is_file()
+    ids = [f"{m['name']}@{m['version']}" for m in members]
     evaluation = raw["metrics"]["evaluation"]
     assert evaluation["documents"] == 60 and evaluation["held_out"] is True
-    assert set(evaluation["members_accuracy_int8"]) == {FORWARD, BACKWARD}
+    assert list(evaluation["members_accuracy_int8"]) == ids
     assert 0.0 <= evaluation["accuracy_int8"] <= 1.0
     latency = raw["metrics"]["latency"]
-    assert latency["first_member"] == FORWARD and latency["threads"] == 1
+    assert latency["first_member"] == ids[0] and latency["threads"] == 1
     assert latency["cost_vs_first_member"] == pytest.approx(
         latency["ms_per_review_median"] / latency["first_member_ms_per_review_median"]
     )
@@ -120,7 +121,7 @@ def test_manifest_records_members_figures_and_latency(ensemble_dir: Path) -> Non
 def test_a_corrupt_member_is_refused_at_load(ensemble_dir: Path, tmp_path: Path) -> None:
     copy = tmp_path / ENSEMBLE
     shutil.copytree(ensemble_dir, copy)
-    member = copy / "members" / BACKWARD
+    member = copy / "members" / f"1-{BACKWARD}"
     model = member / json.loads((member / "manifest.json").read_text())["model"]["file"]
     model.write_bytes(model.read_bytes()[:-10])
     with pytest.raises(BundleError, match=BACKWARD):
@@ -153,7 +154,7 @@ def test_http_classify_by_name_answers_the_mean(
         assert body["label"] == forward.labels[int(expected.argmax())]
     listed = {m["name"]: m for m in server.get("/models").json()["models"]}
     assert set(listed) == {ENSEMBLE, FORWARD}  # members inside the ensemble are not served
-    assert listed[ENSEMBLE]["metrics"]["latency"]["first_member"] == FORWARD
+    assert listed[ENSEMBLE]["metrics"]["latency"]["first_member"].startswith(f"{FORWARD}@")
 
 
 def _tampered_vocab(source: Path, into: Path) -> Path:

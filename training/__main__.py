@@ -59,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="start the LM from fastai's WikiText-103 weights (downloads; online only)",
     )
+    p.add_argument(
+        "--backwards",
+        action="store_true",
+        help="LM and classifier read tokens in reverse order (fastai backwards=True); give it "
+        "to both stages; the exported bundles record direction 'backward'",
+    )
     p.add_argument("--clf-lr", type=float, help="override: classifier base learning rate")
     p.add_argument("--lm-lr", type=float, help="override: language model peak learning rate")
     p.add_argument(
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         lm_lr=args.lm_lr,
         clf_init=args.clf_init,
         pretrained=args.pretrained,
+        backwards=args.backwards or None,
     )
     if args.stage == "tokenize":
         corpus = build_corpus(load_imdb(data_dir), cfg, args.out / "cache")

@@ -39,6 +39,9 @@ class TrainConfig:
     clf_init: str = "lm"  # "lm": ULMFiT, start from the LM encoder; "scratch": random init, flat lr
     pretrained: bool = False  # fastai's WikiText-103 weights: downloads, so off by default
     seed: int = 42
+    # fastai `backwards=True`: LM and classifier read each document's tokens in reverse order
+    # (ULMFiT's bidirectional recipe: a backward pair, ensembled at serving with a forward one)
+    backwards: bool = False
     n_workers: int = 2  # tokenization processes
 
     def to_dict(self) -> dict[str, Any]:

@@ -147,7 +147,13 @@ def _lm_learner(
     weights_only: bool = False,
 ) -> Any:
     block = DataBlock(
-        blocks=TextBlock(_text_tokenizer(weights_only), vocab=vocab, is_lm=True, seq_len=cfg.bptt),
+        blocks=TextBlock(
+            _text_tokenizer(weights_only),
+            vocab=vocab,
+            is_lm=True,
+            seq_len=cfg.bptt,
+            backwards=cfg.backwards,
+        ),
         get_x=ColReader("text"),
         splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
     )
@@ -172,6 +178,8 @@ def _lm_learner_from_ids(corpus: TokenizedCorpus, cfg: TrainConfig, out: Path) -
         torch.from_numpy(corpus.ids[corpus.offsets[i] : corpus.offsets[i + 1]].astype(np.int64))
         for i in corpus.lm_order
     ]
+    if cfg.backwards:  # as fastai's reverse_text: each document reversed, then concatenated
+        docs = [d.flip(0) for d in docs]
     train_idx, valid_idx = RandomSplitter(cfg.valid_pct, seed=cfg.seed)(docs)
 
     def loader(idx: list[int], shuffle: bool) -> LMDataLoader:
@@ -211,7 +219,12 @@ def _clf_learner(
 ) -> Any:
     block = DataBlock(
         blocks=(
-            TextBlock(_text_tokenizer(weights_only), vocab=vocab, seq_len=cfg.bptt),
+            TextBlock(
+                _text_tokenizer(weights_only),
+                vocab=vocab,
+                seq_len=cfg.bptt,
+                backwards=cfg.backwards,
+            ),
             CategoryBlock,
         ),
         get_x=ColReader("text"),
@@ -353,6 +366,12 @@ def train_classifier(
     ):
         raise ValueError(
             f"classifier config {cfg.name} does not match the LM's architecture in {out}/config.json"
+        )
+    if lm_cfg.get("backwards", False) != cfg.backwards:  # the encoder reads one token order
+        raise ValueError(
+            f"the LM in {out} was trained {'backwards' if lm_cfg.get('backwards') else 'forwards'}"
+            f"; train the classifier the same way ({'with' if lm_cfg.get('backwards') else 'without'}"
+            " --backwards)"
         )
     _write_json(
         out / "config.json", {**cfg.to_dict(), "lm_docs": lm_cfg["lm_docs"]}

@@ -1,4 +1,4 @@
-"""CLI: `python -m training {tokenize,lm,classifier,all,rebuild} --config NAME --data DIR --out RUN_DIR`.
+"""CLI: `python -m training {tokenize,lm,classifier,all,rebuild,distill} --config NAME --data DIR --out RUN_DIR`.
 
 tokenize: fastai-tokenize train + unsup once and write a pre-tokenized corpus to --out (for a
 GPU machine). lm / classifier / all: train; --data may be IMDB text or such a corpus.
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("stage", choices=["tokenize", "lm", "classifier", "all", "rebuild"])
+    p.add_argument("stage", choices=["tokenize", "lm", "classifier", "all", "rebuild", "distill"])
     p.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
     p.add_argument(
         "--data",
@@ -59,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="start the LM from fastai's WikiText-103 weights (downloads; online only)",
     )
+    teach = p.add_argument_group("distill (training/distill.py)")
+    teach.add_argument("--teacher", type=Path, help="classifier bundle whose probabilities teach")
+    teach.add_argument("--student-emb", type=int, help="student embedding (default: half)")
+    teach.add_argument("--student-hid", type=int, help="student LSTM hidden (default: half)")
+    teach.add_argument("--student-layers", type=int, help="student layers (default: config's)")
+    teach.add_argument("--epochs", type=int, help="student epochs (default: classifier's total)")
+    teach.add_argument("--unsup-docs", type=int, help="unlabelled reviews taught (default all)")
     p.add_argument(
         "--backwards",
         action="store_true",
@@ -160,6 +167,23 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
+        return 0
+    if args.stage == "distill":
+        from .distill import distill, student_config
+
+        if args.teacher is None:
+            p.error("distill needs --teacher BUNDLE_DIR")
+        student = student_config(
+            cfg,
+            args.student_emb or cfg.emb_sz // 2,
+            args.student_hid or cfg.n_hid // 2,
+            args.student_layers or cfg.n_layers,
+        )
+        epochs = args.epochs or sum(cfg.clf_epochs)
+        metrics = distill(
+            args.teacher, load_imdb(data_dir), student, args.out, epochs, args.unsup_docs
+        )
+        print(json.dumps({"distill": metrics}, default=str), flush=True)
         return 0
     data = TokenizedCorpus.load(data_dir) if is_corpus_dir(data_dir) else load_imdb(data_dir)
     if args.stage == "rebuild":

@@ -4,8 +4,9 @@
 Never import torch, fastai, fastcore or spaCy here.
 """
 
+from .ensemble import load_bundle  # plain bundles and ensembles (bundle.runtime: plain only)
 from .manifest import SCHEMA_VERSION, BundleError, Manifest, file_digest, load_manifest
-from .runtime import ClassifierModel, LanguageModel, load_bundle, session_options
+from .runtime import ClassifierModel, LanguageModel, session_options
 
 __all__ = [
     "SCHEMA_VERSION",

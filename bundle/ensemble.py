@@ -6,6 +6,7 @@ stored inside it (members/<name>/). Each member is verified like any bundle (has
 the members must share labels, multi_label/threshold and the exact tokenizer tables, or the
 ensemble is refused. The result is a plain `ClassifierModel` whose session averages the
 members' sessions, so every caller (the server, its instrumented wrapper) uses it unchanged.
+`load_bundle` here is the package's `bundle.load_bundle`: an ensemble or a single bundle.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import onnxruntime as ort
 
 from .manifest import _NAME_RE as NAME_RE
 from .manifest import MANIFEST_NAME, SCHEMA_VERSION, BundleError, Manifest, file_digest
-from .runtime import ClassifierModel, load_bundle
+from .runtime import ClassifierModel, Model
+from .runtime import load_bundle as load_single
 from .tokenizer import Tokenizer
 
 ENSEMBLE_KEY = "ensemble"
@@ -154,7 +156,7 @@ def load_ensemble(
     if raw.get("task") != "classify" or "version" not in raw:
         raise _fail(directory, 'an ensemble is a "classify" bundle with a "version"')
     members = [
-        load_bundle(path, threads=threads, inter_threads=inter_threads)
+        load_single(path, threads=threads, inter_threads=inter_threads)
         for path in _member_dirs(directory, raw)
     ]
     check_members(directory, members)
@@ -170,3 +172,15 @@ def load_ensemble(
         resolved["threshold"] = first.threshold
     classifiers = [m for m in members if isinstance(m, ClassifierModel)]
     return EnsembleClassifier(Manifest(directory, resolved), first.tokenizer, classifiers)
+
+
+def load_bundle(
+    directory: str | Path, threads: int = 1, inter_threads: int = 1, model_path: Path | None = None
+) -> Model:
+    """Any bundle: an ensemble (loaded as above) or a single one (`bundle.runtime.load_bundle`,
+    whose `model_path` picks another model file of that bundle)."""
+    if model_path is None and is_ensemble(directory):
+        return load_ensemble(directory, threads=threads, inter_threads=inter_threads)
+    return load_single(
+        directory, threads=threads, inter_threads=inter_threads, model_path=model_path
+    )

@@ -173,12 +173,7 @@ def load_bundle(
     directory: str | Path, threads: int = 1, inter_threads: int = 1, model_path: Path | None = None
 ) -> Model:
     """Verify a bundle (manifest, hashes, vocab size vs model) and build its session.
-    `model_path` loads another model file of the bundle (e.g. the fp32 copy) for comparisons.
-    An ensemble bundle (bundle/ensemble.py) loads as one classifier over its members."""
-    from .ensemble import is_ensemble, load_ensemble  # it builds on this module
-
-    if model_path is None and is_ensemble(directory):
-        return load_ensemble(directory, threads=threads, inter_threads=inter_threads)
+    `model_path` loads another model file of the bundle (e.g. the fp32 copy) for comparisons."""
     manifest = load_manifest(directory)
     tokenizer = Tokenizer.from_file(manifest.tokenizer_path)
     if tokenizer.vocab_size != manifest.architecture["vocab_size"]:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .ensemble import is_ensemble, load_bundle
 from .manifest import MANIFEST_NAME, BundleError, load_manifest
-from .runtime import ClassifierModel, LanguageModel, load_bundle
+from .runtime import ClassifierModel, LanguageModel
 
 PROBE_TEXTS = ("This film was a delight from start to finish.", "A dull, tedious mess.")
 PROBE_PROMPT = "The movie was"
@@ -139,10 +140,12 @@ def check_language_model(model: LanguageModel, directory: Path) -> None:
 def verify_bundle(directory: Path) -> BundleReport:
     """Manifest and hashes, then load with the runtime reader, then one checked inference."""
     start = time.perf_counter()
-    manifest = load_manifest(directory, verify_files=True)
+    # An ensemble's manifest lists members, not files: loading it checks each member's hashes.
+    own = None if is_ensemble(directory) else load_manifest(directory, verify_files=True)
     loaded = time.perf_counter()
     model = load_bundle(directory, threads=1)
     ready = time.perf_counter()
+    manifest = own or model.manifest
     if isinstance(model, ClassifierModel):
         check_classifier(model, directory)
     elif isinstance(model, LanguageModel):

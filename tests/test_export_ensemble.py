@@ -128,6 +128,23 @@ def test_a_corrupt_member_is_refused_at_load(ensemble_dir: Path, tmp_path: Path)
         load_bundle(copy)
 
 
+def test_the_deploy_gate_verifies_an_ensemble_and_refuses_a_corrupt_member(
+    ensemble_dir: Path, tmp_path: Path
+) -> None:
+    """`python -m bundle.verify` (the image build and Cloud Build gate) reads ensembles too."""
+    gate = [sys.executable, "-m", "bundle.verify", str(ensemble_dir)]
+    ok = subprocess.run(gate, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert ok.stdout.startswith(f"ok    {ENSEMBLE}@")
+    copy = tmp_path / ENSEMBLE
+    shutil.copytree(ensemble_dir, copy)
+    member = copy / "members" / f"1-{BACKWARD}"
+    model = member / json.loads((member / "manifest.json").read_text())["model"]["file"]
+    model.write_bytes(model.read_bytes()[:-10])
+    bad = subprocess.run([*gate[:-1], str(copy)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and BACKWARD in bad.stdout + bad.stderr
+
+
 @pytest.fixture(scope="module")
 def server(ensemble_dir: Path, user_bundles: Path, tmp_path_factory: Any) -> Iterator[Any]:  # noqa: F811
     model_dir = tmp_path_factory.mktemp("serve")

@@ -76,18 +76,14 @@ class Metric:
         raise NotImplementedError
 
 
-class Counter(Metric):
-    """Only goes up (name it `..._total`)."""
-
-    kind = "counter"
+class _Valued(Metric):
+    """A family that keeps one number per label set (what counters and gauges share)."""
 
     def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
         super().__init__(name, help_text, labelnames)
         self._values: dict[LabelValues, float] = {}
 
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError("a counter cannot go down")
+    def _add(self, amount: float, labels: dict[str, str]) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
@@ -105,14 +101,21 @@ class Counter(Metric):
         ]
 
 
-class Gauge(Metric):
+class Counter(_Valued):
+    """Only goes up (name it `..._total`)."""
+
+    kind = "counter"
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        if amount < 0:
+            raise ValueError("a counter cannot go down")
+        self._add(amount, labels)
+
+
+class Gauge(_Valued):
     """Goes up and down (in-flight requests, queue depth)."""
 
     kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {}
 
     def set(self, value: float, **labels: str) -> None:
         key = self._key(labels)
@@ -120,24 +123,10 @@ class Gauge(Metric):
             self._values[key] = float(value)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
+        self._add(amount, labels)
 
     def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def render(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return self.header() + [
-            f"{self.name}{_labels_text(self.labelnames, key)} {format_value(value)}"
-            for key, value in items
-        ]
+        self._add(-amount, labels)
 
 
 class CallbackMetric(Metric):

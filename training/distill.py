@@ -21,16 +21,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from fastai.text.all import (
-    AWD_LSTM,
     CategoryBlock,
     ColReader,
     DataBlock,
     RandomSplitter,
     RegressionBlock,
     TextBlock,
-    awd_lstm_clas_config,
     set_seed,
-    text_classifier_learner,
 )
 
 from bundle import ClassifierModel, load_bundle
@@ -40,7 +37,7 @@ from .config import TrainConfig
 from .data import ImdbData
 from .schedule import fit_one_cycle
 from .tokens import tokenize_cached
-from .ulmfit import _arch_config, _text_tokenizer
+from .ulmfit import awd_classifier_learner, text_tokenizer
 
 TEACHER_BATCH = 32
 STUDENT_FILE, METRICS_FILE = "student.pkl", "distill.json"
@@ -73,22 +70,13 @@ def student_config(cfg: TrainConfig, emb_sz: int, n_hid: int, n_layers: int) -> 
 def _learner(frame: pd.DataFrame, y_block: Any, y_cols: Any, vocab: list[str], cfg: TrainConfig,
              out: Path, **kwargs: Any) -> Any:  # fmt: skip
     block = DataBlock(
-        blocks=(TextBlock(_text_tokenizer(), vocab=vocab, seq_len=cfg.bptt), y_block),
+        blocks=(TextBlock(text_tokenizer(), vocab=vocab, seq_len=cfg.bptt), y_block),
         get_x=ColReader("text"),
         get_y=ColReader(y_cols),
         splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
     )
-    return text_classifier_learner(
-        block.dataloaders(frame, bs=cfg.clf_bs, seq_len=cfg.bptt),
-        AWD_LSTM,
-        config=_arch_config(cfg, awd_lstm_clas_config),
-        drop_mult=cfg.clf_drop_mult,
-        pretrained=False,
-        seq_len=cfg.bptt,
-        max_len=cfg.max_len,
-        path=out,
-        **kwargs,
-    )
+    dls = block.dataloaders(frame, bs=cfg.clf_bs, seq_len=cfg.bptt)
+    return awd_classifier_learner(dls, cfg, out, **kwargs)
 
 
 def distill(

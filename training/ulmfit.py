@@ -75,7 +75,7 @@ def _lm_corpus(data: ImdbData, cfg: TrainConfig) -> pd.Series:
     return texts.iloc[lm_order(len(texts), cfg)].reset_index(drop=True)
 
 
-def _text_tokenizer(weights_only: bool = False) -> Tokenizer:
+def text_tokenizer(weights_only: bool = False) -> Tokenizer:
     """fastai's default tokenizer as the learners' text transform. Training items are already
     tokenized (lists pass through it unchanged), but an exported learner's `predict(text)` must
     tokenize raw strings exactly as the training data was. A weights-only run (a GPU machine
@@ -139,25 +139,8 @@ def _arch_config(cfg: TrainConfig, base: dict[str, Any]) -> dict[str, Any]:
     return {**base, "emb_sz": cfg.emb_sz, "n_hid": cfg.n_hid, "n_layers": cfg.n_layers}
 
 
-def _lm_learner(
-    tokens: list[list[str]],
-    vocab: list[str],
-    cfg: TrainConfig,
-    out: Path,
-    weights_only: bool = False,
-) -> Any:
-    block = DataBlock(
-        blocks=TextBlock(
-            _text_tokenizer(weights_only),
-            vocab=vocab,
-            is_lm=True,
-            seq_len=cfg.bptt,
-            backwards=cfg.backwards,
-        ),
-        get_x=ColReader("text"),
-        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
-    )
-    dls = block.dataloaders(pd.DataFrame({"text": tokens}), bs=cfg.lm_bs, seq_len=cfg.bptt)
+def awd_lm_learner(dls: Any, cfg: TrainConfig, out: Path) -> Any:
+    """The AWD-LSTM language model of `cfg` over `dls` (text or pre-numericalized path alike)."""
     return language_model_learner(
         dls,
         AWD_LSTM,
@@ -167,6 +150,43 @@ def _lm_learner(
         metrics=[accuracy, Perplexity()],
         path=out,
     )
+
+
+def awd_classifier_learner(dls: Any, cfg: TrainConfig, out: Path, **kwargs: Any) -> Any:
+    """The AWD-LSTM classifier of `cfg` over `dls` (ULMFiT's and the distilled student's)."""
+    return text_classifier_learner(
+        dls,
+        AWD_LSTM,
+        config=_arch_config(cfg, awd_lstm_clas_config),
+        drop_mult=cfg.clf_drop_mult,
+        pretrained=False,
+        seq_len=cfg.bptt,
+        max_len=cfg.max_len,
+        path=out,
+        **kwargs,
+    )
+
+
+def _lm_learner(
+    tokens: list[list[str]],
+    vocab: list[str],
+    cfg: TrainConfig,
+    out: Path,
+    weights_only: bool = False,
+) -> Any:
+    block = DataBlock(
+        blocks=TextBlock(
+            text_tokenizer(weights_only),
+            vocab=vocab,
+            is_lm=True,
+            seq_len=cfg.bptt,
+            backwards=cfg.backwards,
+        ),
+        get_x=ColReader("text"),
+        splitter=RandomSplitter(cfg.valid_pct, seed=cfg.seed),
+    )
+    dls = block.dataloaders(pd.DataFrame({"text": tokens}), bs=cfg.lm_bs, seq_len=cfg.bptt)
+    return awd_lm_learner(dls, cfg, out)
 
 
 def _lm_learner_from_ids(corpus: TokenizedCorpus, cfg: TrainConfig, out: Path) -> Any:
@@ -198,15 +218,7 @@ def _lm_learner_from_ids(corpus: TokenizedCorpus, cfg: TrainConfig, out: Path) -
         device=torch.device("cuda") if torch.cuda.is_available() else None,
     )
     dls.vocab = corpus.vocab
-    return language_model_learner(
-        dls,
-        AWD_LSTM,
-        config=_arch_config(cfg, awd_lstm_lm_config),
-        drop_mult=cfg.lm_drop_mult,
-        pretrained=cfg.pretrained,
-        metrics=[accuracy, Perplexity()],
-        path=out,
-    )
+    return awd_lm_learner(dls, cfg, out)
 
 
 def _clf_learner(
@@ -220,7 +232,7 @@ def _clf_learner(
     block = DataBlock(
         blocks=(
             TextBlock(
-                _text_tokenizer(weights_only),
+                text_tokenizer(weights_only),
                 vocab=vocab,
                 seq_len=cfg.bptt,
                 backwards=cfg.backwards,
@@ -234,17 +246,7 @@ def _clf_learner(
     dls = block.dataloaders(
         pd.DataFrame({"text": tokens, "label": labels}), bs=cfg.clf_bs, seq_len=cfg.bptt
     )
-    return text_classifier_learner(
-        dls,
-        AWD_LSTM,
-        config=_arch_config(cfg, awd_lstm_clas_config),
-        drop_mult=cfg.clf_drop_mult,
-        pretrained=False,
-        seq_len=cfg.bptt,
-        max_len=cfg.max_len,
-        metrics=accuracy,
-        path=out,
-    )
+    return awd_classifier_learner(dls, cfg, out, metrics=accuracy)
 
 
 def train_lm(

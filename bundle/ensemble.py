@@ -6,6 +6,8 @@ stored inside it (members/<name>/). Each member is verified like any bundle (has
 the members must share labels, multi_label/threshold and the exact tokenizer tables, or the
 ensemble is refused. The result is a plain `ClassifierModel` whose session averages the
 members' sessions, so every caller (the server, its instrumented wrapper) uses it unchanged.
+A short-input calibration (bundle/calibration.py) is the ensemble's own, fitted on and applied to
+the mean; a member's own "short_input" is not used inside an ensemble (its raw session runs).
 `load_bundle` here is the package's `bundle.load_bundle`: an ensemble or a single bundle.
 """
 
@@ -20,7 +22,14 @@ import numpy as np
 import onnxruntime as ort
 
 from .manifest import _NAME_RE as NAME_RE
-from .manifest import MANIFEST_NAME, SCHEMA_VERSION, BundleError, Manifest, file_digest
+from .manifest import (
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    BundleError,
+    Manifest,
+    check_short_input,
+    file_digest,
+)
 from .runtime import ClassifierModel, Model
 from .runtime import load_bundle as load_single
 from .tokenizer import Tokenizer
@@ -170,6 +179,7 @@ def load_ensemble(
     resolved["architecture"] = {k: first.manifest.architecture[k] for k in _SHARED_IDS}
     if first.threshold is not None:
         resolved["threshold"] = first.threshold
+    check_short_input(directory, resolved)  # the ensemble's own, applied to the mean
     classifiers = [m for m in members if isinstance(m, ClassifierModel)]
     return EnsembleClassifier(Manifest(directory, resolved), first.tokenizer, classifiers)
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .calibration import SHORT_INPUT_KEY, ShortInputCalibration
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 TASKS = ("classify", "generate")
@@ -90,6 +92,13 @@ class Manifest:
         return self.raw.get("direction", "forward") == "backward"
 
     @property
+    def short_input(self) -> ShortInputCalibration | None:
+        """Classify only, optional: the recalibration of short inputs (bundle/calibration.py)."""
+        if SHORT_INPUT_KEY not in self.raw:
+            return None
+        return ShortInputCalibration.parse(self.raw[SHORT_INPUT_KEY], self.labels, self.multi_label)
+
+    @property
     def architecture(self) -> dict[str, Any]:
         return dict(self.raw["architecture"])
 
@@ -156,6 +165,21 @@ def _check_classifier_keys(directory: Path, raw: dict[str, Any]) -> None:
             raise _fail(directory, f"threshold must be a number, not {threshold!r}")
         if not 0.0 < threshold < 1.0:
             raise _fail(directory, f"threshold {threshold} is outside (0, 1)")
+    check_short_input(directory, raw)
+
+
+def check_short_input(directory: Path, raw: dict[str, Any]) -> None:
+    """A "short_input" section must be a classifier's and within range (bundle/calibration.py)."""
+    if SHORT_INPUT_KEY not in raw:
+        return
+    if raw["task"] != "classify":
+        raise _fail(directory, "short_input is for classify bundles only")
+    try:
+        ShortInputCalibration.parse(
+            raw[SHORT_INPUT_KEY], raw.get("labels", []), raw.get("multi_label", False)
+        )
+    except ValueError as e:
+        raise _fail(directory, str(e)) from None
 
 
 def _check_files(directory: Path, files: dict[str, Any]) -> None:

@@ -29,12 +29,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Binary wheels only: no compiler is installed, and none is needed or left behind. The whole
 # dependency closure is pinned (serve-constraints.txt). In the same RUN (so the bytes never reach
 # a layer): delete what serving never loads (scripts/prune_runtime.py: onnxruntime's C API copy
-# and model tooling, numpy's tests, stubs and headers; 49 MB, measured in docs/deploy.md).
+# and model tooling, numpy's tests, stubs, headers and lazily loaded extras, falcon's ASGI side,
+# gunicorn's other workers, protobuf/flatbuffers/packaging) and keep only bytecode (--sourceless:
+# the image is read-only, so sources are never needed to run); sizes in docs/deploy.md.
 COPY --from=requirements /src/requirements-serve.txt /tmp/requirements-serve.txt
 COPY serve-constraints.txt scripts/prune_runtime.py /tmp/
 RUN pip install --no-cache-dir --only-binary=:all: \
         -c /tmp/serve-constraints.txt -r /tmp/requirements-serve.txt \
-    && python /tmp/prune_runtime.py \
+    && python /tmp/prune_runtime.py --sourceless \
         "$(python -c 'import pathlib, numpy; print(pathlib.Path(numpy.__file__).parents[1])')" \
     && rm -f /tmp/requirements-serve.txt /tmp/serve-constraints.txt /tmp/prune_runtime.py \
     && groupadd --gid 10001 app \

@@ -1,20 +1,20 @@
 """scripts/prune_runtime.py: what it deletes from an installed runtime is never loaded. A copy of
-this venv's onnxruntime + numpy is pruned, then a fresh interpreter that sees only that copy
-loads a real bundle, warms it up and classifies."""
+this venv's serve closure is pruned and made sourceless as in the image, then the production
+server, seeing only that copy, answers over real HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
-import numpy
-import onnxruntime
+from server_harness import start_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from prune_runtime import UNUSED, prune, pruned
+from prune_runtime import UNUSED, make_sourceless, prune, pruned
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,33 +30,76 @@ def test_rules() -> None:
     assert not pruned("onnxruntime/capi/onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so")
     assert not pruned("onnxruntime/__init__.py")
     assert not pruned("numpy/__init__.py")
+    assert not pruned("numpy/random/_generator.cpython-311-x86_64-linux-gnu.so")
+    assert pruned("google/protobuf/message.py") and pruned("protobuf-7.36.2.dist-info/RECORD")
+    assert pruned("gunicorn/workers/ggevent.py")
+    assert not pruned("gunicorn/workers/gthread.py") and not pruned("falcon/app.py")
     assert not pruned("numpy/_core/_multiarray_umath.cpython-311-x86_64-linux-gnu.so")
-    assert all("/" in pattern for pattern in UNUSED)
+    # Whole top-level entries go only for the distributions serving never imports.
+    whole = {pattern for pattern in UNUSED if "/" not in pattern}
+    assert whole == {
+        "flatbuffers",
+        "flatbuffers-*.dist-info",
+        "packaging",
+        "packaging-*.dist-info",
+        "protobuf-*.dist-info",
+    }
 
 
-def test_pruned_runtime_serves(tmp_path: Path, tiny_bundles: Path) -> None:
+SERVE_DISTRIBUTIONS = (
+    "numpy",
+    "onnxruntime",
+    "falcon",
+    "gunicorn",
+    "protobuf",
+    "flatbuffers",
+    "packaging",
+)
+
+
+def serve_runtime_copy(site: Path) -> None:
+    """This venv's copy of the serve closure (packages, .libs and .dist-info folders)."""
+    for name in SERVE_DISTRIBUTIONS:
+        dist = metadata.distribution(name)
+        root = Path(str(dist.locate_file("")))
+        tops = {Path(str(f)).parts[0] for f in dist.files or []} - {".."}  # not bin/ scripts
+        for top in tops:
+            source = root / top
+            if source.is_dir():
+                shutil.copytree(source, site / top, dirs_exist_ok=True)
+            elif source.is_file():
+                shutil.copy2(source, site / top)
+
+
+def test_pruned_sourceless_runtime_serves_over_http(tmp_path: Path, tiny_bundles: Path) -> None:
+    """The image's runtime: pruned and sourceless, and nothing else on sys.path (`python -S`).
+    The production server starts on it, classifies and generates over real HTTP."""
     site = tmp_path / "site-packages"
-    for package in (numpy, onnxruntime):
-        source = Path(str(package.__file__)).parent
-        shutil.copytree(source, site / source.name)
-    for libs in Path(numpy.__file__).parent.parent.glob("numpy.libs"):
-        shutil.copytree(libs, site / libs.name)
+    serve_runtime_copy(site)
     assert prune(site) > 0
+    make_sourceless(site)  # this venv lacks some bytecode: the net size may even grow here
     assert not list((site / "onnxruntime" / "capi").glob("libonnxruntime.so*"))
     assert not (site / "numpy" / "_core" / "tests").exists()
-    script = (
-        "import sys, numpy, onnxruntime\n"
-        f"assert numpy.__file__.startswith({str(site)!r}), numpy.__file__\n"
-        f"assert onnxruntime.__file__.startswith({str(site)!r}), onnxruntime.__file__\n"
-        "from bundle import load_bundle\n"
-        f"m = load_bundle({str(tiny_bundles / 'imdb-sentiment')!r}); m.warm_up()\n"
-        "p = m.predict_texts(['a fine film', 'dull'])\n"
-        "assert p.shape == (2, len(m.labels)), p.shape\n"
-        f"lm = load_bundle({str(tiny_bundles / 'imdb-lm')!r}); lm.warm_up()\n"
-        "print('served')\n"
+    assert not (site / "google").exists() and not (site / "packaging").exists()
+    assert not list(site.rglob("*.py")) and list(site.rglob("*.pyc"))
+    python = tmp_path / "python-S"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    python.chmod(0o755)
+    server = start_server(
+        tiny_bundles,
+        tmp_path / "logs",
+        python=str(python),
+        PYTHONPATH=f"{site}{os.pathsep}{REPO}",
+        PYTHONDONTWRITEBYTECODE="1",
     )
-    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
-    run = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
-    )
-    assert run.returncode == 0 and "served" in run.stdout, run.stderr[-2000:]
+    try:
+        answer = server.post("/classify", json={"text": "a fine film"})
+        assert answer.status_code == 200, answer.text
+        labels = json.loads((tiny_bundles / "imdb-sentiment" / "manifest.json").read_text())
+        assert set(answer.json()["probabilities"]) == set(labels["labels"])
+        sample = server.post("/generate", json={"prompt": "the film", "n_words": 3, "seed": 1})
+        assert sample.status_code == 200, sample.text
+        assert server.get("/metrics").status_code == 200
+    finally:
+        assert server.stop() == 0, server.log()
+    assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -11,7 +11,8 @@ long, then a seeded sample balanced over (position, label).
 
 The baseline is fitted here on the same IMDB train split the classifier was trained on; its
 full-review test accuracy is reported as a sanity check. Bundles are run through `bundle/`, the
-code the server runs, on one thread.
+code the server runs, on one thread, and scored as served: with the bundle's short-input
+calibration if it has one (bundle/calibration.py), reported beside the figures without it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ import csv
 import gzip
 import json
 import platform
-import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -33,32 +32,20 @@ import numpy as np
 
 from benchmarks.inputs import default_imdb_dir
 from export.progress import progress
+from export.short_inputs import (
+    POSITIONS,
+    SetRule,
+    ShortText,
+    build_set,
+    plain,
+    raw_probabilities,
+    split_sentences,
+)
+
+__all__ = ["SetRule", "ShortText", "build_set", "read_labelled", "split_sentences"]
 
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "short_texts.json"
-POSITIONS = ("first", "last")
-BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-# A sentence ends at . ! or ? (and a closing quote or bracket) before space and a capital.
-SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'(]?[A-Z])")
 BASELINE_C = (1.0, 4.0, 16.0)  # inverse regularization, chosen on 10 % of train
-BATCH = 64
-
-
-@dataclass(frozen=True)
-class SetRule:
-    """How the short-text set is drawn; every field is recorded in the results."""
-
-    min_words: int = 5
-    max_words: int = 25
-    per_group: int = 1000  # sentences per (position, label): 4,000 for two labels
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class ShortText:
-    text: str
-    label: str
-    review: int  # row of the review in the test split
-    position: str  # "first" or "last" sentence of that review
 
 
 @dataclass
@@ -86,36 +73,6 @@ def read_labelled(path: Path) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"IMDB split not found at {path} (set IMDB_DIR or --imdb)")
     with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
         return [(row["text"], row["label"]) for row in csv.DictReader(handle)]
-
-
-def plain(text: str) -> str:
-    """HTML line breaks to spaces, runs of whitespace to one space."""
-    return " ".join(BREAK.sub(" ", text).split())
-
-
-def split_sentences(text: str) -> list[str]:
-    return [s.strip() for s in SENTENCE_END.split(plain(text)) if s.strip()]
-
-
-def build_set(reviews: Sequence[tuple[str, str]], rule: SetRule) -> list[ShortText]:
-    """The first and last sentence of every review of >= 2 sentences, kept at min-max words;
-    then at most `per_group` of each (position, label), drawn with `seed`; in review order."""
-    groups: dict[tuple[str, str], list[ShortText]] = {}
-    for row, (text, label) in enumerate(reviews):
-        sentences = split_sentences(text)
-        if len(sentences) < 2:
-            continue
-        for position, sentence in zip(POSITIONS, (sentences[0], sentences[-1]), strict=True):
-            if rule.min_words <= len(sentence.split()) <= rule.max_words:
-                groups.setdefault((position, label), []).append(
-                    ShortText(sentence, label, row, position)
-                )
-    rng = random.Random(rule.seed)
-    picked: list[ShortText] = []
-    for key in sorted(groups):
-        candidates = groups[key]
-        picked.extend(rng.sample(candidates, min(rule.per_group, len(candidates))))
-    return sorted(picked, key=lambda s: (s.review, POSITIONS.index(s.position)))
 
 
 def score(
@@ -193,10 +150,11 @@ class Baseline:
 
 
 def predict_bundle(
-    bundle_dir: Path, texts: Sequence[str], positive: str
-) -> tuple[list[str], list[float], dict[str, Any]]:
-    """Labels and the `positive` label's probability from a classify bundle via
-    bundle.load_bundle (one thread, as one server worker)."""
+    bundle_dir: Path, texts: Sequence[str]
+) -> tuple[list[str], np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """Labels and probabilities from a classify bundle via bundle.load_bundle (one thread, as
+    one server worker), as served: with the bundle's short-input calibration applied as
+    server/inference/classify.py applies it; then the raw probabilities when it has one."""
     from bundle import ClassifierModel, load_bundle
 
     model = load_bundle(bundle_dir, threads=1)
@@ -204,26 +162,20 @@ def predict_bundle(
         raise SystemExit(f"{bundle_dir} is not a classify bundle")
     started = time.perf_counter()
     ids = [model.tokenizer.encode(t) for t in texts]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths pad little
-    labels: list[str] = [""] * len(ids)
-    positive_probability = [0.0] * len(ids)
-    column = model.labels.index(positive)
-    starts = range(0, len(order), BATCH)
-    for start in progress(starts, f"{model.manifest.model_id}", unit="batch"):
-        rows = order[start : start + BATCH]
-        probabilities = model.predict_ids([ids[i] for i in rows])
-        for i, best in zip(rows, probabilities.argmax(axis=1), strict=True):
-            labels[i] = model.labels[int(best)]
-        for i, p in zip(rows, probabilities[:, column], strict=True):
-            positive_probability[i] = float(p)
+    raw = raw_probabilities(model, ids)
+    calibration = model.manifest.short_input
+    served = raw if calibration is None else calibration.apply(raw, [len(s) for s in ids])
+    labels = [model.labels[int(best)] for best in served.argmax(axis=1)]
     info = {
         "bundle": str(bundle_dir),
         "model_id": model.manifest.model_id,
         "model_file": model.manifest.model_path.name,
+        "labels": model.labels,
+        "short_input": None if calibration is None else calibration.section(),
         "seconds": round(time.perf_counter() - started, 1),
         "tokens_mean": round(sum(map(len, ids)) / max(1, len(ids)), 1),
     }
-    return labels, positive_probability, info
+    return labels, served, None if calibration is None else raw, info
 
 
 def run(imdb_dir: Path, bundles: Sequence[Path], rule: SetRule) -> dict[str, Any]:
@@ -248,8 +200,9 @@ def run(imdb_dir: Path, bundles: Sequence[Path], rule: SetRule) -> dict[str, Any
 
     models = []
     for bundle_dir in bundles:
-        predicted, positive_probability, info = predict_bundle(bundle_dir, texts, positive)
-        scores = score(items, predicted, positive_probability)
+        predicted, served, raw, info = predict_bundle(bundle_dir, texts)
+        column = info["labels"].index(positive)
+        scores = score(items, predicted, served[:, column].tolist())
         pairs = list(zip(scores.correct, baseline_short.correct, strict=True))
         models.append(
             {
@@ -260,6 +213,13 @@ def run(imdb_dir: Path, bundles: Sequence[Path], rule: SetRule) -> dict[str, Any
                 "only_baseline_right": sum(b and not m for m, b in pairs),
             }
         )
+        if raw is not None:  # the same model without its calibration, for comparison
+            uncalibrated = [info["labels"][int(i)] for i in raw.argmax(axis=1)]
+            without = score(items, uncalibrated, raw[:, column].tolist())
+            models[-1]["without_short_input"] = {
+                **without.summary(),
+                "minus_baseline_pt": round(100 * (without.accuracy - baseline_short.accuracy), 2),
+            }
     return {
         "what": "single sentences of IMDB test reviews, labelled by their review (a proxy)",
         "source": str(imdb_dir / "test.csv.gz"),
@@ -319,8 +279,11 @@ def main(args: argparse.Namespace) -> int:
         flush=True,
     )
     for m in results["models"]:
-        print(
-            f"{m['model_id']}: {m['accuracy']:.2%} ({m['minus_baseline_pt']:+.2f} pt)", flush=True
-        )
+        line = f"{m['model_id']}: {m['accuracy']:.2%} ({m['minus_baseline_pt']:+.2f} pt)"
+        if "without_short_input" in m:
+            line += (
+                f"; without its short-input calibration {m['without_short_input']['accuracy']:.2%}"
+            )
+        print(line, flush=True)
     print(f"wrote {args.out}", flush=True)
     return 0

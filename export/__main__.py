@@ -7,6 +7,11 @@
   python -m export ensemble BUNDLE BUNDLE ... --out models/ --name NAME [--eval-csv ...]
                                                    classifier bundles -> one averaging ensemble
                                                    (export/ensemble.py)
+  python -m export calibrate BUNDLE --out models/ --version V [--data IMDB_DIR]
+                                                   a classify bundle -> a new version with a
+                                                   short-input calibration (export/short_inputs.py)
+  --calibrate-short [TRAIN_CSV] on the first two forms: the classifier bundle gets that
+      calibration before it is published (--run: fitted on the IMDB train split)
 
 Both go through the same exporter (export.pipeline.export_learner). Exit status: 0 on success,
 2 when the learner or the input is refused (one line says why; nothing is written), 1 when a
@@ -19,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import warnings
 from datetime import UTC, datetime
@@ -53,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--label-delim", help="separator of several labels in --label-col")
     p.add_argument("--keep-fp32", action="store_true", help="keep model.fp32.onnx in the bundle")
     p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument(
+        "--calibrate-short",
+        nargs="?",
+        const="",
+        metavar="TRAIN_CSV",
+        help="fit a short-input calibration on training texts (a .pkl needs TRAIN_CSV with "
+        "--text-col/--label-col; --run uses the IMDB train split)",
+    )
     run = p.add_argument_group("--run only")
     run.add_argument("--data", help=f"IMDB dir; default ${DATA_ENV} or ../shared/data/imdb")
     run.add_argument("--eval-docs", type=int, help="test reviews for the classifier (default all)")
@@ -88,25 +102,44 @@ def _export_pkl(args: argparse.Namespace, version: str) -> list[Path]:
         label_col = args.label_col if facts.task == "classify" else None
         eval_data = read_eval_csv(args.eval_csv, args.text_col, label_col, args.label_delim)
     source = {"kind": "learner", "file": args.pkl.name}
-    return [
-        export_learner(
-            learn,
-            args.out,
-            name,
-            version,
-            source=source,
-            eval_data=eval_data,
-            keep_fp32=args.keep_fp32,
-        )
-    ]
+    train = None
+    if args.calibrate_short is not None:
+        if facts.task != "classify" or not args.calibrate_short or args.label_col is None:
+            raise Refused("--calibrate-short needs a classifier, TRAIN_CSV and --label-col")
+        train = read_eval_csv(Path(args.calibrate_short), args.text_col, args.label_col, None)
+    out = args.out if train is None else _calibration_staging(args.out, name)
+    path = export_learner(
+        learn, out, name, version, source=source, eval_data=eval_data, keep_fp32=args.keep_fp32
+    )
+    if train is None:
+        return [path]
+    return [_calibrated(path, args.out, version, train, eval_data)]
+
+
+def _calibration_staging(out: Path, name: str) -> Path:
+    """Where an export waits for its calibration: the bundle is published only with it."""
+    return out / f".{name}.uncalibrated"
+
+
+def _calibrated(exported: Path, out: Path, version: str, train: Any, held_out: Any) -> Path:
+    """The exported bundle, calibrated for short inputs into out/NAME at the same version."""
+    from .short_inputs import calibrate_bundle
+
+    try:
+        return calibrate_bundle(exported, out, version, train, held_out)
+    finally:
+        shutil.rmtree(exported.parent, ignore_errors=True)
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
 
 
 def _run_eval_data(args: argparse.Namespace) -> dict[str, Any]:
     """The IMDB test split, shuffled once so that any prefix mixes the labels."""
     from .eval_data import EvalData, imdb_held_out
 
-    data_dir = Path(args.data or os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR)
-    test = imdb_held_out(data_dir).sample(frac=1.0, random_state=0).reset_index(drop=True)
+    test = imdb_held_out(_data_dir(args)).sample(frac=1.0, random_state=0).reset_index(drop=True)
     rows = test if args.eval_docs is None else test.iloc[: args.eval_docs]
     return {
         "classifier": EvalData(
@@ -141,18 +174,23 @@ def _export_run(args: argparse.Namespace, version: str | None) -> list[Path]:
             continue
         learn = load_learner_file(args.run / file)
         source = {"kind": "run", "run_dir": args.run.name, "file": file}
-        written.append(
-            export_learner(
-                learn,
-                args.out,
-                name,
-                version,
-                source=source,
-                eval_data=data[kind],
-                training=training,
-                keep_fp32=args.keep_fp32,
-            )
+        calibrate = kind == "classifier" and args.calibrate_short is not None
+        path = export_learner(
+            learn,
+            _calibration_staging(args.out, name) if calibrate else args.out,
+            name,
+            version,
+            source=source,
+            eval_data=data[kind],
+            training=training,
+            keep_fp32=args.keep_fp32,
         )
+        if calibrate:
+            from .short_inputs import imdb_split
+
+            train = imdb_split(_data_dir(args), "train")
+            path = _calibrated(path, args.out, version, train, data[kind])
+        written.append(path)
     return written
 
 
@@ -162,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         from .ensemble import main as ensemble_main
 
         return ensemble_main(argv[1:])
+    if argv[:1] == ["calibrate"]:
+        from .short_inputs import main as calibrate_main
+
+        return calibrate_main(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if (args.pkl is None) == (args.run is None):
@@ -187,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     from .eval_data import EvalDataError
     from .learner import UnsupportedLearner
     from .onnx_graphs import ExportError, quiet_quantizer_hints
+    from .short_inputs import CalibrationRefused
 
     torch.set_num_threads(args.threads)
     np.random.seed(0)
@@ -196,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             written = _export_run(args, args.version)
         else:
             written = _export_pkl(args, args.version or f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
-    except (Refused, UnsupportedLearner, EvalDataError) as e:
+    except (Refused, UnsupportedLearner, EvalDataError, CalibrationRefused) as e:
         print(f"python -m export: refused: {e}", file=sys.stderr)
         return REFUSED
     except ExportError as e:

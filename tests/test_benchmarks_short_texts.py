@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import run_module
 from corpus import write_corpus
+from server_harness import bundle_copy
 from sklearn.metrics import roc_auc_score
 
 from benchmarks.short_texts import SetRule, build_set, read_labelled, split_sentences
@@ -80,11 +81,20 @@ def test_cli_scores_the_bundle_and_the_baseline_end_to_end(
     data = write_corpus(tmp_path / "data", n_train=600, n_test=200, n_unsup=0, seed=5)
     out = tmp_path / "short.json"
     bundle_dir = tiny_bundles / "imdb-sentiment"
+    # the same model with a short-input calibration that leans hard to "neg": scored as served
+    leaning = bundle_copy(
+        bundle_dir,
+        tmp_path / "calibrated",
+        version="tiny-leaning",
+        short_input={"max_tokens": 64, "scale": 0.1, "log_bias": [0.0, -10.0]},
+    )
     run_module(
         "benchmarks",
         "short-texts",
         "--bundle",
         str(bundle_dir),
+        "--bundle",
+        str(leaning),
         "--imdb",
         str(data),
         "--per-group",
@@ -102,8 +112,9 @@ def test_cli_scores_the_bundle_and_the_baseline_end_to_end(
     # the synthetic labels follow sentiment words, which a bag of bigrams separates
     assert baseline["full_review_test_accuracy"] >= 0.95
     assert baseline["c"] in baseline["c_candidates"]
-    (model,) = results["models"]
+    model, calibrated = results["models"]
     assert model["model_id"] == "imdb-sentiment@tiny-test"
+    assert "without_short_input" not in model
 
     # the reported accuracy is the bundle's own answers on the same sentences
     items = build_set(read_labelled(data / "test.csv.gz"), SetRule(per_group=30))
@@ -121,3 +132,16 @@ def test_cli_scores_the_bundle_and_the_baseline_end_to_end(
     assert 0.0 <= baseline["auc"] <= 1.0
     baseline_hits = round(baseline["accuracy"] * len(items))
     assert model["only_model_right"] - model["only_baseline_right"] == hits - baseline_hits
+
+    # the calibrated copy: its figures are the calibration's answers, the raw ones beside them
+    calibration = load_bundle(leaning).manifest.short_input
+    assert calibration is not None
+    lengths = [len(clf.tokenizer.encode(s.text)) for s in items]
+    served = calibration.apply(probabilities, lengths)
+    served_hits = sum(
+        clf.labels[int(a)] == s.label for a, s in zip(served.argmax(axis=1), items, strict=True)
+    )
+    assert calibrated["accuracy"] == round(served_hits / len(items), 5)
+    assert (served.argmax(axis=1) != answers).any()  # so strong a shift must move answers
+    assert calibrated["without_short_input"]["accuracy"] == model["accuracy"]
+    assert calibrated["short_input"] == calibration.section()

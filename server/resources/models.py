@@ -38,6 +38,7 @@ def entry(model: Model, default: bool) -> dict[str, Any]:
     if isinstance(model, ClassifierModel):
         described["multi_label"] = model.multi_label
         described["threshold"] = model.threshold
+        described["short_input"] = model.manifest.raw.get("short_input")  # bundle/calibration.py
     return described
 
 

@@ -16,11 +16,14 @@ time for streaming (`StreamDecoder`), both with the same rules.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .pattern_cache import compile_patterns
 
 FORMAT = "fastai-spacy-tokenizer"
 SCHEMA_VERSION = 1
@@ -37,6 +40,16 @@ def _compile(spec: dict[str, Any] | None) -> re.Pattern[str] | None:
     if spec is None:
         return None
     return re.compile(spec["pattern"], spec.get("flags", 0) & ~re.UNICODE)
+
+
+def _compile_tables(specs: Sequence[dict[str, Any] | None]) -> list[re.Pattern[str] | None]:
+    """`_compile` of each spec, the large spaCy patterns from their saved compiled form
+    (bundle/pattern_cache.py) when this interpreter has one."""
+    present = [
+        (spec["pattern"], spec.get("flags", 0) & ~re.UNICODE) for spec in specs if spec is not None
+    ]
+    compiled = iter(compile_patterns(present))
+    return [next(compiled) if spec is not None else None for spec in specs]
 
 
 # --------------------------------------------------------------------------- fastai's text rules
@@ -153,10 +166,8 @@ class AffixTokenizer:
     """
 
     def __init__(self, tables: dict[str, Any]) -> None:
-        prefix, suffix, infix = (_compile(tables.get(k)) for k in ("prefix", "suffix", "infix"))
-        token_match, url_match = (
-            _compile(tables.get("token_match")),
-            _compile(tables.get("url_match")),
+        prefix, suffix, infix, token_match, url_match = _compile_tables(
+            [tables.get(k) for k in ("prefix", "suffix", "infix", "token_match", "url_match")]
         )
         self._prefix = prefix.search if prefix is not None else None
         self._suffix = suffix.search if suffix is not None else None
@@ -400,12 +411,18 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Tokenizer:
-        with open(path, "rb") as fh:
+        """One Tokenizer per distinct file content: a server's LM and classifier bundles carry
+        the same tokenizer.json, and a Tokenizer never changes once built."""
+        raw = Path(path).read_bytes()
+        key = (cls, hashlib.sha256(raw).hexdigest())
+        found = _LOADED.get(key)
+        if found is None:
             try:
-                tables = json.load(fh)
+                tables = json.loads(raw)
             except ValueError as exc:
                 raise TokenizerError(f"{path}: not JSON ({exc})") from exc
-        return cls(tables)
+            found = _LOADED[key] = cls(tables)
+        return found
 
     def apply_rules(self, text: str) -> str:
         """fastai's pre-rules: the string spaCy sees."""
@@ -450,6 +467,9 @@ class Tokenizer:
 
     def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(hidden=self._hidden)
+
+
+_LOADED: dict[tuple[type[Tokenizer], str], Tokenizer] = {}  # (class, sha256 of the file) -> it
 
 
 # --------------------------------------------------------------------------- decoding

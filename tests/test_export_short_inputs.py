@@ -154,3 +154,31 @@ def test_an_ensemble_is_calibrated_at_its_mean(
     body = InProcessServer(models).post("/classify", json={"text": SHORT_TEXT}).json()
     served = [body["probabilities"][label] for label in ensemble.labels]
     np.testing.assert_allclose(served, calibration.transform(mean)[0], atol=1e-5)
+
+
+def test_export_calibrate_short_publishes_the_bundle_only_with_it(
+    tiny_run_and_bundles: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run_dir, _ = tiny_run_and_bundles
+    out = tmp_path / "models"
+    run_module(
+        "export",
+        "--run",
+        str(run_dir),
+        "--out",
+        str(out),
+        "--data",
+        str(run_dir.parent / "data"),
+        "--only",
+        "classifier",
+        "--version",
+        "tiny-flag",
+        "--calibrate-short",
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["imdb-sentiment"]  # no staging left
+    model = load_bundle(out / "imdb-sentiment")
+    assert model.manifest.version == "tiny-flag"  # never published without it: same version
+    assert model.manifest.short_input is not None
+    raw = model.manifest.raw
+    assert "calibrated_from" not in raw
+    assert raw["short_input"]["held_out"]["documents"] == raw["metrics"]["evaluation"]["documents"]

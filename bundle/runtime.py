@@ -38,6 +38,11 @@ def session_options(
     opts.enable_mem_pattern = False
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+    # CPU arena off: the arena keeps the peak of every run (a long classifier batch, eight
+    # concurrent LM runs) for the life of the process, each session its own; malloc gives freed
+    # activations back (with `python -m server`'s malloc settings, server/__main__.py). Same
+    # ms per run with the arena and without (one process, interleaved).
+    opts.enable_cpu_mem_arena = False
     opts.log_severity_level = 3
     return opts
 

@@ -30,6 +30,8 @@ accesslog = "-" if _settings.access_log else None
 # (tests run several; Cloud Run has no use for it).
 control_socket_disable = True
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# gunicorn builds each access line before the logger level drops it; this class asks first.
+logger_class = "server.observability.access_log.QuietAccessLogger"
 loglevel = _settings.log_level
 logconfig_dict = {
     "version": 1,

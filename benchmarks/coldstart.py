@@ -8,7 +8,8 @@ socket listens, a request waits in the accept queue and is answered as soon as t
 Phases come from each server's own startup log (ages since exec from /proc, 10 ms steps):
 ours logs "models loaded" (load_s) in the gunicorn master and "ready" (warm_up_s) in the worker;
 the naive app prints its imports and load_learner times. What is left to the first answer is
-"first request". Modules load from bytecode, as in the image (see `run_cold_starts`).
+"first request". Modules load from bytecode and regexes from their saved compiled form, as in
+the image (see `run_cold_starts`).
 """
 
 from __future__ import annotations
@@ -167,8 +168,9 @@ def run_cold_starts(
 ) -> list[dict[str, Any]]:
     """`runs` cold starts per server and probe, interleaved (ours, naive, ours, ...) so slow
     drift on a shared machine lands on both servers alike. Each server first starts once
-    untimed: that start writes its bytecode (benchmarks/servers.py BYTECODE_DIR), as an image
-    build does, so the timed starts load code the way a deployed server does."""
+    untimed: that start writes its bytecode and our tokenizers' compiled regexes
+    (bundle/pattern_cache.py) under benchmarks/servers.py BYTECODE_DIR, as an image build does
+    (compileall, bundle.verify), so the timed starts load the way a deployed server does."""
     for name in (OURS, NAIVE):
         for probe in probes:
             cold_start_once(name, probe, run_dir, models, log_dir, cpu, timeout_s)

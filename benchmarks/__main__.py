@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks import short_texts
 from benchmarks.inputs import default_imdb_dir
-from benchmarks.runner import DEFAULT_IMAGE_RECORD, BenchConfig, log
+from benchmarks.runner import BenchConfig, log
 
 RESULTS_JSON = "benchmark.json"
 MICROBATCH_JSON = "microbatch.json"
@@ -123,9 +123,11 @@ def parser() -> argparse.ArgumentParser:
         help="weigh the same pinned distributions in this venv (default)",
     )
     run.add_argument(
-        "--image-record",
-        type=Path,
-        help=f"tests/test_container.py's record (default {DEFAULT_IMAGE_RECORD})",
+        "--no-image",
+        dest="image",
+        action="store_false",
+        default=None,
+        help="skip building and weighing the shipped container image (needs podman and root)",
     )
     short_texts.add_parser(sub)
     return p
@@ -148,7 +150,7 @@ def config_from(args: argparse.Namespace, argv: list[str]) -> BenchConfig:
         "n_words",
         "raw_repeats",
         "fresh_venv",
-        "image_record",
+        "image",
     ):
         value = getattr(args, name)
         if value is not None:

@@ -23,8 +23,7 @@ from typing import Any
 from benchmarks.inputs import default_imdb_dir, evenly_spaced, read_test_reviews
 from benchmarks.loadgen import Workload, run_load
 from benchmarks.procfs import tree
-from benchmarks.runner import pin_client
-from benchmarks.servers import free_port, our_server, start, wait_ready
+from benchmarks.servers import free_port, our_server, pin_client, start, wait_ready
 
 REPO = Path(__file__).resolve().parent.parent
 SETTINGS: dict[str, dict[str, str]] = {
@@ -64,6 +63,40 @@ def measure(
         server.stop()
 
 
+def in_run(
+    models: Path, reviews: list[str], cpu: int | None, seconds: float, rounds: int, log_dir: Path
+) -> dict[str, Any]:
+    """The part of `python -m benchmarks run` that answers issue 11's throughput row: off
+    against the server's default micro-batching, on the given (median band) reviews."""
+    from server.config import Settings
+
+    default = Settings()
+    settings = {
+        "off": SETTINGS["off"],
+        "on (default)": {
+            "MICROBATCH": "true",
+            "MICROBATCH_WAIT_MS": f"{default.microbatch_wait_ms:g}",
+        },
+    }
+    workload = Workload("classify-review", "/classify", [{"text": t} for t in reviews], "label")
+    rows: list[dict[str, Any]] = []
+    for round_index in range(rounds):
+        for name, env in settings.items():
+            for row in measure(models, name, env, workload, cpu, seconds, 2000, log_dir):
+                rows.append({**row, "round": round_index})
+    manifest = json.loads((models / "imdb-sentiment" / "manifest.json").read_text())
+    return {
+        "models": str(models),
+        "architecture": manifest["architecture"],
+        "model": f"{manifest['name']}@{manifest['version']}",
+        "reviews": len(reviews),
+        "seconds_per_run": seconds,
+        "rounds": rounds,
+        "table": summarise(rows, list(settings)),
+        "runs": rows,
+    }
+
+
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) the server's processes have used so far. Per request it is
     what throughput on one dedicated core comes to (1 / CPU per request), and unlike wall time
@@ -78,10 +111,12 @@ def tree_cpu_s(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def summarise(
+    rows: list[dict[str, Any]], settings: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Median over rounds of throughput and latency percentiles, per setting and concurrency."""
     table = []
-    for name in SETTINGS:
+    for name in settings or list(SETTINGS):
         for concurrency in CONCURRENCIES:
             runs = [r for r in rows if r["setting"] == name and r["concurrency"] == concurrency]
             if not runs:

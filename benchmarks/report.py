@@ -95,7 +95,7 @@ def render(
     out += _memory(results)
     out += _footprint(results)
     out += _roofline(results, plots, rel)
-    out += _microbatch(microbatch_path or json_path.parent / "microbatch.json", rel)
+    out += _microbatch(results, microbatch_path or json_path.parent / "microbatch.json", rel)
     agreement = analysis.label_agreement(results)
     out += [
         "## Same answers",
@@ -110,22 +110,30 @@ def render(
     return "\n".join(out).rstrip() + "\n"
 
 
-def _microbatch(path: Path, rel: Any) -> list[str]:
-    """Issue 6's micro-batching measurement (`python -m benchmarks.microbatch`), when it exists:
-    it has its own run (three server settings), so it is read from its own JSON."""
-    if not path.is_file():
+def _microbatch(results: dict[str, Any], path: Path, rel: Any) -> list[str]:
+    """Micro-batching of /classify: this run's measurement (median reviews, off vs the default),
+    else the separate `python -m benchmarks.microbatch` run's JSON when it exists."""
+    if "microbatch" in results:
+        data, how = results["microbatch"], "this run"
+        inputs = f"{data['reviews']} median-band IMDB test reviews"
+    elif path.is_file():
+        data, how = (
+            json.loads(path.read_text(encoding="utf-8")),
+            "`python -m benchmarks.microbatch`",
+        )
+        inputs = f"{data['reviews']} IMDB test reviews (their natural mix of lengths)"
+    else:
         return []
-    data = json.loads(path.read_text(encoding="utf-8"))
     arch = data["architecture"]
     out = [
-        "## Micro-batching of /classify (issue 6)",
+        "## Micro-batching of /classify (issues 6 and 11)",
         "",
-        f"`python -m benchmarks.microbatch`: the production server pinned to one core, "
-        f"single-review `/classify` requests over {data['reviews']} IMDB test reviews (their "
-        f"natural mix of lengths), closed loop, {data['seconds_per_run']:.0f} s per setting, "
-        f"round and concurrency; medians over rounds. Model: {data['model']} (AWD-LSTM, "
+        f"Measured by {how}: the production server pinned to one core, single-review "
+        f"`/classify` requests over {inputs}, closed loop, {data['seconds_per_run']:.0f} s per "
+        f"setting, round and concurrency; medians over rounds. Model: {data['model']} (AWD-LSTM, "
         f"emb {arch['emb_size']}, hidden {arch['hidden_size']}, {arch['n_layers']} layers, "
-        f"int8). {data.get('models_note', '')} Raw data: `{rel(path)}`.",
+        f"int8). {data.get('models_note', '')} Raw data: "
+        f"`{rel(path) if how != 'this run' else 'benchmark.json'}`.",
         "",
     ]
     out += _table(
@@ -656,13 +664,17 @@ def _footprint(results: dict[str, Any]) -> list[str]:
     image = results["image"]
     if image.get("measured"):
         out += [
-            f"Container image: {_mb(image['image_bytes'])} (recorded by "
-            f"`tests/test_container.py` at {image['written_at']} in `{image['record']}`; "
-            f"built with the bundles that test bakes in"
-            + (f", build {image['build_s']} s" if "build_s" in image else "")
-            + ").",
+            f"Container image (`benchmarks/image.py`: this commit's Dockerfile with the shipped "
+            f"`models/` ({', '.join(image['models'])}), podman, {image['storage_driver']} storage, "
+            f"built in {image['build_s']} s, layer cache allowed): {_mb(image['image_bytes'])}, "
+            f"of which the stand-in base {_mb(image['base_bytes'])} and ours "
+            f"{_mb(image['added_bytes'])}:",
+            "",
+            "| layer (ours) | size |",
+            "| --- | --- |",
+            *(f"| `{layer['step'][:90]}` | {_mb(layer['bytes'])} |" for layer in image["layers"]),
             "",
         ]
     else:
-        out += [f"Container image: {image['note']} (looked for `{image['record']}`).", ""]
+        out += [f"Container image: {image['note']}.", ""]
     return out

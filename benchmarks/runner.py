@@ -21,18 +21,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import footprint
+from benchmarks import footprint, image, microbatch
 from benchmarks.coldstart import ColdProbe, run_cold_starts
 from benchmarks.inputs import Inputs, default_imdb_dir, pick_inputs
 from benchmarks.loadgen import Workload, run_load
 from benchmarks.memory import MemorySampler
-from benchmarks.servers import NAIVE, ONE_THREAD, OURS, REPO, base_env, launch, pinned, wait_ready
-from export.progress import Progress
-
-DEFAULT_IMAGE_RECORD = (
-    Path(os.environ.get("CONTAINER_STATE", "/var/tmp/fastai-onnx-serve-podman"))
-    / "last-container-test.json"
+from benchmarks.servers import (
+    NAIVE,
+    ONE_THREAD,
+    OURS,
+    REPO,
+    base_env,
+    launch,
+    pin_client,
+    pinned,
+    wait_ready,
 )
+from export.progress import Progress
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,9 @@ class BenchConfig:
     server_cpu: int | None = 0
     client_cpu: int | None = 1
     fresh_venv: bool = False  # a fresh pip install took ~4 min here (downloads): opt-in
-    image_record: Path = DEFAULT_IMAGE_RECORD
+    microbatch_seconds: float = 10.0  # per setting, round and concurrency
+    microbatch_rounds: int = 2
+    image: bool = True  # build and weigh the shipped image (benchmarks/image.py; needs podman)
     ready_timeout_s: float = 300.0
     command: str = ""
 
@@ -80,6 +87,8 @@ class BenchConfig:
             "prompts": 2,
             "n_words": 10,
             "raw_repeats": 2,
+            "microbatch_seconds": 2.0,
+            "microbatch_rounds": 1,
         }
 
 
@@ -386,32 +395,16 @@ def run_roofline(cfg: BenchConfig) -> dict[str, Any] | None:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def image_record(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {
-            "measured": False,
-            "record": str(path),
-            "note": "not measured in this run: no record from tests/test_container.py",
-        }
+def measure_image(cfg: BenchConfig) -> dict[str, Any]:
+    if not cfg.image:
+        return {"measured": False, "note": "not measured in this run (--no-image)"}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return {"measured": False, "record": str(path), "note": f"unreadable record: {exc}"}
-    written = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
-    return {"measured": "image_bytes" in data, "record": str(path), "written_at": written, **data}
+        return image.measure(REPO)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        return {"measured": False, "note": f"image build failed: {str(exc)[-500:]}"}
 
 
 # ----------------------------------------------------------------------------- the run
-def pin_client(cpu: int | None) -> int | None:
-    """Pin this process (the load generator) to `cpu` if it exists and differs from the server's."""
-    if cpu is None or not hasattr(os, "sched_setaffinity"):
-        return None
-    if cpu not in os.sched_getaffinity(0):
-        return None
-    os.sched_setaffinity(0, {cpu})
-    return cpu
-
-
 ARCH_KEYS = ("emb_sz", "n_hid", "n_layers")
 
 
@@ -523,10 +516,20 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         results["in_process"] = run_inprocess(cfg, inputs, workloads, work)
         log("roofline: this core's int8 floor beside the classifier session")
         results["roofline"] = run_roofline(cfg)
+        log("micro-batching: /classify throughput off vs the default, median reviews")
+        results["microbatch"] = microbatch.in_run(
+            cfg.models,
+            inputs.reviews["median"],
+            cfg.server_cpu,
+            cfg.microbatch_seconds,
+            cfg.microbatch_rounds,
+            work / "logs",
+        )
     log("footprint" + (" (fresh venv install of the serve extra)" if cfg.fresh_venv else ""))
     results["footprint"] = footprint.measure(cfg.fresh_venv)
     results["artifacts"] = footprint.artifacts(cfg.run_dir, cfg.models)
-    results["image"] = image_record(cfg.image_record)
+    log("image: podman build of the Dockerfile with the shipped models/")
+    results["image"] = measure_image(cfg)
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["duration_s"] = round(time.perf_counter() - started, 1)
     return results

@@ -215,3 +215,13 @@ def wait_ready(server: RunningServer, timeout: float) -> float:
             time.sleep(0.02)
     server.stop()
     raise server.failure(f"not ready within {timeout:.0f} s")
+
+
+def pin_client(cpu: int | None) -> int | None:
+    """Pin this process (the load generator) to `cpu` if it exists and differs from the server's."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    if cpu not in os.sched_getaffinity(0):
+        return None
+    os.sched_setaffinity(0, {cpu})
+    return cpu

@@ -31,7 +31,7 @@ SECTIONS = (
     "## Memory of the serving processes",
     "## Footprint",
     "## Distance to this core's int8 limit",
-    "## Micro-batching of /classify (issue 6)",
+    "## Micro-batching of /classify (issues 6 and 11)",
     "## Same answers",
 )
 PLOTS = ("cold_start.png", "latency_classify.png", "latency_generate.png", "batch_curve.png")
@@ -58,8 +58,7 @@ def quick_run(
         str(out / "results"),
         "--report",
         str(out / "BENCHMARKS.md"),
-        "--image-record",
-        str(out / "no-container-record.json"),
+        "--no-image",
     ]
     started = time.time()
     proc = subprocess.run(
@@ -160,7 +159,7 @@ def test_http_answers_match_the_in_process_path(quick_run: dict[str, Any]) -> No
     assert agreement["compared"] == sum(len(v) for v in http.values())
 
 
-def test_footprint_and_missing_image_record(quick_run: dict[str, Any]) -> None:
+def test_footprint_and_skipped_image(quick_run: dict[str, Any]) -> None:
     results = quick_run["results"]
     serve = results["footprint"]["serve_from_dev_venv"]
     assert {"onnxruntime", "numpy", "falcon", "gunicorn"} <= set(serve["distributions"])
@@ -183,7 +182,7 @@ def test_report_and_plots(quick_run: dict[str, Any]) -> None:
     assert results["started_at"] in report and results["machine"]["cpu_model"] in report
     assert "Quick mode" in report
     targets = results["derived"]["targets"]
-    assert len(targets) == 10 and all(t["name"] in report for t in targets)
+    assert len(targets) == 12 and all(t["name"] in report for t in targets)
     roofline = next(t for t in targets if "int8 floor" in t["name"])
     assert roofline["value"] == results["roofline"]["session_over_floor"] > 0
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
@@ -251,7 +250,11 @@ def test_report_figures_are_the_runs_own(quick_run: dict[str, Any]) -> None:
     assert memory[1:3] == [
         str(latency[s]["memory"]["peak_tree_pss_mib"]) for s in ("ours", "naive")
     ]
-    microbatch = json.loads((REPO / "benchmarks" / "results" / "microbatch.json").read_text())
+    microbatch = results["microbatch"]  # this run's, not the separate run's file
+    assert {(r["setting"], r["concurrency"]) for r in microbatch["table"]} == {
+        (setting, c) for setting in ("off", "on (default)") for c in (1, 8)
+    }
+    assert all(r["errors"] == 0 and r["throughput_rps"] > 0 for r in microbatch["table"])
     for row in microbatch["table"]:
         assert (
             _row(report, row["setting"], str(row["concurrency"]))[2]

@@ -20,9 +20,10 @@ import pytest
 
 from benchmarks import footprint, procfs
 from benchmarks.__main__ import config_from, parser
+from benchmarks.analysis import image_targets, throughput_target
 from benchmarks.inputs import PROMPT_WORDS, pick_inputs
 from benchmarks.loadgen import Workload, latency_stats, run_load
-from benchmarks.runner import BenchConfig, check_paths, image_record, predicted_cell_s, run_cells
+from benchmarks.runner import BenchConfig, check_paths, predicted_cell_s, run_cells
 
 
 class EchoHandler(BaseHTTPRequestHandler):
@@ -201,15 +202,31 @@ def test_dependency_closure_follows_requirements_not_extras() -> None:
     assert weight["bytes"] > 1_000_000 and weight["cuda_bytes"] == 0
 
 
-def test_image_record_is_read_when_the_container_test_left_one(tmp_path: Path) -> None:
-    missing = image_record(tmp_path / "absent.json")
-    assert missing["measured"] is False and "not measured in this run" in missing["note"]
-    record = tmp_path / "last-container-test.json"
-    record.write_text(json.dumps({"build_s": 12.5, "image_bytes": 123_456_789}))
-    found = image_record(record)
-    assert found["measured"] is True and found["image_bytes"] == 123_456_789
-    record.write_text("{not json")
-    assert image_record(record)["measured"] is False
+def test_image_rows_name_the_base_and_our_largest_layers() -> None:
+    """The two image rows of the targets table, from a measurement shaped like image.measure's."""
+    mb = 1_000_000
+    image = {
+        "measured": True,
+        "image_bytes": 298 * mb,
+        "base_bytes": 182 * mb,
+        "added_bytes": 116 * mb,
+        "layers": [
+            {"bytes": 86 * mb, "step": "/bin/sh -c pip install --no-cache-dir -r x && prune"},
+            {"bytes": 29 * mb, "step": "/bin/sh -c #(nop) COPY dir:abc in /app/models/"},
+        ],
+    }
+    rows = {row["name"]: row for row in image_targets(image)}
+    whole = rows["container image with the shipped bundles (stand-in base)"]
+    added = rows["what the image adds on top of the base"]
+    assert (whole["value"], whole["met"]) == (298.0, True) and "base 182.0 MB" in whole["bound"]
+    assert (added["value"], added["met"]) == (116.0, True)
+    assert added["bound"].startswith(
+        "pip layer (pruned, sourceless) 86.0 MB, COPY /app/models/ 29.0"
+    )
+    skipped = {"measured": False, "note": "not measured in this run (--no-image)"}
+    rows = {row["name"]: row for row in image_targets(skipped)}
+    assert rows["what the image adds on top of the base"]["met"] is None
+    assert "--no-image" in rows["what the image adds on top of the base"]["bound"]
 
 
 def test_cli_quick_defaults_flags_and_unpinned(tmp_path: Path) -> None:
@@ -305,3 +322,32 @@ def test_check_paths_refuses_bundles_from_another_run(tmp_path: Path) -> None:
     (models / "imdb-sentiment" / "manifest.json").unlink()
     with pytest.raises(SystemExit, match=r"lm.pkl not found.*one classify and one generate"):
         check_paths(BenchConfig(run_dir=run, models=models))
+
+
+def test_throughput_row_compares_default_micro_batching_with_off_and_names_the_session_bound() -> (
+    None
+):
+    table = [
+        {"setting": "off", "concurrency": 1, "throughput_rps": 40.0, "p50_ms": 24.0},
+        {"setting": "off", "concurrency": 8, "throughput_rps": 42.0, "p50_ms": 190.0},
+        {"setting": "on (default)", "concurrency": 1, "throughput_rps": 40.5, "p50_ms": 23.8},
+        {"setting": "on (default)", "concurrency": 8, "throughput_rps": 63.0, "p50_ms": 127.0},
+    ]
+    curve = [
+        {"length": 128, "batch": 1, "ms_per_review": 12.0},
+        {"length": 256, "batch": 1, "ms_per_review": 23.0},
+        {"length": 256, "batch": 4, "ms_per_review": 13.0},
+        {"length": 256, "batch": 8, "ms_per_review": 13.5},
+    ]
+    results = {
+        "microbatch": {"table": table},
+        "roofline": {"batch_curve": curve},
+        "in_process": {"raw": {"classify": {"median": {"tokens": {"median": 222}}}}},
+    }
+    row = throughput_target(results)
+    assert (row["value"], row["met"]) == (1.5, False)
+    assert "at most 1.77x (256 tokens" in row["bound"] and "batch 4" in row["bound"]
+    table[3]["throughput_rps"] = 84.0
+    assert throughput_target(results)["met"] is True
+    table[2]["p50_ms"] = 25.0  # a lone request got slower: not met however high the throughput
+    assert throughput_target(results)["met"] is False

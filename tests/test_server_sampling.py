@@ -15,10 +15,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from server.inference.sampling import (
-    COLUMN_CUMSUM,
-    CUMSUM_AXIS0_ONNX,
+    SOFTMAX_DRAW_ONNX,
+    TOP_K_GRAPH_MAX,
+    TOP_K_ONNX,
     Sampler,
     SamplingParams,
+    block_size,
     choose_next,
     generate_ids,
     make_rng,
@@ -213,47 +215,117 @@ def test_sampling_params_reject_bad_values() -> None:
             SamplingParams(**bad)
 
 
-def _plain_draws(logits: np.ndarray, params: SamplingParams, seed: int, steps: int) -> np.ndarray:
+def _fast_counts(
+    logits: np.ndarray, params: SamplingParams, rows: int, calls: int, seed: int
+) -> np.ndarray:
+    """How often the server's Sampler draws each token from one row of logits."""
+    batch = np.repeat(logits[None], rows, axis=0)
+    sampler = Sampler(params, UNK, rows, logits.size)
     rng = make_rng(seed)
-    return np.stack([choose_next(logits, params, UNK, rng) for _ in range(steps)])
+    counts = np.zeros(logits.size, dtype=np.int64)
+    for _ in range(calls):
+        counts += np.bincount(sampler(batch.copy(), rng), minlength=logits.size)
+    return counts
 
 
-def _fast_draws(logits: np.ndarray, params: SamplingParams, seed: int, steps: int) -> np.ndarray:
-    rng = make_rng(seed)
-    sampler = Sampler(params, UNK, *logits.shape)
-    return np.stack([sampler(logits, rng) for _ in range(steps)])
+def _chi_square_p(counts: np.ndarray, expected_probs: np.ndarray) -> float:
+    """Pearson's test of the counts against the plain path's distribution; tokens expected
+    fewer than 5 times are pooled into one cell (only the drawable ones: zero stays zero)."""
+    stats = pytest.importorskip("scipy.stats")
+    expected = expected_probs * counts.sum()
+    single = expected >= 5
+    observed = np.append(counts[single], counts[~single].sum())
+    wanted = np.append(expected[single], expected[~single].sum())
+    if wanted[-1] < 5:
+        observed, wanted = observed[:-1], wanted[:-1]
+    assert len(observed) > 10, "too few drawable tokens for the test to mean anything"
+    return float(stats.chisquare(observed, wanted * observed.sum() / wanted.sum()).pvalue)
+
+
+def _lm_like_logits(vocab: int, seed: int) -> np.ndarray:
+    """A few likely tokens over a long tail, ties at the top-k / nucleus cuts, xxunk likely."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.normal(size=vocab) * 2.0).astype(np.float32)
+    logits[rng.choice(vocab, 30, replace=False)] += 6.0
+    logits[100:110] = logits[99] if vocab > 110 else logits[100:110]
+    logits[UNK] = 9.0
+    return logits
+
+
+DISTRIBUTION_CASES = [
+    (20_008, SamplingParams()),  # the shipped LM's vocabulary: blocks of 122, no padding
+    (2_003, SamplingParams()),  # a prime vocabulary: padded blocks of 128
+    (2_000, SamplingParams(temperature=0.75)),
+    (2_000, SamplingParams(temperature=2.5, no_unk=False)),
+    (2_000, SamplingParams(top_k=40, temperature=0.8)),
+    (2_000, SamplingParams(top_k=TOP_K_GRAPH_MAX + 100)),  # numpy's partial sort
+    (2_000, SamplingParams(top_p=0.9)),
+    (2_000, SamplingParams(top_p=0.999, temperature=3.0)),
+    (2_000, SamplingParams(top_k=500, top_p=0.95, temperature=1.5)),
+]
+
+
+@pytest.mark.parametrize(("vocab", "params"), DISTRIBUTION_CASES, ids=repr)
+def test_fast_sampler_samples_the_plain_distribution(vocab: int, params: SamplingParams) -> None:
+    """40,000 draws against the exact distribution computed the plain way (float64): the
+    chi-square test must not reject it, and no token of probability 0 is ever drawn."""
+    logits = _lm_like_logits(vocab, seed=vocab)
+    expected = next_token_probabilities(logits[None], params, UNK)[0]
+    counts = _fast_counts(logits, params, rows=100, calls=400, seed=1)
+    assert counts[expected == 0].sum() == 0
+    assert _chi_square_p(counts, expected) > 1e-3
+
+
+def test_the_chi_square_check_notices_a_slightly_wrong_temperature() -> None:
+    """The check above has the power to fail: draws at temperature 0.75 are rejected against
+    the distribution at 0.8."""
+    logits = _lm_like_logits(2_000, seed=2_000)
+    counts = _fast_counts(logits, SamplingParams(temperature=0.75), rows=100, calls=400, seed=1)
+    expected = next_token_probabilities(logits[None], SamplingParams(temperature=0.8), UNK)[0]
+    assert _chi_square_p(counts, expected) < 1e-6
+
+
+def _allowed(logits: np.ndarray) -> np.ndarray:
+    masked = logits.astype(np.float64)
+    masked[:, UNK] = -np.inf
+    return masked
 
 
 @pytest.mark.parametrize(
     "params",
     [
-        SamplingParams(),
-        SamplingParams(temperature=0.75),
         SamplingParams(temperature=0),
+        SamplingParams(temperature=1e-300),
         SamplingParams(temperature=5e-324),
-        SamplingParams(temperature=2.0, no_unk=False),
-        SamplingParams(top_k=1),
-        SamplingParams(top_k=40, temperature=0.8),
-        SamplingParams(top_p=0.05),
-        SamplingParams(top_p=0.9),
-        SamplingParams(top_p=0.999, temperature=3.0),
-        SamplingParams(top_k=500, top_p=0.5),
+        SamplingParams(temperature=1e-30),
+        SamplingParams(temperature=1e-6),
+        SamplingParams(top_k=1, temperature=2.0),
+        SamplingParams(top_p=1e-9),
+        SamplingParams(top_p=1e-9, top_k=5),
     ],
     ids=repr,
 )
-@pytest.mark.parametrize("seed", [0, 7])
-def test_fast_sampler_draws_what_the_plain_path_draws(params: SamplingParams, seed: int) -> None:
-    """The server's Sampler keeps the seeded stream of the plain functions (docs/api.md: the same
-    seed and fields give the same samples): equal probabilities bit for bit, equal tokens."""
-    rng = np.random.default_rng(seed)
-    logits = (rng.normal(size=(5, 20_008)) * 3).astype(np.float32)
-    logits[:, 100:140] = logits[:, 99:100]  # ties at the top-k / nucleus cut
-    assert np.array_equal(
-        _fast_draws(logits, params, seed, 30), _plain_draws(logits, params, seed, 30)
+def test_fast_sampler_edge_cases_are_greedy(logits: np.ndarray, params: SamplingParams) -> None:
+    """Greedy, tiny and denormal temperatures, top_k 1 and a tiny top_p all pick the most
+    likely allowed token (xxunk, the favourite, stays excluded), with no NaN on the way."""
+    sampler = Sampler(params, UNK, *logits.shape)
+    with np.errstate(invalid="raise"):
+        chosen = sampler(logits.copy(), make_rng(3))
+    np.testing.assert_array_equal(chosen, _allowed(logits).argmax(axis=1))
+
+
+def test_fast_sampler_huge_temperature_is_uniform_over_allowed() -> None:
+    """1e300 (float32 cannot hold it: the plain path serves it): every allowed token alike."""
+    logits = np.repeat(_lm_like_logits(50, seed=4)[None], 200, axis=0)
+    sampler = Sampler(SamplingParams(temperature=1e300), UNK, *logits.shape)
+    rng = make_rng(5)
+    counts = np.bincount(
+        np.concatenate([sampler(logits.copy(), rng) for _ in range(100)]), minlength=50
     )
-    if params.temperature > 0:
-        fast = Sampler(params, UNK, *logits.shape).probabilities(logits)
-        assert np.array_equal(fast, next_token_probabilities(logits, params, UNK))
+    assert counts[UNK] == 0
+    expected = np.full(50, 1 / 49)
+    expected[UNK] = 0
+    assert _chi_square_p(counts, expected) > 1e-3
 
 
 @settings(max_examples=60, deadline=None)
@@ -264,59 +336,142 @@ def test_fast_sampler_draws_what_the_plain_path_draws(params: SamplingParams, se
     top_p=st.one_of(st.none(), st.floats(0.01, 1.0)),
     seed=st.integers(0, 2**32),
 )
-def test_fast_sampler_equals_plain_on_any_logits(
+def test_fast_sampler_draws_only_what_the_rules_allow(
     logits: np.ndarray, temperature: float, top_k: int | None, top_p: float | None, seed: int
 ) -> None:
+    """On any logits: never xxunk, always inside the top-k (ties at the cut count as inside),
+    greedy picks a best allowed token, any other draw has probability > 0 and (top_p alone)
+    lies inside the nucleus to float32 rounding; the seed reproduces the draw."""
     params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p)
-    assert np.array_equal(
-        _fast_draws(logits, params, seed, 5), _plain_draws(logits, params, seed, 5)
+    chosen = Sampler(params, UNK, *logits.shape)(logits.copy(), make_rng(seed))
+    again = Sampler(params, UNK, *logits.shape)(logits.copy(), make_rng(seed))
+    np.testing.assert_array_equal(chosen, again)
+    allowed = _allowed(logits)
+    plain = next_token_probabilities(logits, SamplingParams(temperature), UNK)
+    for row, token in enumerate(chosen):
+        assert token != UNK
+        if top_k is not None:
+            assert allowed[row, token] >= np.sort(allowed[row])[-min(top_k, 300)]
+        if temperature == 0:
+            assert allowed[row, token] == allowed[row].max()
+            continue
+        q = plain[row]
+        assert q[token] > 0
+        if top_p is not None and top_k is None:
+            before = q[(q > q[token]) | ((q == q[token]) & (np.arange(q.size) < token))].sum()
+            assert before < top_p + 1e-6
+
+
+def build_softmax_draw(helper: Any, proto: Any) -> Any:
+    """SOFTMAX_DRAW_ONNX as onnx.helper builds it (see the comment beside the bytes)."""
+    node, double, int64 = helper.make_node, proto.DOUBLE, proto.INT64
+    nodes = [
+        node("Softmax", ["x"], ["probs"], axis=-1),
+        node("Reshape", ["probs", "blocks_shape"], ["blocks"]),
+        node("ReduceSum", ["blocks", "axis2"], ["block_sums32"], keepdims=0),
+        node("Cast", ["block_sums32"], ["block_sums"], to=double),
+        node("CumSum", ["block_sums", "axis1"], ["cdf"]),
+        node("CumSum", ["block_sums", "axis1"], ["cdf_before"], exclusive=1),
+        node("ReduceMax", ["cdf", "axis1"], ["total"], keepdims=1),
+        node("Mul", ["u", "total"], ["target"]),
+        node("LessOrEqual", ["cdf", "target"], ["below"]),
+        node("Cast", ["below"], ["below64"], to=int64),
+        node("ReduceSum", ["below64", "axis1"], ["block_count"], keepdims=1),
+        node("Min", ["block_count", "last_block"], ["block"]),
+        node("GatherElements", ["cdf_before", "block"], ["before"], axis=1),
+        node("GatherElements", ["block_sums", "block"], ["width"], axis=1),
+        node("Reshape", ["probs", "flat_shape"], ["flat"]),
+        node("Add", ["row_base", "block"], ["flat_row"]),
+        node("Gather", ["flat", "flat_row"], ["inside32"], axis=0),
+        node("Cast", ["inside32"], ["inside"], to=double),
+        node("CumSum", ["inside", "axis2"], ["inside_cdf"]),
+        node("ReduceMax", ["inside_cdf", "axis2"], ["inside_total"], keepdims=0),
+        node("Sub", ["target", "before"], ["offset"]),
+        node("Div", ["offset", "width"], ["share"]),
+        node("Mul", ["share", "inside_total"], ["into"]),
+        node("Unsqueeze", ["into", "axis2"], ["into3"]),
+        node("LessOrEqual", ["inside_cdf", "into3"], ["inside_below"]),
+        node("Cast", ["inside_below"], ["inside_below64"], to=int64),
+        node("ReduceSum", ["inside_below64", "axis2"], ["position"], keepdims=0),
+        node("Mul", ["block", "block_size"], ["start"]),
+        node("Add", ["start", "position"], ["token"]),
+    ]
+    info = helper.make_tensor_value_info
+    inputs = [
+        info("x", proto.FLOAT, ["rows", "vocab"]),
+        info("u", double, ["rows", 1]),
+        info("blocks_shape", int64, [3]),
+        info("flat_shape", int64, [2]),
+        info("row_base", int64, ["rows", 1]),
+        info("last_block", int64, [1]),
+        info("block_size", int64, [1]),
+    ]
+    outputs = [
+        info("token", int64, ["rows", 1]),
+        info("block_count", int64, ["rows", 1]),
+        info("position", int64, ["rows", 1]),
+        info("probs", proto.FLOAT, ["rows", "vocab"]),
+    ]
+    axes = [
+        helper.make_tensor("axis1", int64, [1], [1]),
+        helper.make_tensor("axis2", int64, [1], [2]),
+    ]
+    return helper.make_graph(nodes, "softmax_draw", inputs, outputs, axes)
+
+
+def build_top_k(helper: Any, proto: Any) -> Any:
+    info = helper.make_tensor_value_info
+    return helper.make_graph(
+        [helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=-1)],
+        "top_k",
+        [info("x", proto.FLOAT, ["rows", "vocab"]), info("k", proto.INT64, [1])],
+        [info("values", proto.FLOAT, ["rows", "k"]), info("indices", proto.INT64, ["rows", "k"])],
     )
 
 
-def test_the_cumsum_graph_is_what_onnx_helper_builds() -> None:
-    """The served bytes are the one-node graph they claim to be (rebuilt with the dev extra)."""
+@pytest.mark.parametrize(
+    ("build", "served"), [(build_softmax_draw, SOFTMAX_DRAW_ONNX), (build_top_k, TOP_K_ONNX)]
+)
+def test_the_sampling_graphs_are_what_onnx_helper_builds(build: Any, served: bytes) -> None:
+    """The served bytes are the graphs they claim to be (rebuilt with the dev extra)."""
     onnx = pytest.importorskip("onnx")
-    helper, proto = onnx.helper, onnx.TensorProto
-    dims = ["vocab", "rows"]
-    graph = helper.make_graph(
-        [helper.make_node("CumSum", ["x", "axis"], ["y"])],
-        "cumsum",
-        [helper.make_tensor_value_info("x", proto.DOUBLE, dims)],
-        [helper.make_tensor_value_info("y", proto.DOUBLE, dims)],
-        [helper.make_tensor("axis", proto.INT64, [], [0])],
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 14)], producer_name="fastai-onnx-serve"
+    model = onnx.helper.make_model(
+        build(onnx.helper, onnx.TensorProto),
+        opset_imports=[onnx.helper.make_opsetid("", 18)],
+        producer_name="fastai-onnx-serve",
     )
     model.ir_version = 8
-    onnx.checker.check_model(model)
-    assert model.SerializeToString() == CUMSUM_AXIS0_ONNX
+    onnx.checker.check_model(model, full_check=True)
+    assert model.SerializeToString() == served
 
 
-def test_column_cumsum_equals_numpy_cumsum_bit_for_bit() -> None:
-    rng = np.random.default_rng(5)
-    probs = rng.random((5, 20_008)) ** 8  # spread magnitudes: rounding differs by order
-    probs /= probs.sum(axis=1, keepdims=True)
-    columns = np.ascontiguousarray(probs.T)
-    assert np.array_equal(COLUMN_CUMSUM(columns).T, np.cumsum(probs, axis=1))
+def test_block_size_divides_the_vocabulary_or_pads() -> None:
+    assert block_size(20_008) == 122  # 164 blocks: no padding for the shipped LM
+    assert 20_000 % block_size(20_000) == 0
+    assert block_size(2_003) == 128  # prime: padded
+    assert block_size(50) == 50  # one block
 
 
 class _TopOfTheRange:
     """A generator stand-in whose draws make u * total == total (what rounding u * total up
-    gives): past every cdf entry, the edge where both samplers fall back to the last allowed
-    token."""
+    gives): past every running sum, the edge where the sampler falls back to the last allowed
+    token, as the plain path does."""
 
     def random(self, shape: tuple[int, int]) -> np.ndarray:
         return np.ones(shape)
 
 
-@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(top_k=3)], ids=repr)
-def test_fast_sampler_edge_of_the_cdf_matches_plain(params: SamplingParams) -> None:
+@pytest.mark.parametrize("vocab", [997, 2_003, 20_008])
+@pytest.mark.parametrize(
+    "params", [SamplingParams(), SamplingParams(top_k=3), SamplingParams(top_p=0.5)], ids=repr
+)
+def test_fast_sampler_edge_of_the_cdf_matches_plain(vocab: int, params: SamplingParams) -> None:
     rng = np.random.default_rng(11)
-    logits = rng.normal(size=(4, 997)).astype(np.float32)
+    logits = rng.normal(size=(4, vocab)).astype(np.float32)
+    logits[:, -3:] = -np.inf  # the last tokens cannot be drawn: the fallback must skip them
     fixed: Any = _TopOfTheRange()
+    fast = Sampler(params, UNK, *logits.shape)(logits.copy(), fixed)
     plain = choose_next(logits, params, UNK, fixed)
-    fast = Sampler(params, UNK, *logits.shape)(logits, fixed)
     assert np.array_equal(fast, plain)
     probs = next_token_probabilities(logits, params, UNK)
     assert (probs[np.arange(4), fast] > 0).all()

@@ -5,7 +5,10 @@ fastai re-feeds the whole sequence for each new token and samples from
 once, then each new token is one step with seq = 1 and the LSTM state carried; all samples are
 rows of one batch. The distribution is the same: `softmax(logits / temperature)` restricted to
 the allowed tokens, optionally cut to the top-k and/or the top-p nucleus. Randomness comes only
-from the numpy Generator passed in, so a seed reproduces a result exactly.
+from the numpy Generator passed in, so a seed reproduces a result exactly, within one server
+version: the server's `Sampler` draws from that distribution (float32, onnxruntime graphs), not
+the same stream as the plain float64 functions here, which stay the reference the tests hold it
+to and serve temperatures float32 cannot hold.
 """
 
 from __future__ import annotations
@@ -114,27 +117,75 @@ def choose_next(
     return sample_from(next_token_probabilities(logits, params, unk_id), rng)
 
 
-# y = CumSum(x, axis=0) over a float64 [vocab, rows] matrix, opset 14, as ONNX bytes (132) so
-# serving needs no `onnx` package; tests/test_server_sampling.py rebuilds it with onnx.helper.
-CUMSUM_AXIS0_ONNX = bytes.fromhex(
-    "080812116661737461692d6f6e6e782d73657276653a670a140a01780a0461786973120179220643756d53756d"
-    "120663756d73756d2a0b10073a01004204617869735a1c0a017812170a15080b12110a071205766f6361620a06"
-    "1204726f7773621c0a017912170a15080b12110a071205766f6361620a061204726f777342040a00100e"
+# Two graphs, as ONNX bytes so serving needs no `onnx` package (opset 18; tests/
+# test_server_sampling.py rebuilds both with onnx.helper and checks they are these bytes).
+# SOFTMAX_DRAW: probs = Softmax(x) over the last axis; then one draw per row by inverse CDF in two
+# levels: block_count = how many running sums of the blocks' masses (float64) are <= u * total,
+# block = min(block_count, last_block); position = how many running sums of that block's
+# probabilities are <= the target's share of the block, rescaled to the block's own sum;
+# token = block * block_size + position. Inputs: x [rows, vocab], u [rows, 1] in [0, 1),
+# blocks_shape [0, n_blocks, block_size], flat_shape [-1, block_size], row_base [rows, 1]
+# (row * n_blocks), last_block [n_blocks - 1], block_size [block_size].
+# Outputs: token, block_count, position [rows, 1], probs [rows, vocab].
+SOFTMAX_DRAW_ONNX = bytes.fromhex(
+    "080812116661737461692d6f6e6e782d73657276653acd0c0a290a0178120570726f62732207536f66746d6178"
+    "2a140a046178697318ffffffffffffffffff01a001020a260a0570726f62730a0c626c6f636b735f7368617065"
+    "1206626c6f636b732207526573686170650a390a06626c6f636b730a056178697332120c626c6f636b5f73756d"
+    "733332220952656475636553756d2a0f0a086b65657064696d731800a001020a2b0a0c626c6f636b5f73756d73"
+    "3332120a626c6f636b5f73756d732204436173742a090a02746f180ba001020a200a0a626c6f636b5f73756d73"
+    "0a0561786973311203636466220643756d53756d0a390a0a626c6f636b5f73756d730a056178697331120a6364"
+    "665f6265666f7265220643756d53756d2a100a096578636c75736976651801a001020a2f0a036364660a056178"
+    "6973311205746f74616c22095265647563654d61782a0f0a086b65657064696d731801a001020a170a01750a05"
+    "746f74616c120674617267657422034d756c0a210a036364660a06746172676574120562656c6f77220b4c6573"
+    "734f72457175616c0a210a0562656c6f77120762656c6f7736342204436173742a090a02746f1807a001020a39"
+    "0a0762656c6f7736340a056178697331120b626c6f636b5f636f756e74220952656475636553756d2a0f0a086b"
+    "65657064696d731801a001020a250a0b626c6f636b5f636f756e740a0a6c6173745f626c6f636b1205626c6f63"
+    "6b22034d696e0a380a0a6364665f6265666f72650a05626c6f636b12066265666f7265220e476174686572456c"
+    "656d656e74732a0b0a04617869731801a001020a370a0a626c6f636b5f73756d730a05626c6f636b1205776964"
+    "7468220e476174686572456c656d656e74732a0b0a04617869731801a001020a220a0570726f62730a0a666c61"
+    "745f73686170651204666c61742207526573686170650a200a08726f775f626173650a05626c6f636b1208666c"
+    "61745f726f7722034164640a2f0a04666c61740a08666c61745f726f771208696e736964653332220647617468"
+    "65722a0b0a04617869731800a001020a230a08696e7369646533321206696e736964652204436173742a090a02"
+    "746f180ba001020a230a06696e736964650a056178697332120a696e736964655f636466220643756d53756d0a"
+    "3d0a0a696e736964655f6364660a056178697332120c696e736964655f746f74616c22095265647563654d6178"
+    "2a0f0a086b65657064696d731800a001020a1d0a067461726765740a066265666f726512066f66667365742203"
+    "5375620a1b0a066f66667365740a0577696474681205736861726522034469760a200a0573686172650a0c696e"
+    "736964655f746f74616c1204696e746f22034d756c0a1f0a04696e746f0a0561786973321205696e746f332209"
+    "556e73717565657a650a2e0a0a696e736964655f6364660a05696e746f33120c696e736964655f62656c6f7722"
+    "0b4c6573734f72457175616c0a2f0a0c696e736964655f62656c6f77120e696e736964655f62656c6f77363422"
+    "04436173742a090a02746f1807a001020a3d0a0e696e736964655f62656c6f7736340a0561786973321208706f"
+    "736974696f6e220952656475636553756d2a0f0a086b65657064696d731800a001020a1f0a05626c6f636b0a0a"
+    "626c6f636b5f73697a651205737461727422034d756c0a1d0a0573746172740a08706f736974696f6e1205746f"
+    "6b656e2203416464120c736f66746d61785f647261772a0e080110073a0101420561786973312a0e080110073a"
+    "0102420561786973325a1c0a017812170a15080112110a061204726f77730a071205766f6361625a170a017512"
+    "120a10080b120c0a061204726f77730a0208015a1a0a0c626c6f636b735f7368617065120a0a08080712040a02"
+    "08035a180a0a666c61745f7368617065120a0a08080712040a0208025a1e0a08726f775f6261736512120a1008"
+    "07120c0a061204726f77730a0208015a180a0a6c6173745f626c6f636b120a0a08080712040a0208015a180a0a"
+    "626c6f636b5f73697a65120a0a08080712040a020801621b0a05746f6b656e12120a100807120c0a061204726f"
+    "77730a02080162210a0b626c6f636b5f636f756e7412120a100807120c0a061204726f77730a020801621e0a08"
+    "706f736974696f6e12120a100807120c0a061204726f77730a02080162200a0570726f627312170a1508011211"
+    "0a061204726f77730a071205766f63616242040a001012"
+)
+# values, indices = TopK(x, k) over the last axis: largest first, ties by lower index.
+TOP_K_ONNX = bytes.fromhex(
+    "080812116661737461692d6f6e6e782d73657276653aaa010a330a01780a016b120676616c7565731207696e64"
+    "696365732204546f704b2a140a046178697318ffffffffffffffffff01a001021205746f705f6b5a1c0a017812"
+    "170a15080112110a061204726f77730a071205766f6361625a0f0a016b120a0a08080712040a020801621d0a06"
+    "76616c75657312130a110801120d0a061204726f77730a0312016b621e0a07696e646963657312130a11080712"
+    "0d0a061204726f77730a0312016b42040a001012"
 )
 
 
-class ColumnCumsum:
-    """Running sums down each column, in onnxruntime: the same sequential float64 additions as
-    `np.cumsum` along a row (bit-identical), but the rows (samples) advance side by side, so
-    the chain of dependent additions is vocab long, not rows x vocab. Per step of 5 x 20,008 it
-    measured 0.076 ms against numpy's 0.33 ms (one core). The session is made on first use, in
-    the process that samples (after gunicorn's fork)."""
+class GraphSession:
+    """A one-thread onnxruntime session over graph bytes, made on first use in the process that
+    samples (after gunicorn's fork, so the master holds none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, graph: bytes) -> None:
+        self._graph = graph
         self._session: Any = None
         self._lock = threading.Lock()
 
-    def __call__(self, columns: np.ndarray) -> np.ndarray:
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self._session is None:
             with self._lock:
                 if self._session is None:
@@ -144,128 +195,168 @@ class ColumnCumsum:
                     options.intra_op_num_threads = 1
                     options.inter_op_num_threads = 1
                     self._session = ort.InferenceSession(
-                        CUMSUM_AXIS0_ONNX, options, providers=["CPUExecutionProvider"]
+                        self._graph, options, providers=["CPUExecutionProvider"]
                     )
-        return self._session.run(None, {"x": columns})[0]
+        return list(self._session.run(None, feed))
 
 
-COLUMN_CUMSUM = ColumnCumsum()
+SOFTMAX_DRAW = GraphSession(SOFTMAX_DRAW_ONNX)
+TOP_K = GraphSession(TOP_K_ONNX)
+
+# float32 holds (x - max) / temperature without losing the draw only inside these bounds; a
+# temperature outside them (allowed, never useful) takes the plain float64 path.
+FAST_TEMPERATURES = (1e-30, 1e30)
+TOP_K_GRAPH_MAX = 256  # onnxruntime's TopK beats numpy's argpartition up to about this k
+
+
+def block_size(vocab: int) -> int:
+    """Tokens per block of the two-level draw: a divisor of the vocabulary near its square
+    root (so the graph reshapes without padding), else 128 with the logits padded."""
+    divisors = [d for d in range(32, min(vocab, 1024) + 1) if vocab % d == 0]
+    if not divisors:
+        return min(vocab, 128)
+    return min(divisors, key=lambda d: abs(d * d - vocab))
 
 
 class Sampler:
-    """`choose_next` for a fixed batch shape, drawing the very same tokens from the same rng.
+    """`choose_next`'s distribution for a fixed batch shape, in a fraction of its time.
 
-    Why: per step the plain functions allocate several (batch, vocab) float64 arrays (fresh
-    pages every time), sort the whole vocabulary for top_p and compare every cdf entry; over a
-    5 x 40 /generate that was most of the time outside the LM. Here the same float64 operations
-    run in the same order into buffers reused across steps (so every probability and cdf value
-    is bit-identical), the cdf's running sums advance all samples at once (`ColumnCumsum`), the
-    nucleus sorts only the most likely candidates, and the draw is a binary search of the cdf.
-    tests/test_server_sampling.py compares both on fixed and on generated logits.
+    Why: the plain functions spent about 0.4 ms a step (5 x 20,008) in float64 passes, a full
+    running sum and sorts; over a 5 x 40 /generate that was most of the time outside the LM.
+    Here the logits are masked and scaled in place in float32 and one onnxruntime run
+    (SOFTMAX_DRAW) does the softmax and the draw: a block of tokens by the running sum of the
+    block masses (float64), then a token inside it by the running sum of its probabilities,
+    rescaled to the block's mass, so each token is drawn with its softmax probability (to
+    float32 rounding). One run instead of a dozen numpy calls matters most right after an LM
+    step, when the caches are cold. top_k / top_p draw among the sorted top candidates (TopK).
+    Greedy (temperature 0) is the argmax as before; a temperature float32 cannot hold falls
+    back to the plain path. Not the plain functions' stream (docs/api.md scopes a seed to a
+    server version); tests/test_server_sampling.py holds the draws to the plain distribution
+    by chi-square, and checks every edge case.
     """
 
     def __init__(self, params: SamplingParams, unk_id: int, rows: int, vocab: int) -> None:
         self.params = params
         self.unk_id = unk_id
+        self._masked = unk_id if params.no_unk and 0 <= unk_id < vocab else None
         self.shape = (rows, vocab)
-        self._scores = np.empty(self.shape, dtype=np.float64)
-        self._work = np.empty(self.shape, dtype=np.float64)
-        self._columns = np.empty((vocab, rows), dtype=np.float64)  # probabilities, transposed
-
-    def scores(self, logits: np.ndarray) -> np.ndarray:
-        """`allowed_logits`, into the reused buffer."""
-        params, scores = self.params, self._scores
-        np.copyto(scores, logits)
-        if params.no_unk and 0 <= self.unk_id < scores.shape[1]:
-            scores[:, self.unk_id] = -np.inf
-        if params.temperature > 0:
-            scores -= scores.max(axis=1, keepdims=True)
-            if params.temperature != 1:  # x / 1 == x exactly: skip the pass
-                with np.errstate(over="ignore"):
-                    scores /= params.temperature
-        if params.top_k is not None and params.top_k < scores.shape[1]:
-            drop = np.argpartition(scores, -params.top_k, axis=1)[:, : -params.top_k]
-            np.put_along_axis(scores, drop, -np.inf, axis=1)
-        return scores
-
-    def _weights(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """exp(scores - best) per row, and each row's sum: softmax before the division."""
-        scores, weights = self.scores(logits), self._work
-        peak = scores.max(axis=1, keepdims=True)
-        if peak.any():  # the best score is already 0 after the shift: x - 0 == x, skip it
-            np.subtract(scores, peak, out=weights)
-            np.exp(weights, out=weights)
-        else:
-            np.exp(scores, out=weights)
-        return weights, weights.sum(axis=1, keepdims=True)
-
-    def _nucleus_on(self) -> bool:
-        return self.params.top_p is not None and self.params.top_p < 1
-
-    def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """`next_token_probabilities` for temperature > 0, into the reused buffer."""
-        weights, totals = self._weights(logits)
-        weights /= totals
-        if self._nucleus_on():
-            _nucleus_partial(weights, self.params.top_p)  # type: ignore[arg-type]
-        return weights
+        self.block = block_size(vocab)
+        self.n_blocks = -(-vocab // self.block)
+        padded = self.n_blocks * self.block
+        # Padding columns stay -inf: probability 0, never drawn.
+        self._padded = np.full((rows, padded), -np.inf, np.float32) if padded > vocab else None
+        self._feed: dict[str, np.ndarray] = {
+            "blocks_shape": np.array([0, self.n_blocks, self.block], dtype=np.int64),
+            "flat_shape": np.array([-1, self.block], dtype=np.int64),
+            "row_base": np.arange(rows, dtype=np.int64)[:, None] * self.n_blocks,
+            "last_block": np.array([self.n_blocks - 1], dtype=np.int64),
+            "block_size": np.array([self.block], dtype=np.int64),
+        }
+        top_k = params.top_k if params.top_k is not None and params.top_k < vocab else None
+        self.top_k = top_k
+        self.top_p = params.top_p if params.top_p is not None and params.top_p < 1 else None
+        self._nucleus_k = 64  # candidates tried first for top_p alone; grows when too few
+        low, high = FAST_TEMPERATURES
+        self._plain = params.temperature != 0 and not low <= params.temperature <= high
 
     def __call__(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One token id per row. `logits` (float32, as the LM returns them) is used as scratch
+        space: it is overwritten."""
         if logits.shape != self.shape:
             raise ValueError(f"logits {logits.shape}, sampler built for {self.shape}")
-        if self.params.temperature == 0:
-            return self.scores(logits).argmax(axis=1).astype(np.int64)
-        columns = self._columns  # the probabilities, transposed: [vocab, rows]
-        if self._nucleus_on():
-            np.copyto(columns.T, self.probabilities(logits))
-        else:  # the division writes the transposed copy directly (one pass fewer)
-            weights, totals = self._weights(logits)
-            np.divide(weights, totals, out=columns.T)
-        cdf = COLUMN_CUMSUM(columns)  # column r is np.cumsum(probabilities[r])
-        rows, vocab = self.shape
-        targets = rng.random((rows, 1)) * cdf[-1, :, None]
-        chosen = np.empty(rows, dtype=np.int64)
-        for row in range(rows):
-            # cdf is non-decreasing (probabilities >= 0), so the count of entries <= target
-            # is a binary search; the chosen token then has probability > 0 unless the count
-            # ran past the end (u * total rounded up to total): then the last allowed token.
-            index = int(np.searchsorted(cdf[:, row], targets[row, 0], side="right"))
-            if index >= vocab:
-                index = vocab - 1 - int(np.argmax(columns[::-1, row] > 0))
-            chosen[row] = index
+        params = self.params
+        if self._plain:
+            return choose_next(logits, params, self.unk_id, rng)
+        x = logits if logits.dtype == np.float32 else logits.astype(np.float32)
+        if self._masked is not None:
+            x[:, self._masked] = -np.inf
+        if params.temperature == 0 or self.top_k == 1:
+            return x.argmax(axis=1).astype(np.int64)  # first of equal maxima, as the plain path
+        if params.temperature != 1:
+            # Shift the best allowed score to 0 before dividing: a tiny temperature then sends
+            # the others to -inf (greedy in the limit) with no inf - inf.
+            x -= x.max(axis=1, keepdims=True)
+            with np.errstate(over="ignore"):
+                x /= np.float32(params.temperature)
+        if self.top_k is not None:
+            values, indices = _top_candidates(x, self.top_k)
+            weights = np.exp(values.astype(np.float64) - values[:, :1])
+            probs = weights / weights.sum(axis=1, keepdims=True)
+            if self.top_p is not None:
+                probs = _nucleus_sorted(probs, self.top_p)
+            return _draw_among(probs, indices, rng)
+        if self._padded is not None:
+            self._padded[:, : self.shape[1]] = x
+            x = self._padded
+        feed = self._feed
+        feed["x"], feed["u"] = x, rng.random((self.shape[0], 1))
+        token, block_count, position, probs = SOFTMAX_DRAW.run(feed)
+        if self.top_p is not None:
+            return self._nucleus_draw(probs, rng)
+        chosen = token[:, 0]
+        # Rounding edges (u * total rounded up to the total, or a target past its block's
+        # running sum): the last token with probability > 0, as the plain path falls back.
+        for row in np.flatnonzero(
+            (block_count[:, 0] > self.n_blocks - 1) | (position[:, 0] >= self.block)
+        ):
+            if block_count[row, 0] > self.n_blocks - 1:
+                chosen[row] = _last_positive(probs[row])
+            else:
+                start = chosen[row] - position[row, 0]
+                chosen[row] = start + _last_positive(probs[row, start : start + self.block])
         return chosen
 
-
-def _nucleus_partial(probs: np.ndarray, top_p: float) -> None:
-    """`_nucleus` in place, sorting only the most likely tokens (bit-identical results).
-
-    The kept set is a prefix of the tokens in (probability descending, index ascending) order,
-    and the cumulative mass of that prefix is the same sequential sum `_nucleus` computes; the
-    candidates are grown until the prefix ends inside them."""
-    vocab = probs.shape[1]
-    for row in probs:
-        take = min(vocab, 64)
+    def _nucleus_draw(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """top_p alone: the sorted top candidates, grown until every row's nucleus ends inside
+        them (the next token's mass before it would reach top_p)."""
+        top_p, vocab = self.top_p, self.shape[1]
+        assert top_p is not None
         while True:
-            if take < vocab:
-                part = np.argpartition(row, vocab - take)[vocab - take :]
-                # ties at the cut: every token as likely as the weakest candidate must compete
-                cut = row[part].min()
-                part = np.flatnonzero(row >= cut)
-            else:
-                part = np.arange(vocab)
-            order = part[np.lexsort((part, -row[part]))]
-            sorted_probs = row[order]
-            mass = np.cumsum(sorted_probs)
-            # Past the candidates the mass before a token is at least this prefix's mass less
-            # a rounding step; with a margin over top_p no later token could be kept.
-            if len(part) >= vocab or mass[-1] >= top_p + 1e-9:
+            k = min(self._nucleus_k, vocab)
+            values, indices = _top_candidates(probs, k)
+            top = values.astype(np.float64)
+            if k == vocab or bool((top.sum(axis=1) >= top_p).all()):
                 break
-            take = min(vocab, take * 4)
-        keep = mass - sorted_probs < top_p
-        keep[0] = True
-        kept = np.zeros_like(row)
-        kept[order[keep]] = row[order[keep]]
-        np.divide(kept, kept.sum(), out=row)
+            self._nucleus_k = k * 4
+        return _draw_among(_nucleus_sorted(top, top_p), indices, rng)
+
+
+def _top_candidates(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k largest values and their indices, largest first, ties by lower index."""
+    if k <= TOP_K_GRAPH_MAX:
+        values, indices = TOP_K.run({"x": x, "k": np.array([k], dtype=np.int64)})
+        return values, indices
+    vocab = x.shape[1]
+    indices = np.empty((x.shape[0], k), dtype=np.int64)
+    for row, values in enumerate(x):
+        part = np.argpartition(values, vocab - k)[vocab - k :]
+        indices[row] = part[np.lexsort((part, -values[part]))]
+    return np.take_along_axis(x, indices, axis=1), indices
+
+
+def _nucleus_sorted(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """The nucleus of probabilities sorted largest first: keep while the mass before a token is
+    under top_p (at least one token); the rest get 0."""
+    mass_before = np.cumsum(probs, axis=1) - probs
+    keep = mass_before < top_p
+    keep[:, 0] = True
+    return np.where(keep, probs, 0.0)
+
+
+def _draw_among(weights: np.ndarray, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row among candidates with weights >= 0 (not normalised), by inverse CDF;
+    never a zero-weight candidate."""
+    cdf = np.cumsum(weights, axis=1)
+    targets = rng.random((weights.shape[0], 1)) * cdf[:, -1:]
+    chosen = (cdf <= targets).sum(axis=1)
+    for row in np.flatnonzero(chosen >= weights.shape[1]):
+        # u * total rounded up to total: the allowed token with the highest id (plain path's)
+        chosen[row] = np.flatnonzero(weights[row] > 0)[np.argmax(indices[row][weights[row] > 0])]
+    return indices[np.arange(weights.shape[0]), chosen]
+
+
+def _last_positive(values: np.ndarray) -> int:
+    return int(len(values) - 1 - np.argmax(values[::-1] > 0))
 
 
 def _repeat_rows(state: list[np.ndarray], n: int) -> list[np.ndarray]:

@@ -113,6 +113,34 @@ def test_identical_candidate_agrees_and_primary_answers_do_not_change(
         assert shadowed.stop() == 0
 
 
+def test_candidate_is_compared_as_it_would_be_served_with_its_short_input_calibration(
+    tiny_bundles: Path, tmp_path: Path
+) -> None:
+    """Primary and candidate: the same weights and the same calibration (every input counts as
+    short), so they agree to float precision only if the candidate's calibration is applied too."""
+    calibration = {"max_tokens": 100_000, "scale": 0.4, "log_bias": [0.9, -0.9]}
+    primary = tmp_path / "primary"
+    shutil.copytree(tiny_bundles, primary)
+    manifest_path = primary / "imdb-sentiment" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["short_input"] = calibration
+    manifest_path.write_text(json.dumps(manifest))
+    candidate = make_candidate(primary, tmp_path / "candidate", "candidate")
+    texts = [review(__import__("random").Random(i), positive=i % 2 == 0) for i in range(8)]
+    server = start_server(
+        primary, tmp_path / "logs", SHADOW_MODEL_DIR=str(candidate), SHADOW_FRACTION="1"
+    )
+    try:
+        for text in texts:
+            assert server.post("/classify", json={"text": text}).status_code == 200
+        samples = wait_for_jobs(server, CANDIDATE, len(texts))
+        assert value(
+            samples, "shadow_probability_diff_bucket", candidate=CANDIDATE, le="0.001"
+        ) == len(texts)
+    finally:
+        assert server.stop() == 0
+
+
 def test_disagreement_is_measured_by_label_name(tiny_bundles: Path, tmp_path: Path) -> None:
     candidate = make_candidate(tiny_bundles, tmp_path / "swapped", "swapped", swap_labels=True)
     server = start_server(

@@ -201,7 +201,11 @@ class ShadowRunner:
     def _compare(self, job: ShadowJob) -> None:
         started = time.perf_counter()
         self.delay.observe(started - job.queued_at, candidate=self.candidate_id)
-        probabilities = self.candidate.predict_texts(list(job.texts))
+        ids = [self.candidate.tokenizer.encode(text) for text in job.texts]
+        probabilities = self.candidate.predict_ids(ids)
+        calibration = self.candidate.manifest.short_input  # as the candidate would be served
+        if calibration is not None:
+            probabilities = calibration.apply(probabilities, [len(row) for row in ids])
         self.latency.observe(time.perf_counter() - started, candidate=self.candidate_id)
         labels = self.candidate.labels
         common = [

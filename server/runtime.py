@@ -20,7 +20,7 @@ from server.config import Settings
 from server.http.admission import AdmissionGate
 from server.inference.classify import BatchingConfig, ClassifyService
 from server.inference.generate import GenerateService
-from server.inference.guards import CLASSIFY_RUNS
+from server.inference.guards import CLASSIFY_RUNS, LM_RUNS
 from server.inference.loading import ModelSet, load_models
 from server.observability.logs import seconds_since_exec
 from server.observability.monitoring import Monitoring
@@ -70,6 +70,7 @@ class ServerRuntime:
         # concurrent classify requests share onnxruntime calls (server/inference/batching.py).
         self.admission = AdmissionGate(settings.web_threads, settings.request_timeout_s)
         CLASSIFY_RUNS.configure(settings.classify_runs)
+        LM_RUNS.configure(settings.lm_runs)
         self.classify = ClassifyService(
             self.models,
             BatchingConfig(

@@ -7,13 +7,18 @@ scaling) greedy decoding must pick the very same tokens both ways.
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bundle import LanguageModel, load_bundle
+from server.inference.errors import DeadlineExceeded
 from server.inference.generate import GenerationRequest, generate_texts, prompt_ids, stream_pieces
+from server.inference.guards import LM_RUNS, RequestBudget
 from server.inference.sampling import SamplingParams, generate_ids, make_rng
 
 PROMPT = "My favorite part was when"
@@ -79,3 +84,60 @@ def test_samples_are_readable_and_stream_matches(tiny_lm: LanguageModel) -> None
         tail = "".join(piece.text for piece in pieces if piece.sample == index)
         assert sample == PROMPT + tail
         assert not any(t in sample for t in ("xxbos", "xxmaj", "xxunk", "xxpad"))
+
+
+class StepsAtOnce:
+    """The tiny LM, recording how many of its steps run at the same time (each step lingers a
+    little so that unbounded concurrent generations would overlap)."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        self._model = model
+        self._lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def step(self, ids: np.ndarray, state: list[np.ndarray]) -> Any:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            time.sleep(0.002)
+            return self._model.step(ids, state)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_concurrent_generations_share_lm_runs(tiny_lm: LanguageModel, limit: int) -> None:
+    """LM_RUNS bounds the LM steps running at once across concurrent requests; the samples are
+    those of a lone request with the same seed."""
+    LM_RUNS.configure(limit)
+    model = StepsAtOnce(tiny_lm)
+    request = GenerationRequest(PROMPT, n_words=12, n_samples=2, seed=3)
+    results: list[list[str]] = []
+
+    def one() -> None:
+        results.append(generate_texts(model, request, RequestBudget(30)))
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        LM_RUNS.configure(1)
+    assert model.most == limit  # never more, and the bound is what limited them
+    assert results == [generate_texts(tiny_lm, request)] * 6
+
+
+def test_a_generation_waits_for_an_lm_slot_within_its_deadline(tiny_lm: LanguageModel) -> None:
+    LM_RUNS.configure(1)
+    request = GenerationRequest(PROMPT, n_words=5, n_samples=1, seed=1)
+    with LM_RUNS.hold(time.monotonic() + 10, 10), pytest.raises(DeadlineExceeded):
+        generate_texts(tiny_lm, request, RequestBudget(0.2))  # another request holds the slot
+    assert len(generate_texts(tiny_lm, request, RequestBudget(10))) == 1  # free again

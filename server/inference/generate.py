@@ -14,7 +14,7 @@ import numpy as np
 
 from bundle import LanguageModel
 from bundle.tokenizer import Tokenizer
-from server.inference.guards import RequestBudget
+from server.inference.guards import LM_RUNS, RequestBudget
 from server.inference.loading import ModelSet
 from server.inference.sampling import SamplingParams, StepModel, generate_ids, make_rng
 
@@ -50,6 +50,23 @@ class Piece:
     text: str
 
 
+class BoundedSteps:
+    """A language model whose every step waits for one of LM_RUNS' slots (within the request's
+    deadline, then 504): concurrent generations interleave step by step, one onnxruntime run
+    at a time (server/inference/guards.py says why)."""
+
+    def __init__(self, model: GenerativeModel, budget: RequestBudget) -> None:
+        self._model = model
+        self._budget = budget
+
+    def initial_state(self, batch: int) -> list[np.ndarray]:
+        return self._model.initial_state(batch)
+
+    def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        with LM_RUNS.hold(self._budget.deadline, self._budget.timeout_s):
+            return self._model.step(ids, state)
+
+
 def prompt_ids(model: GenerativeModel, prompt: str) -> list[int]:
     """fastai's predict feeds the prompt as a document: it starts with xxbos."""
     ids = [int(i) for i in model.tokenizer.encode(prompt)]
@@ -59,10 +76,13 @@ def prompt_ids(model: GenerativeModel, prompt: str) -> list[int]:
 
 
 def _token_steps(
-    model: GenerativeModel, request: GenerationRequest, prompt: list[int]
+    model: GenerativeModel,
+    request: GenerationRequest,
+    prompt: list[int],
+    budget: RequestBudget | None,
 ) -> Iterator[np.ndarray]:
     return generate_ids(
-        model,
+        model if budget is None else BoundedSteps(model, budget),
         prompt,
         request.n_words,
         request.n_samples,
@@ -83,15 +103,16 @@ def stream_pieces(
     model: GenerativeModel,
     request: GenerationRequest,
     samples_out: list[str],
-    check: Callable[[], None] | None = None,
+    budget: RequestBudget | None = None,
 ) -> Iterator[Piece]:
     """Yield the new text of each sample as each word completes; fill `samples_out` at the end.
 
     Each sample has its own StreamDecoder, primed with the prompt's tokens so spacing and
     capitalisation of the first new word are right; what the prompt itself decodes to is not
     re-sent. A sample is the prompt *as sent* followed by its continuation: decoding the prompt's
-    ids instead would drop its out-of-vocabulary words (xxunk is never shown). `check` runs
-    before every step and raises to stop the work (the request's deadline, server/inference/guards.py).
+    ids instead would drop its out-of-vocabulary words (xxunk is never shown). With a `budget`
+    its deadline is checked before every step (then 504) and each step holds an LM_RUNS slot
+    (server/inference/guards.py); without one (in-process use) neither.
     """
     prompt = prompt_ids(model, request.prompt)
     prompt_tokens = model.tokenizer.ids_to_tokens(prompt)
@@ -100,11 +121,11 @@ def stream_pieces(
         for token in prompt_tokens:
             decoder.push(token)
     continuations = [""] * request.n_samples
-    if check is not None:
-        check()
-    for step in _token_steps(model, request, prompt):
-        if check is not None:
-            check()
+    if budget is not None:
+        budget.check()
+    for step in _token_steps(model, request, prompt, budget):
+        if budget is not None:
+            budget.check()
         for sample, token in enumerate(model.tokenizer.ids_to_tokens(step.tolist())):
             text = decoders[sample].push(token)
             if text:
@@ -119,11 +140,11 @@ def stream_pieces(
 
 
 def generate_texts(
-    model: GenerativeModel, request: GenerationRequest, check: Callable[[], None] | None = None
+    model: GenerativeModel, request: GenerationRequest, budget: RequestBudget | None = None
 ) -> list[str]:
     """The samples in one piece: the streaming path, drained (so both answers are identical)."""
     samples: list[str] = []
-    for _ in stream_pieces(model, request, samples, check):
+    for _ in stream_pieces(model, request, samples, budget):
         pass
     return samples
 
@@ -144,7 +165,7 @@ class GenerateService:
         self, request: GenerationRequest, budget: RequestBudget, model_name: str | None = None
     ) -> tuple[LanguageModel, list[str]]:
         model = self.models.language_model(model_name)
-        samples = generate_texts(model, request, budget.check)
+        samples = generate_texts(model, request, budget)
         self._done(model, request)
         return model, samples
 
@@ -160,7 +181,7 @@ class GenerateService:
         model = self.models.language_model(model_name)
 
         def pieces() -> Iterator[Piece]:
-            yield from stream_pieces(model, request, samples_out, budget.check)
+            yield from stream_pieces(model, request, samples_out, budget)
             self._done(model, request)
 
         return model, pieces()

@@ -1,5 +1,5 @@
-"""Run guards: a deadline per request, a watchdog that stops onnxruntime runs outliving it, and a
-bound on classifier runs at once.
+"""Run guards: a deadline per request, a watchdog that stops onnxruntime runs outliving it, and
+bounds on classifier and language-model runs at once.
 
 Why a deadline that stops the work: a client that gave up does not need the CPU its request
 would still burn. Each admitted request carries a `RequestBudget` (server/http/admission.py makes
@@ -131,10 +131,11 @@ RUN_DEADLINES = RunDeadlines()
 
 
 class RunSlots:
-    """At most `limit` classifier runs at once in this process (CLASSIFY_RUNS).
+    """At most `limit` onnxruntime runs of one kind at once in this process (CLASSIFY_RUNS for
+    classifier runs, LM_RUNS for the steps of generation).
 
-    Why: a run's activation memory grows with the review's length, and concurrent runs add up
-    (measured in one process: RSS 112 MiB after loading, 409 MiB after 8 concurrent long reviews;
+    Why: each concurrent run holds its own activations and the session's arena keeps the peak
+    (classifier, one process: RSS 112 MiB after loading, 409 MiB after 8 concurrent long reviews;
     onnxruntime's arena off did not change it). On one vCPU, running them one at a time costs no
     throughput. A request waits for a slot only until its deadline (then 504). The semaphore is
     made anew in each process (a preloaded gunicorn master forks its workers).
@@ -164,3 +165,4 @@ class RunSlots:
 
 
 CLASSIFY_RUNS = RunSlots()
+LM_RUNS = RunSlots()

@@ -180,8 +180,9 @@ class GraphSession:
     """A one-thread onnxruntime session over graph bytes, made on first use in the process that
     samples (after gunicorn's fork, so the master holds none)."""
 
-    def __init__(self, graph: bytes) -> None:
+    def __init__(self, graph: bytes, outputs: list[str]) -> None:
         self._graph = graph
+        self._outputs = outputs
         self._session: Any = None
         self._lock = threading.Lock()
 
@@ -197,11 +198,11 @@ class GraphSession:
                     self._session = ort.InferenceSession(
                         self._graph, options, providers=["CPUExecutionProvider"]
                     )
-        return list(self._session.run(None, feed))
+        return list(self._session.run(self._outputs, feed))
 
 
-SOFTMAX_DRAW = GraphSession(SOFTMAX_DRAW_ONNX)
-TOP_K = GraphSession(TOP_K_ONNX)
+SOFTMAX_DRAW = GraphSession(SOFTMAX_DRAW_ONNX, ["token", "block_count", "position", "probs"])
+TOP_K = GraphSession(TOP_K_ONNX, ["values", "indices"])
 
 # float32 holds (x - max) / temperature without losing the draw only inside these bounds; a
 # temperature outside them (allowed, never useful) takes the plain float64 path.
@@ -293,17 +294,17 @@ class Sampler:
         token, block_count, position, probs = SOFTMAX_DRAW.run(feed)
         if self.top_p is not None:
             return self._nucleus_draw(probs, rng)
-        chosen = token[:, 0]
+        chosen = token.ravel()
         # Rounding edges (u * total rounded up to the total, or a target past its block's
         # running sum): the last token with probability > 0, as the plain path falls back.
-        for row in np.flatnonzero(
-            (block_count[:, 0] > self.n_blocks - 1) | (position[:, 0] >= self.block)
-        ):
-            if block_count[row, 0] > self.n_blocks - 1:
-                chosen[row] = _last_positive(probs[row])
-            else:
-                start = chosen[row] - position[row, 0]
-                chosen[row] = start + _last_positive(probs[row, start : start + self.block])
+        # Two reductions, not a per-row test: they run with cold caches, right after an LM step.
+        if block_count.max() >= self.n_blocks or position.max() >= self.block:
+            for row in range(len(chosen)):
+                if block_count[row, 0] >= self.n_blocks:
+                    chosen[row] = _last_positive(probs[row])
+                elif position[row, 0] >= self.block:
+                    start = chosen[row] - position[row, 0]
+                    chosen[row] = start + _last_positive(probs[row, start : start + self.block])
         return chosen
 
     def _nucleus_draw(self, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -9,33 +9,15 @@ configuration or bundle stops it with a one-line message and a non-zero exit.
 
 from __future__ import annotations
 
-import ctypes
 import sys
 from pathlib import Path
 
 from server.config import ConfigError, Settings, process_settings
+from server.memory import tune_malloc
 
 CONFIG_PATH = Path(__file__).resolve().parent / "gunicorn.conf.py"
 USAGE = "usage: python -m server [--check]   (configured by env vars; see docs/configuration.md)"
 EXIT_BAD_CONFIG = 2
-
-# glibc malloc, set before the bundles load (the forked worker inherits it). Its defaults keep
-# freed memory: one arena per thread (up to 8 per core) and a mmap threshold that rises to 32 MiB
-# once a large block is freed, so activations freed by onnxruntime stay resident per thread. Fixed
-# here: one arena; blocks of 4 MiB and up are mmapped and unmapped when freed; up to 8 MiB free at
-# the heap top is kept (a smaller value gives pages back between runs and costs page faults).
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-MALLOC_SETTINGS = {M_ARENA_MAX: 1, M_MMAP_THRESHOLD: 4 << 20, M_TRIM_THRESHOLD: 8 << 20}
-
-
-def tune_malloc() -> bool:
-    """Apply MALLOC_SETTINGS through glibc's mallopt; False where there is none (not glibc)."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return all(mallopt(param, value) == 1 for param, value in MALLOC_SETTINGS.items())
 
 
 def check(settings: Settings) -> int:

@@ -7,6 +7,7 @@ enforces the request timeout), and a graceful timeout inside its 10 s SIGTERM wi
 import os
 
 from server.config import process_settings
+from server.memory import settle_before_fork
 from server.observability.logs import JsonFormatter  # noqa: F401  (named in logconfig_dict below)
 
 _settings = process_settings()
@@ -71,6 +72,12 @@ def post_worker_init(worker):
         exec_pid=os.getppid(), exit_code_on_failure=server.wsgi.EXIT_BAD_BUNDLES
     )
     install_sigterm_drain(worker, server.wsgi.runtime)
+
+
+def pre_fork(server, worker):
+    """With the bundles loaded here, the master's heap is settled before each fork (memory.py)."""
+    if server.cfg.preload_app:
+        settle_before_fork()
 
 
 def worker_exit(server, worker):

@@ -1,4 +1,4 @@
-"""Process-wide memory settings of `python -m server` (server/__main__.py): freed large blocks go
+"""Process-wide memory settings of `python -m server` (server/memory.py): freed large blocks go
 back to the system. Run in child interpreters, so the test process keeps glibc's defaults."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from conftest import REPO
 # 10 MiB block stays resident on the heap; with the server's settings it is unmapped.
 RETAINED_MIB = """
 import sys
-import server.__main__ as main
-tuned = main.tune_malloc() if sys.argv[1] == "tuned" else None
+import server.memory as memory
+tuned = memory.tune_malloc() if sys.argv[1] == "tuned" else None
 def rss_kib():
     with open("/proc/self/status") as status:
         return int(next(l for l in status if l.startswith("VmRSS")).split()[1])
@@ -45,3 +45,30 @@ def test_freed_large_blocks_return_to_the_system() -> None:
     accepted, mib = retained("tuned")
     assert accepted == "True"  # glibc took every setting
     assert mib == 0
+
+
+# 32 MiB of heap blocks freed behind one kept block: free but resident until the heap is trimmed.
+SETTLED = """
+import gc
+import server.memory as memory
+memory.tune_malloc()
+def rss_kib():
+    with open("/proc/self/status") as status:
+        return int(next(l for l in status if l.startswith("VmRSS")).split()[1])
+blocks = [bytearray(64 << 10) for _ in range(512)]
+kept = blocks[-1]
+del blocks
+before = rss_kib()
+memory.settle_before_fork()
+print(gc.get_freeze_count() > 0, (before - rss_kib()) >> 10)
+"""
+
+
+def test_settling_before_fork_returns_heap_holes_and_freezes_objects() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", SETTLED], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    frozen, returned_mib = out.stdout.split()
+    assert frozen == "True"
+    assert int(returned_mib) >= 28

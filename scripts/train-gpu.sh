@@ -7,12 +7,16 @@
 # .gpu/wheels, made by scripts/gpu-wheels.sh) when the machine's Python lacks it. Copies to
 # RESULTS_DIR, in the run directory's layout, everything `python -m training rebuild` needs
 # (config, vocab, metrics, fp16 weight chunks) and the log, also when the limit cuts training short.
-#   scripts/train-gpu.sh CORPUS_DIR RUN_DIR RESULTS_DIR [LIMIT_S] [CONFIG] [training args...]
+# TRAIN_STAGE (default all) picks the stage: `all` (LM + classifier) or `distill` (a student from
+# the corpus and the soft labels given as `--soft-labels FILE` among the training args).
+#   [TRAIN_STAGE=distill] scripts/train-gpu.sh CORPUS_DIR RUN_DIR RESULTS_DIR [LIMIT_S] [CONFIG]
+#       [training args...]
 set -uo pipefail
 started=$(date +%s)
 corpus=$1 run=$2 results=$3 limit=${4:-600} config=${5:-gpu}
 shift $(($# < 5 ? $# : 5))
 PYTHON=${PYTHON:-python3}
+stage=${TRAIN_STAGE:-all}
 COPY_S=10  # kept after training stops: copying the results back
 mkdir -p "$results"
 log="$results/train.log"
@@ -40,7 +44,7 @@ if [ "$left" -le 0 ]; then  # (`timeout 0` would mean no limit at all)
 fi
 # the hard stop, should the budgets be wrong: SIGINT at the deadline, SIGKILL 5 s later
 PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=5 "$left" \
-  "$PYTHON" -m training all --config "$config" --data "$corpus" --out "$run" --weights-only \
+  "$PYTHON" -m training "$stage" --config "$config" --data "$corpus" --out "$run" --weights-only \
   --finish-by "$finish_by" "$@" 2>&1 | tee -a "$log"
 status=${PIPESTATUS[0]}
 "$PYTHON" -m training.run_files "$run" "$results"

@@ -1,9 +1,13 @@
-"""CLI: `python -m training {tokenize,lm,classifier,all,rebuild,distill} --config NAME --data DIR --out RUN_DIR`.
+"""CLI: `python -m training STAGE --config NAME --data DIR --out RUN_DIR`.
 
 tokenize: fastai-tokenize train + unsup once and write a pre-tokenized corpus to --out (for a
 GPU machine). lm / classifier / all: train; --data may be IMDB text or such a corpus.
-rebuild: turn a --weights-only run's fp16 weights into lm.pkl / classifier.pkl (needs the corpus);
-it first checks that every file it needs is there and names any that is not.
+soft-labels: a teacher classifier bundle's probabilities on every review of a corpus (--data),
+written to the file --out (training/soft_labels.py). distill: a smaller classifier fitted to
+them from the corpus (training/distill.py), fp16 weights only, like --weights-only.
+rebuild: turn a --weights-only or distill run's fp16 weights into lm.pkl / classifier.pkl or
+student.pkl (needs the corpus); it first checks that every file it needs is there and names any
+that is not.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 from .config import CONFIGS, get_config
 
@@ -30,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("stage", choices=["tokenize", "lm", "classifier", "all", "rebuild", "distill"])
+    p.add_argument(
+        "stage",
+        choices=["tokenize", "lm", "classifier", "all", "rebuild", "soft-labels", "distill"],
+    )
     p.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
     p.add_argument(
         "--data",
@@ -59,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="start the LM from fastai's WikiText-103 weights (downloads; online only)",
     )
-    teach = p.add_argument_group("distill (training/distill.py)")
-    teach.add_argument("--teacher", type=Path, help="classifier bundle whose probabilities teach")
+    teach = p.add_argument_group("soft-labels and distill")
+    teach.add_argument("--teacher", type=Path, help="soft-labels: the teacher classifier bundle")
+    teach.add_argument("--soft-labels", type=Path, help="distill: the soft-labels stage's file")
     teach.add_argument("--student-emb", type=int, help="student embedding (default: half)")
-    teach.add_argument("--student-hid", type=int, help="student LSTM hidden (default: half)")
+    teach.add_argument("--student-hid", type=int, help="student LSTM width (default: a third)")
     teach.add_argument("--student-layers", type=int, help="student layers (default: config's)")
-    teach.add_argument("--epochs", type=int, help="student epochs (default: classifier's total)")
+    teach.add_argument("--epochs", type=int, help="student epochs, at most (default 12)")
     teach.add_argument("--unsup-docs", type=int, help="unlabelled reviews taught (default all)")
     p.add_argument(
         "--backwards",
@@ -98,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--finish-by",
         type=float,
-        help="all: a wall-clock deadline (Unix seconds) for the whole run, saving included; the "
-        "LM and classifier seconds are derived from what is left (training/budget.py)",
+        help="all, distill: a wall-clock deadline (Unix seconds) for the whole run, saving "
+        "included; the LM and classifier (or student) seconds are derived from what is left "
+        "(training/budget.py)",
     )
     p.add_argument(
         "--init-lm",
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--finish-by derives the LM and classifier seconds: give it or them, not both")
 
     from .data import resolve_data_dir
-    from .run_files import missing_for_rebuild
+    from .run_files import STUDENT_STEM, missing_for_rebuild, weight_stems
 
     data_dir = resolve_data_dir(args.data, args.download)
     if args.stage == "rebuild":  # before anything slow: one message naming every missing file
@@ -131,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
+
+    if args.stage == "soft-labels":  # onnxruntime and numpy: no torch, no fastai
+        return _soft_labels(p, args, data_dir)
 
     import torch
 
@@ -169,27 +182,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     if args.stage == "distill":
-        from .distill import distill, student_config
-
-        if args.teacher is None:
-            p.error("distill needs --teacher BUNDLE_DIR")
-        student = student_config(
-            cfg,
-            args.student_emb or cfg.emb_sz // 2,
-            args.student_hid or cfg.n_hid // 2,
-            args.student_layers or cfg.n_layers,
-        )
-        epochs = args.epochs or sum(cfg.clf_epochs)
-        metrics = distill(
-            args.teacher, load_imdb(data_dir), student, args.out, epochs, args.unsup_docs
-        )
-        print(json.dumps({"distill": metrics}, default=str), flush=True)
-        return 0
+        return _distill(p, args, cfg, data_dir)
     data = TokenizedCorpus.load(data_dir) if is_corpus_dir(data_dir) else load_imdb(data_dir)
     if args.stage == "rebuild":
         if not isinstance(data, TokenizedCorpus):
             p.error("rebuild needs --data to be the pre-tokenized corpus the run trained on")
-        print(json.dumps({"rebuilt": rebuild_learners(data, args.out)}), flush=True)
+        if weight_stems(args.out) == (STUDENT_STEM,):
+            from .distill import rebuild_student
+
+            print(json.dumps({"rebuilt": rebuild_student(data, args.out)}), flush=True)
+        else:
+            print(json.dumps({"rebuilt": rebuild_learners(data, args.out)}), flush=True)
         return 0
     lm_seconds, clf_seconds = args.lm_seconds, args.clf_seconds
     clf_until = None  # with --finish-by the classifier trains until a fixed time: what the LM
@@ -218,6 +221,58 @@ def main(argv: list[str] | None = None) -> int:
             data, cfg, args.out, args.resume_after_stage, budget, args.weights_only
         )
         print(json.dumps({"classifier": metrics}, default=str), flush=True)
+    return 0
+
+
+def _soft_labels(p: argparse.ArgumentParser, args: argparse.Namespace, data_dir: Path) -> int:
+    from .corpus import is_corpus_dir
+    from .soft_labels import SoftLabelError
+    from .teacher import compute_soft_labels
+
+    if args.teacher is None or not is_corpus_dir(data_dir):
+        p.error("soft-labels needs --teacher BUNDLE_DIR and --data CORPUS_DIR (a tokenized corpus)")
+    try:
+        soft = compute_soft_labels(args.teacher, data_dir, args.out, threads=args.threads or 1)
+    except SoftLabelError as e:
+        print(f"python -m training soft-labels: refused, nothing written: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"soft_labels": str(args.out), **soft.meta}), flush=True)
+    return 0
+
+
+def _distill(p: argparse.ArgumentParser, args: argparse.Namespace, cfg: Any, data_dir: Path) -> int:
+    """Everything is checked (corpus, soft labels, their match) before the run directory exists."""
+    from .budget import TimeBudget, split_time_left
+    from .corpus import TokenizedCorpus, is_corpus_dir
+    from .distill import MAX_EPOCHS, default_student_sizes, distill, student_config
+    from .soft_labels import SoftLabelError, SoftLabels
+
+    if args.soft_labels is None or not is_corpus_dir(data_dir):
+        p.error("distill needs --soft-labels FILE and --data CORPUS_DIR (the corpus they score)")
+    corpus = TokenizedCorpus.load(data_dir)
+    try:
+        soft = SoftLabels.load(args.soft_labels)
+        soft.check_corpus(corpus, args.soft_labels)
+    except SoftLabelError as e:
+        print(f"python -m training distill: refused, nothing written: {e}", file=sys.stderr)
+        return 2
+    emb, hid, layers = default_student_sizes(cfg)
+    student = student_config(
+        cfg, args.student_emb or emb, args.student_hid or hid, args.student_layers or layers
+    )
+    budget = None
+    if args.finish_by is not None:  # the whole usable time is the student's
+        left = args.finish_by - time.time()
+        budget = TimeBudget.seconds(sum(split_time_left(left)))
+        print(
+            f"time limit: {left:.0f} s left after start-up -> student {budget.left():.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    metrics = distill(
+        corpus, soft, student, args.out, args.epochs or MAX_EPOCHS, budget, args.unsup_docs
+    )
+    print(json.dumps({"student": metrics}, default=str), flush=True)
     return 0
 
 

@@ -13,12 +13,14 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 CONFIG_FILE = "config.json"
 VOCAB_FILE = "vocab.json"
 METRICS_FILE = "metrics.json"
 WEIGHTS_DIR = "weights"
 WEIGHT_STEMS = ("lm", "classifier")  # fp16 chunks weights/<stem>-<i>.pt (training/weights.py)
+STUDENT_STEM = "student"  # a distill run's (training/distill.py): its weights and metrics key
 CORPUS_FILES = ("corpus.npz", "corpus.json")  # training/corpus.py
 
 
@@ -26,6 +28,16 @@ def bring_back(run: Path) -> list[Path]:
     """What a weights-only run must bring back for `rebuild`: relative paths within `run`."""
     chunks = sorted(p.relative_to(run) for p in (run / WEIGHTS_DIR).glob("*-*.pt"))
     return [Path(CONFIG_FILE), Path(VOCAB_FILE), Path(METRICS_FILE), *chunks]
+
+
+def _metrics(run: Path) -> dict[str, Any]:
+    path = run / METRICS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def weight_stems(run: Path) -> tuple[str, ...]:
+    """The weights `rebuild` turns into learners: a distill run's student, else LM and classifier."""
+    return (STUDENT_STEM,) if STUDENT_STEM in _metrics(run) else WEIGHT_STEMS
 
 
 def missing_for_rebuild(run: Path, corpus: Path) -> list[str]:
@@ -37,11 +49,9 @@ def missing_for_rebuild(run: Path, corpus: Path) -> list[str]:
         for name in (CONFIG_FILE, VOCAB_FILE, METRICS_FILE)
         if not (run / name).is_file()
     ]
-    written: list[str] = []
-    if (run / METRICS_FILE).is_file():
-        metrics = json.loads((run / METRICS_FILE).read_text(encoding="utf-8"))
-        written = [f for key in WEIGHT_STEMS for f in metrics.get(key, {}).get("weight_files", [])]
-    for stem in WEIGHT_STEMS:
+    metrics, stems = _metrics(run), weight_stems(run)
+    written = [f for key in stems for f in metrics.get(key, {}).get("weight_files", [])]
+    for stem in stems:
         if not any((run / WEIGHTS_DIR).glob(f"{stem}-*.pt")):
             missing.append(str(run / WEIGHTS_DIR / f"{stem}-*.pt"))
     missing += [str(run / name) for name in written if not (run / name).is_file()]

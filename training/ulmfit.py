@@ -108,7 +108,7 @@ def _clf_tokens(data: Source, cfg: TrainConfig, out: Path) -> tuple[list[list[st
     return tokens, train["label"].astype(str).tolist()
 
 
-def _on_gpu(learn: Any) -> Any:
+def on_gpu(learn: Any) -> Any:
     """Mixed precision where a GPU trains: the LSTMs run in fp16 with fp32 master weights."""
     return learn.to_fp16() if torch.cuda.is_available() else learn
 
@@ -124,15 +124,15 @@ def _loss_trend(learn: Any, window: int = 10) -> dict[str, float]:
     }
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")
 
 
-def _update_metrics(out: Path, key: str, value: dict[str, Any]) -> None:
+def update_metrics(out: Path, key: str, value: dict[str, Any]) -> None:
     path = out / "metrics.json"
     metrics = json.loads(path.read_text()) if path.exists() else {}
     metrics[key] = value
-    _write_json(path, metrics)
+    write_json(path, metrics)
 
 
 def _arch_config(cfg: TrainConfig, base: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +221,7 @@ def _lm_learner_from_ids(corpus: TokenizedCorpus, cfg: TrainConfig, out: Path) -
     return awd_lm_learner(dls, cfg, out)
 
 
-def _clf_learner(
+def clf_learner(
     tokens: list[list[str]],
     labels: list[str],
     vocab: list[str],
@@ -262,11 +262,11 @@ def train_lm(
     set_seed(cfg.seed)  # Python, numpy and torch: fastai shuffles with Python's random
     out = out.resolve()  # fastai joins relative names onto learn.path
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", cfg.to_dict())
+    write_json(out / "config.json", cfg.to_dict())
     t0 = time.perf_counter()
     tokens, vocab = _lm_tokens(data, cfg, out)
     t_tok = time.perf_counter() - t0
-    _write_json(out / VOCAB_FILE, vocab)
+    write_json(out / VOCAB_FILE, vocab)
 
     if weights_only and isinstance(
         data, TokenizedCorpus
@@ -278,7 +278,7 @@ def train_lm(
         init_weights is not None
     ):  # continue a language model trained before (e.g. on another machine)
         learn.model.load_state_dict(load_fp16_chunks(init_weights, "lm"))
-    learn = _on_gpu(learn)
+    learn = on_gpu(learn)
     t1 = time.perf_counter()
     if budget is None:
         schedule = {"epochs": cfg.lm_epochs, "epoch_fraction": 1.0}
@@ -315,7 +315,7 @@ def train_lm(
         "hardware": hardware(),
         **({"weight_files": weight_files} if weights_only else {}),
     }
-    _update_metrics(out, "lm", metrics)
+    update_metrics(out, "lm", metrics)
     return metrics
 
 
@@ -375,17 +375,17 @@ def train_classifier(
             f"; train the classifier the same way ({'with' if lm_cfg.get('backwards') else 'without'}"
             " --backwards)"
         )
-    _write_json(
+    write_json(
         out / "config.json", {**cfg.to_dict(), "lm_docs": lm_cfg["lm_docs"]}
     )  # what really ran
     t0 = time.perf_counter()
     tokens, labels = _clf_tokens(data, cfg, out)
     t_tok = time.perf_counter() - t0
-    learn = _clf_learner(tokens, labels, vocab, cfg, out, weights_only)
+    learn = clf_learner(tokens, labels, vocab, cfg, out, weights_only)
     dls = learn.dls
     if cfg.clf_init == "lm":
         learn.load_encoder("encoder")
-    learn = _on_gpu(learn)
+    learn = on_gpu(learn)
     t1 = time.perf_counter()
     history = []
     stages = _clf_stages(cfg) if cfg.clf_init == "lm" else [(None, sum(cfg.clf_epochs), cfg.clf_lr)]
@@ -422,7 +422,7 @@ def train_classifier(
         _export_classifier(
             learn, out, weights_only
         )  # after every stage: an interrupted run still exports
-        _update_metrics(out, "classifier_progress", {"stages": history})
+        update_metrics(out, "classifier_progress", {"stages": history})
     t_train = time.perf_counter() - t1
     valid_loss, valid_acc = validate(learn, "classifier validation")
     weight_files = _export_classifier(learn, out, weights_only)
@@ -437,7 +437,7 @@ def train_classifier(
         "hardware": hardware(),
         **({"weight_files": weight_files} if weights_only else {}),
     }
-    _update_metrics(out, "classifier", metrics)
+    update_metrics(out, "classifier", metrics)
     return metrics
 
 
@@ -470,7 +470,7 @@ def rebuild_learners(
     lm.model.load_state_dict(load_fp16_chunks(out / WEIGHTS_DIR, "lm"))
     step("classifier learner over the corpus")
     tokens, labels = data.clf_tokens(cfg)
-    clf = _clf_learner(tokens, labels, vocab, cfg, out)
+    clf = clf_learner(tokens, labels, vocab, cfg, out)
     clf.model.load_state_dict(load_fp16_chunks(out / WEIGHTS_DIR, "classifier"))
     if check_accuracy:
         step("classifier validation")
@@ -482,5 +482,5 @@ def rebuild_learners(
     clf.export("classifier.pkl")
     rebuilt.update(lm="lm.pkl", classifier="classifier.pkl")
     rebuilt["seconds"] = round(time.perf_counter() - t0, 1)
-    _update_metrics(out, "rebuilt", rebuilt)
+    update_metrics(out, "rebuilt", rebuilt)
     return rebuilt

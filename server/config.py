@@ -336,13 +336,15 @@ class Settings:
     classify_max_tokens: int = setting(
         "CLASSIFY_MAX_TOKENS",
         IntIn(64, 10_000_000),
-        4096,
+        2048,
         "Most padded tokens (rows × longest row) in one classifier onnxruntime run. A batch, one "
         "request's or coalesced, is split into runs under it, shortest texts first; a longer "
-        "single text runs alone. A run's activation memory grows with rows × length, so this "
-        "bounds it. Measured in one process, 8 threads × 10 of the longest IMDB reviews, "
-        "micro-batched, one core: no cap 387 MiB peak RSS in 6.1 s; 8192: 347 MiB, 6.6 s; 4096: "
-        "254 MiB, 6.9 s; 2048: 242 MiB, 10.7 s.",
+        "single text runs alone. A run's activation memory grows with rows × length (~21 KiB "
+        "per padded token), so this bounds it. Measured on one pinned core, both shipped-size "
+        "bundles, every benchmark cell after 8 long reviews at c=8: peak PSS of master + worker "
+        "197-210 MiB at 4096, 145 at 2048. Session CPU per review, 8 coalesced, 2048 vs 4096: "
+        "median reviews the same (8 rows fit), the benchmark's long band (516-1176 tokens) +3-4 %, "
+        "the 16 longest test reviews (1249-2893) +8 %; one text alone: no change.",
     )
     microbatch: bool = setting(
         "MICROBATCH",

@@ -50,8 +50,8 @@ def _blocked(tmp_path: Path, *modules: str) -> Path:
 
 
 def test_default_student_is_narrower_and_keeps_the_depth() -> None:
-    assert default_student_sizes(get_config("gpu")) == (128, 256, 3)
-    assert default_student_sizes(get_config("tiny")) == (16, 24, 2)
+    assert default_student_sizes(get_config("gpu")) == (128, 384, 3)
+    assert default_student_sizes(get_config("tiny")) == (16, 32, 2)
 
 
 def test_held_out_reviews_are_never_taught(synthetic: tuple[Path, Path]) -> None:
@@ -100,7 +100,7 @@ def test_student_through_the_gpu_script_then_rebuild_and_export(
         "config.json", "metrics.json", "train.log", "vocab.json", "weights/student-0.pt",
     ]  # fmt: skip
     student = json.loads((results / "metrics.json").read_text())["student"]
-    assert student["sizes"] == {"emb_sz": 16, "n_hid": 24, "n_layers": 2}
+    assert student["sizes"] == {"emb_sz": 16, "n_hid": 32, "n_layers": 2}
     assert student["documents"] == {"train": 480, "unsup": 200, "held_out": 120}
     assert student["schedule"]["probe_ms_per_batch"] > 0
     assert student["held_out"]["agreement_with_teacher"] >= 0.9, student
@@ -124,7 +124,7 @@ def test_student_through_the_gpu_script_then_rebuild_and_export(
     teacher = load_bundle(teacher_dir)
     assert isinstance(bundle, ClassifierModel) and isinstance(teacher, ClassifierModel)
     assert bundle.labels == teacher.labels
-    assert bundle.manifest.architecture["hidden_size"] == 24
+    assert bundle.manifest.architecture["hidden_size"] == 32
     texts = pd.read_csv(data / "test.csv.gz")["text"].tolist()  # never taught
     answers = bundle.predict_texts(texts).argmax(axis=1)
     agree = np.mean(answers == teacher.predict_texts(texts).argmax(axis=1))

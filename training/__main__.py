@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     teach.add_argument("--teacher", type=Path, help="soft-labels: the teacher classifier bundle")
     teach.add_argument("--soft-labels", type=Path, help="distill: the soft-labels stage's file")
     teach.add_argument("--student-emb", type=int, help="student embedding (default: half)")
-    teach.add_argument("--student-hid", type=int, help="student LSTM width (default: a third)")
+    teach.add_argument("--student-hid", type=int, help="student LSTM width (default: half)")
     teach.add_argument("--student-layers", type=int, help="student layers (default: config's)")
     teach.add_argument("--epochs", type=int, help="student epochs, at most (default 12)")
     teach.add_argument("--unsup-docs", type=int, help="unlabelled reviews taught (default all)")

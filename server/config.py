@@ -320,8 +320,8 @@ class Settings:
         1,
         "Classifier onnxruntime runs at once per worker; more requests wait their turn within "
         "their deadline (then 504). A run's activation memory grows with the review's length and "
-        "concurrent runs add up (one process: 112 MiB after loading, 409 MiB after 8 concurrent "
-        "long reviews); on one vCPU one at a time costs no throughput.",
+        "concurrent runs add up (before this bound, 8 concurrent long reviews took one process "
+        "from 112 to 409 MiB); on one vCPU one at a time costs no throughput.",
     )
     lm_runs: int = setting(
         "LM_RUNS",

@@ -4,6 +4,8 @@
       --label-col label [--label-delim ';']]
   python -m export --run RUN_DIR --out models/     this project's training run: imdb-lm/ and
                                                    imdb-sentiment/, checked on the IMDB test split
+      [--only student]                             a distill run's student.pkl instead:
+                                                   imdb-sentiment-fast/ (training/distill.py)
   python -m export ensemble BUNDLE BUNDLE ... --out models/ --name NAME [--eval-csv ...]
                                                    classifier bundles -> one averaging ensemble
                                                    (export/ensemble.py)
@@ -34,7 +36,12 @@ from typing import Any
 REFUSED, CHECK_FAILED = 2, 1
 DATA_ENV = "IMDB_DIR"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "imdb"
-RUN_BUNDLES = {"lm": ("lm.pkl", "imdb-lm"), "classifier": ("classifier.pkl", "imdb-sentiment")}
+RUN_BUNDLES = {
+    "lm": ("lm.pkl", "imdb-lm"),
+    "classifier": ("classifier.pkl", "imdb-sentiment"),
+    "student": ("student.pkl", "imdb-sentiment-fast"),  # a distill run's (training/distill.py)
+}
+RUN_DEFAULT = ("lm", "classifier")  # what --run exports without --only
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # bundle/manifest.py's rule for names
 
 
@@ -170,18 +177,18 @@ def _export_run(args: argparse.Namespace, version: str | None) -> list[Path]:
     data = _run_eval_data(args)
     written = []
     for kind, (file, name) in RUN_BUNDLES.items():
-        if args.only not in (None, kind):
+        if kind not in ((args.only,) if args.only else RUN_DEFAULT):
             continue
         learn = load_learner_file(args.run / file)
         source = {"kind": "run", "run_dir": args.run.name, "file": file}
-        calibrate = kind == "classifier" and args.calibrate_short is not None
+        calibrate = kind != "lm" and args.calibrate_short is not None
         path = export_learner(
             learn,
             _calibration_staging(args.out, name) if calibrate else args.out,
             name,
             version,
             source=source,
-            eval_data=data[kind],
+            eval_data=data["lm" if kind == "lm" else "classifier"],
             training=training,
             keep_fp32=args.keep_fp32,
         )
@@ -189,7 +196,7 @@ def _export_run(args: argparse.Namespace, version: str | None) -> list[Path]:
             from .short_inputs import imdb_split
 
             train = imdb_split(_data_dir(args), "train")
-            path = _calibrated(path, args.out, version, train, data[kind])
+            path = _calibrated(path, args.out, version, train, data["classifier"])
         written.append(path)
     return written
 

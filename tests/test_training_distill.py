@@ -1,9 +1,9 @@
 """A distilled student along the lent-GPU path, on the tiny config: the tiny classifier bundle's
 soft labels on a pre-tokenized corpus, `TRAIN_STAGE=distill scripts/train-gpu.sh` within its time
 limit where neither spaCy nor onnxruntime can be imported (as on a lent GPU machine), then
-`rebuild` here from the folder it brought back, `python -m export`, and the student bundle agrees
-with its teacher on reviews it was never taught. Soft labels of another corpus are refused with
-nothing written."""
+`rebuild` here from the folder it brought back, `python -m export --run RUN --only student`, and
+the student bundle agrees with its teacher on reviews it was never taught. Soft labels of another
+corpus are refused with nothing written."""
 
 from __future__ import annotations
 
@@ -117,14 +117,18 @@ def test_student_through_the_gpu_script_then_rebuild_and_export(
     held = rebuilt["held_out_accuracy_fp16_weights"]
     assert abs(held - student["held_out"]["student_accuracy"]) <= 0.01
     run_module(
-        "export", str(run / "student.pkl"), "--out", str(tmp_path / "bundles"),
-        "--name", "tiny-student",
+        "export", "--run", str(run), "--only", "student", "--out", str(tmp_path / "bundles"),
+        "--data", str(data),
     )  # fmt: skip
-    bundle = load_bundle(tmp_path / "bundles" / "tiny-student")
+    bundle = load_bundle(tmp_path / "bundles" / "imdb-sentiment-fast")
     teacher = load_bundle(teacher_dir)
     assert isinstance(bundle, ClassifierModel) and isinstance(teacher, ClassifierModel)
     assert bundle.labels == teacher.labels
     assert bundle.manifest.architecture["hidden_size"] == 32
+    training = bundle.manifest.raw["training"]  # the run's config and figures, in the manifest
+    assert training["config"]["name"] == "tiny-student"
+    assert training["metrics"]["student"]["held_out"] == student["held_out"]
+    assert bundle.manifest.metrics["evaluation"]["held_out"] is True  # the test split
     texts = pd.read_csv(data / "test.csv.gz")["text"].tolist()  # never taught
     answers = bundle.predict_texts(texts).argmax(axis=1)
     agree = np.mean(answers == teacher.predict_texts(texts).argmax(axis=1))

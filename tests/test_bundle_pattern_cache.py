@@ -115,10 +115,11 @@ def test_tokenizer_same_tokens_cold_and_from_cache(prefix: Path) -> None:
         "I didn't like it :) -- the e-mail was a@b.com, see http://imdb.com/title?x=1 (1999).",
         "OMG!!! Sooooo baaaad... <br /><br />10/10 would NOT watch again; U.S.A. & co.",
     ]
-    cold = Tokenizer.from_dict(tables)
-    assert any(prefix.rglob("regex-*")), "building the tokenizer saved its patterns"
     from bundle import tokenizer as module
 
+    module._SHARED.clear()  # an earlier test may have built these tables already in this process
+    cold = Tokenizer.from_dict(tables)
+    assert any(prefix.rglob("regex-*")), "building the tokenizer saved its patterns"
     module._SHARED.clear()  # rebuild the spaCy layer, now from the file
     warm = Tokenizer.from_dict(tables)
     assert warm._spacy is not cold._spacy

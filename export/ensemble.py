@@ -28,6 +28,7 @@ from bundle.tokenizer import TokenizerError
 
 from .eval_data import EvalData, EvalDataError, read_eval_csv, synthetic_texts
 from .progress import progress
+from .staging import staged_bundle
 
 REFUSED = 2
 LATENCY_TEXTS = 50  # reviews timed one by one (the eval texts' first ones, else generated)
@@ -128,12 +129,10 @@ def build_ensemble(
 ) -> Path:
     """Check, copy and measure; the staging directory is renamed into place only at the end."""
     members = _load_members(member_dirs, out_dir / name)
-    staging = out_dir / f".{name}.staging"
     final = out_dir / name
     if final.resolve() in [d.resolve() for d in member_dirs]:
         raise EnsembleRefused(f"--name {name!r} would replace one of its own members")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_bundle(out_dir, name) as staging:
         entries = []
         for i, member in enumerate(members):
             rel = f"{MEMBERS_DIR}/{i}-{member.manifest.name}"
@@ -165,11 +164,6 @@ def build_ensemble(
         raw["metrics"] = _measure(ensemble, data)
         (staging / "manifest.json").write_text(json.dumps(raw, indent=2, ensure_ascii=False))
         load_bundle(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return final
 
 

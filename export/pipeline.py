@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from .learner import LearnerFacts, learner_facts, text_ids
 from .onnx_graphs import OPSET, ExportError, export_classifier, export_lm, quantize
 from .progress import Progress, progress
 from .session_format import choose_session_format
+from .staging import staged_bundle
 from .tokenizer_tables import parity_mismatches, write_tokenizer_json
 from .torch_modules import ClassifierGraph, LanguageModelGraph
 
@@ -174,20 +174,6 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _stage(out_dir: Path, name: str) -> Path:
-    staging = out_dir / f".{name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    return staging
-
-
-def _publish(staging: Path, final: Path) -> None:
-    """Replace the old bundle only after the new one passed every check."""
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
-
-
 def _manifest(
     name: str, version: str, facts: LearnerFacts, source: dict[str, Any], fp32: Path
 ) -> dict[str, Any]:
@@ -273,22 +259,13 @@ def export_learner(
     labels for a classifier); without it the checks run on texts made from the vocabulary.
     Raises UnsupportedLearner before writing anything, ExportError when a check fails."""
     facts = learner_facts(learn)
-    created = not out_dir.exists()
-    staging = _stage(out_dir, name)
-    try:
+    with staged_bundle(out_dir, name) as staging:
         build = _build_classifier if facts.task == "classify" else _build_lm
         manifest = build(learn, facts, staging, name, version, source, eval_data, bounds)
         if training is not None:
             manifest["training"] = training
         _finish(staging, manifest, keep_fp32, staging / "model.onnx", staging / "model.fp32.onnx")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)  # it held nothing but the staging dir
-        raise
-    final = out_dir / name
-    _publish(staging, final)
-    return final
+    return out_dir / name
 
 
 def _graph_files(

@@ -36,6 +36,7 @@ from bundle.manifest import MANIFEST_NAME, write_manifest
 
 from .eval_data import EvalData, EvalDataError, read_eval_csv
 from .progress import progress
+from .staging import staged_bundle
 
 REFUSED = 2
 DEFAULT_MAX_TOKENS = 64  # measured, see the module doc
@@ -272,13 +273,11 @@ def write_calibrated(
     every file re-hashed; staged, loaded with the server's reader, then renamed into place."""
     raw = json.loads((source / MANIFEST_NAME).read_text(encoding="utf-8"))
     name = raw["name"]
-    final, staging = out_dir / name, out_dir / f".{name}.staging"
+    final = out_dir / name
     if final.resolve() == source.resolve():
         raise CalibrationRefused(f"{final} is the source bundle: bundles are never rewritten")
-    shutil.rmtree(staging, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        shutil.copytree(source, staging)
+    with staged_bundle(out_dir, name) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
         if raw.get("version") != version:
             raw["calibrated_from"] = f"{name}@{raw.get('version')}"
         raw["version"] = version
@@ -299,11 +298,6 @@ def write_calibrated(
             (staging / MANIFEST_NAME).write_text(json.dumps(raw, indent=2) + "\n")
         loaded = load_bundle(staging)  # the server's reader: hashes, ranges, members
         assert isinstance(loaded, ClassifierModel) and loaded.manifest.short_input == calibration
-        if final.exists():
-            shutil.rmtree(final)
-        staging.rename(final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return final
 
 

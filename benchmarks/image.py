@@ -25,7 +25,7 @@ BASE = "docker.io/library/python:3.11-slim"
 BUILD = ("podman", "build", "--isolation=chroot", "--network=host", "--pull=never")
 
 
-def _podman_env() -> dict[str, str]:
+def podman_environment() -> dict[str, str]:
     """What scripts/podman-env.sh exports for these hosts (storage, runtime, ulimits)."""
     out = subprocess.run(
         ["bash", "-c", f". {REPO / 'scripts' / 'podman-env.sh'} && env -0"],
@@ -56,7 +56,7 @@ def measure(repo: Path = REPO) -> dict[str, Any]:
             "measured": False,
             "note": "not measured: needs podman and root (scripts/install-container-tools.sh)",
         }
-    env = _podman_env()
+    env = podman_environment()
     _run(["bash", str(repo / "scripts" / "make-base-image.sh")], env, 900)
     started = time.perf_counter()
     _run(

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 from server_harness import bundle_copy
 
+from benchmarks.image import podman_environment
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,18 +95,6 @@ print(json.dumps({{
 
 
 _METRICS = pytest.StashKey[dict]()
-
-
-def podman_environment() -> dict[str, str]:
-    """The variables scripts/podman-env.sh exports (storage, runtime, ulimits for this host)."""
-    result = subprocess.run(
-        ["bash", "-c", f". {SCRIPTS / 'podman-env.sh'} && env -0"],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    )
-    pairs = (item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
-    return dict(pairs)
 
 
 class Podman:

@@ -243,8 +243,9 @@ def test_streamed_latency_covers_the_whole_stream(wire: RunningServer) -> None:
 
 def test_micro_batched_calls_account_for_every_request(tiny_bundles: Path, tmp_path: Path) -> None:
     """With MICROBATCH on, concurrent requests may share calls: whatever the grouping, the
-    calls' rows add up to the texts sent and their request counts to the requests sent."""
-    server = start_server(tiny_bundles, tmp_path, MICROBATCH="true")
+    calls' rows add up to the texts sent and their request counts to the requests sent. The token
+    cap is raised so that no coalesced call is split into several runs (one run per call)."""
+    server = start_server(tiny_bundles, tmp_path, MICROBATCH="true", CLASSIFY_MAX_TOKENS="1000000")
     model = "imdb-sentiment@tiny-test"
     texts = [" ".join(BATCH) * 6 for _ in range(3)]
     try:

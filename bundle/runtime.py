@@ -114,11 +114,16 @@ class ClassifierModel(_Model):
         return [self.labels[int(row.argmax())]]
 
     def predict_ids(
-        self, batch: Sequence[Sequence[int]], run_options: ort.RunOptions | None = None
+        self,
+        batch: Sequence[Sequence[int]],
+        run_options: ort.RunOptions | None = None,
+        calibrated: bool = False,
     ) -> np.ndarray:
         """Ids in reading order (reversed here for a backward model, after the tokenizer, as
         fastai's `backwards=True` dataloaders do). `run_options` lets a caller stop a run from
-        another thread (its `terminate` flag)."""
+        another thread (its `terminate` flag). `calibrated`: with the manifest's short-input
+        calibration applied to short rows, as the model is served (bundle/calibration.py); the
+        default is the session's raw answer, which export measures and fits on."""
         if not batch:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         lengths = np.array([len(ids) for ids in batch], dtype=np.int64)
@@ -127,9 +132,13 @@ class ClassifierModel(_Model):
         ids = np.full((len(batch), int(lengths.max())), self.pad_id, dtype=np.int64)
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = np.asarray(seq)[::-1] if self.backwards else seq
-        return self.session.run(
+        probabilities: np.ndarray = self.session.run(
             ["probabilities"], {"input_ids": ids, "lengths": lengths}, run_options
         )[0]
+        calibration = self.manifest.short_input
+        if calibrated and calibration is not None:
+            return calibration.apply(probabilities, lengths)
+        return probabilities
 
     def predict_texts(self, texts: Sequence[str]) -> np.ndarray:
         return self.predict_ids([self.tokenizer.encode(t) for t in texts])

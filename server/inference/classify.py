@@ -26,9 +26,7 @@ def classifier_runner(model: ClassifierModel, max_tokens: int) -> RunBatch:
     """`run_batch` for one classifier: onnxruntime calls of at most `max_tokens` padded tokens
     (a run's activation memory grows with rows x length), each once one of the process's
     CLASSIFY_RUNS slots is free, all stopped at the deadline (server/inference/guards.py).
-    The bundle's short-input calibration, if any, is applied here and nowhere else in the server:
-    rows of at most its `max_tokens` ids are recalibrated (bundle/calibration.py)."""
-    calibration = model.manifest.short_input
+    Answers are calibrated as the bundle says (short rows, bundle/calibration.py)."""
 
     def run(ids: Sequence[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
         out: np.ndarray | None = None
@@ -37,9 +35,9 @@ def classifier_runner(model: ClassifierModel, max_tokens: int) -> RunBatch:
                 CLASSIFY_RUNS.hold(deadline, timeout_s),
                 RUN_DEADLINES.guard(deadline, timeout_s) as options,
             ):
-                probs = model.predict_ids([ids[i] for i in rows], run_options=options)
-            if calibration is not None:
-                probs = calibration.apply(probs, [len(ids[i]) for i in rows])
+                probs = model.predict_ids(
+                    [ids[i] for i in rows], run_options=options, calibrated=True
+                )
             if out is None:
                 out = np.empty((len(ids), probs.shape[1]), dtype=probs.dtype)
             out[rows] = probs

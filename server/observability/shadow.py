@@ -202,10 +202,7 @@ class ShadowRunner:
         started = time.perf_counter()
         self.delay.observe(started - job.queued_at, candidate=self.candidate_id)
         ids = [self.candidate.tokenizer.encode(text) for text in job.texts]
-        probabilities = self.candidate.predict_ids(ids)
-        calibration = self.candidate.manifest.short_input  # as the candidate would be served
-        if calibration is not None:
-            probabilities = calibration.apply(probabilities, [len(row) for row in ids])
+        probabilities = self.candidate.predict_ids(ids, calibrated=True)  # as it would be served
         self.latency.observe(time.perf_counter() - started, candidate=self.candidate_id)
         labels = self.candidate.labels
         common = [

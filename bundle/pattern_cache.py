@@ -18,6 +18,7 @@ code), so what is saved is what `re.compile` would have made.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import marshal
@@ -98,25 +99,28 @@ def _read(path: Path, specs: Sequence[PatternSpec]) -> list[re.Pattern[str]] | N
 
 def _write(path: Path, specs: Sequence[PatternSpec], compiled: Sequence[re.Pattern[str]]) -> None:
     """Save the parts if they rebuild exactly `compiled`; silently skip when that or the write
-    fails (read-only install, another interpreter's internals)."""
+    fails (read-only install, another interpreter's internals). The temporary file is made
+    first, so a process that may not write there (the server on a read-only /app) does not
+    parse every pattern a second time for nothing."""
     try:
-        parts = [_parts(pattern, flags) for pattern, flags in specs]
-        rebuilt = [_rebuild(pattern, p) for (pattern, _f), p in zip(specs, parts, strict=True)]
-        if rebuilt != list(compiled):
-            return
-        blob = marshal.dumps({"specs": [list(spec) for spec in specs], "parts": parts})
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-            os.chmod(tmp, 0o644)  # readable by the serving user, as bytecode is
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-    except Exception:  # a cache, never a reason to fail a load
+    except OSError:
         return
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            parts = [_parts(pattern, flags) for pattern, flags in specs]
+            rebuilt = [_rebuild(pattern, p) for (pattern, _f), p in zip(specs, parts, strict=True)]
+            if rebuilt != list(compiled):
+                raise ValueError("saved parts do not rebuild re.compile's patterns")
+            fh.write(marshal.dumps({"specs": [list(spec) for spec in specs], "parts": parts}))
+        os.chmod(tmp, 0o644)  # readable by the serving user, as bytecode is
+        os.replace(tmp, path)
+    except BaseException as exc:  # a cache, never a reason to fail a load; no temp file left
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if not isinstance(exc, Exception):
+            raise
 
 
 def compile_patterns(specs: Sequence[PatternSpec]) -> list[re.Pattern[str]]:

@@ -23,6 +23,7 @@ class MemorySampler:
         self.root_pid = root_pid
         self.every_s = every_s
         self.peak_pss_kib = 0
+        self.ready_pss_kib: int | None = None  # the first sample: loaded, warmed, no load yet
         self.samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
@@ -42,7 +43,10 @@ class MemorySampler:
                 return
 
     def sample(self) -> None:
-        self.peak_pss_kib = max(self.peak_pss_kib, procfs.tree_pss_kib(self.root_pid))
+        pss = procfs.tree_pss_kib(self.root_pid)
+        if self.ready_pss_kib is None:
+            self.ready_pss_kib = pss
+        self.peak_pss_kib = max(self.peak_pss_kib, pss)
         self.samples += 1
 
     def finish(self) -> dict[str, Any]:
@@ -52,6 +56,7 @@ class MemorySampler:
         children = {pid: kib for pid, kib in peaks.items() if pid != self.root_pid}
         return {
             "peak_tree_pss_mib": round(self.peak_pss_kib / 1024, 1),
+            "ready_tree_pss_mib": round((self.ready_pss_kib or 0) / 1024, 1),
             "pss_samples": self.samples,
             "root_vmhwm_mib": round(peaks.get(self.root_pid, 0) / 1024, 1),
             "max_child_vmhwm_mib": round(max(children.values(), default=0) / 1024, 1),

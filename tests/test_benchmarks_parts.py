@@ -20,9 +20,10 @@ import pytest
 
 from benchmarks import footprint, procfs
 from benchmarks.__main__ import config_from, parser
-from benchmarks.analysis import image_targets, throughput_target
+from benchmarks.analysis import image_targets, memory_bound, throughput_target
 from benchmarks.inputs import PROMPT_WORDS, pick_inputs
 from benchmarks.loadgen import Workload, latency_stats, run_load
+from benchmarks.memory import MemorySampler
 from benchmarks.runner import BenchConfig, check_paths, predicted_cell_s, run_cells
 
 
@@ -188,6 +189,30 @@ def test_procfs_reads_real_processes() -> None:
     assert procfs.status_kib(shell.pid, "VmHWM") is None  # gone: no reading, no exception
     own = procfs.status_kib(os.getpid(), "VmHWM")
     assert own is not None and own > 10_000  # this interpreter holds numpy and pytest
+
+
+def test_memory_sampler_splits_the_peak_into_ready_and_what_the_load_added() -> None:
+    """A real process that takes 64 MiB only after the first sample: the row's bound must put
+    that growth under the load, not under what the server holds at ready."""
+    grow = "import sys, time; sys.stdin.readline(); b = bytearray(64 << 20); time.sleep(30)"
+    child = subprocess.Popen(["python3", "-c", grow], stdin=subprocess.PIPE, text=True)
+    try:
+        with MemorySampler(child.pid, every_s=0.02) as sampler:
+            time.sleep(0.1)
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            time.sleep(0.5)
+        memory = sampler.finish()
+    finally:
+        child.kill()
+        child.wait()
+    assert memory["ready_tree_pss_mib"] < 40
+    assert memory["peak_tree_pss_mib"] - memory["ready_tree_pss_mib"] >= 60
+    bound = memory_bound(memory)
+    assert bound.startswith(f"at ready {memory['ready_tree_pss_mib']} MiB")
+    added = memory["peak_tree_pss_mib"] - memory["ready_tree_pss_mib"]
+    assert f"load added {added:.1f} MiB" in bound
 
 
 def test_dependency_closure_follows_requirements_not_extras() -> None:

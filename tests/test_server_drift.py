@@ -75,6 +75,34 @@ def synthetic_reference() -> dict[str, Any]:
     }
 
 
+def test_columns_and_observations_fill_the_same_window() -> None:
+    """`observe_values` (the instrumented classifier's columns) is `observe` of Observations, and
+    the window holds the bins numpy.histogram gives the last WINDOW texts."""
+    rng = random.Random(7)
+    items = [
+        Observation(
+            rng.randrange(1, 3000), rng.random() * 0.2, rng.randrange(2), 0.5 + rng.random() / 2
+        )
+        for _ in range(130)
+    ]
+    one = DriftMonitor("m@1", synthetic_reference(), ["neg", "pos"], window=50, min_documents=1)
+    other = DriftMonitor("m@1", synthetic_reference(), ["neg", "pos"], window=50, min_documents=1)
+    for start in range(0, len(items), 7):
+        chunk = items[start : start + 7]
+        one.observe(chunk)
+        other.observe_values(
+            [i.length for i in chunk],
+            [i.unk_rate for i in chunk],
+            [i.label_index for i in chunk],
+            [i.confidence for i in chunk],
+        )
+    assert one.scores() == other.scores()
+    last = [i.length for i in items[-50:]]
+    counts, _ = np.histogram(last, bins=[*LENGTH_EDGES, math.inf])
+    fractions = other._windows["length"].fractions()
+    assert fractions.tolist() == (counts / 50).tolist()
+
+
 def test_monitor_scores_only_once_the_window_is_full_enough() -> None:
     monitor = DriftMonitor(
         "m@1", synthetic_reference(), ["neg", "pos"], window=100, min_documents=50

@@ -58,6 +58,31 @@ def test_label_names_are_enforced() -> None:
         counter.inc(-1, a="1")
 
 
+def test_bound_series_count_as_the_labelled_calls() -> None:
+    """`labels(...)` (bound once, for hot paths) and keyword labels on every call render alike."""
+    rendered = []
+    for bound in (False, True):
+        registry = Registry()
+        counter = registry.counter("hits_total", "Hits.", ("t",))
+        histogram = registry.histogram("lat", "Latency.", ("t",), buckets=(0.5, 1.0))
+        for t, amount, values in (("a", 1.0, [0.1, 0.7]), ("b", 2.5, [2.0]), ("a", 3.0, [0.5])):
+            if bound:
+                counter.labels(t=t).inc(amount)
+                histogram.labels(t=t).observe_many(values)
+                histogram.labels(t=t).observe(values[0])
+            else:
+                counter.inc(amount, t=t)
+                histogram.observe_many(values, t=t)
+                histogram.observe(values[0], t=t)
+        rendered.append(registry.render())
+    assert rendered[0] == rendered[1]
+    assert b'hits_total{t="a"} 4' in rendered[1]
+    with pytest.raises(ValueError):
+        Registry().counter("x_total", "x", ("a",)).labels(b="1")
+    with pytest.raises(ValueError):
+        Registry().counter("x_total", "x", ("a",)).labels(a="1").inc(-1)
+
+
 def test_concurrent_updates_are_not_lost() -> None:
     registry = Registry()
     counter = registry.counter("hits_total", "Hits.", ("t",))

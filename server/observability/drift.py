@@ -71,11 +71,12 @@ class BinnedReference:
 
 
 class RollingCounts:
-    """Bin counts of the last `size` observations: a ring of bin indices, O(1) per update."""
+    """Bin counts of the last `size` observations: a ring of bin indices, O(1) per update
+    (plain lists: one update is a few list operations, not numpy scalar round trips)."""
 
     def __init__(self, n_bins: int, size: int) -> None:
-        self._ring = np.full(size, -1, dtype=np.int64)
-        self._counts = np.zeros(n_bins, dtype=np.int64)
+        self._ring = [-1] * size
+        self._counts = [0] * n_bins
         self._next = 0
         self.filled = 0
 
@@ -86,10 +87,11 @@ class RollingCounts:
         self._ring[self._next] = bin_index
         self._counts[bin_index] += 1
         self._next = (self._next + 1) % len(self._ring)
-        self.filled = min(self.filled + 1, len(self._ring))
+        if self.filled < len(self._ring):
+            self.filled += 1
 
     def fractions(self) -> np.ndarray:
-        return self._counts / max(self.filled, 1)
+        return np.asarray(self._counts, dtype=np.int64) / max(self.filled, 1)
 
 
 @dataclass(frozen=True)
@@ -158,19 +160,34 @@ class DriftMonitor:
         return tuple(name for name in STATISTICS if name in self._windows)
 
     def observe(self, observations: Sequence[Observation]) -> None:
+        self.observe_values(
+            [item.length for item in observations],
+            [item.unk_rate for item in observations],
+            [item.label_index for item in observations],
+            [item.confidence for item in observations],
+        )
+
+    def observe_values(
+        self,
+        lengths: Sequence[int],
+        unk_rates: Sequence[float],
+        label_indices: Sequence[int],
+        confidences: Sequence[float],
+    ) -> None:
+        """`observe` for texts given as columns (what the instrumented classifier has at hand)."""
+        columns = {
+            "length": lengths,
+            "unk_rate": unk_rates,
+            "predicted_label": label_indices,
+            "confidence": confidences,
+        }
         with self._lock:
-            for item in observations:
-                values: dict[str, int] = {"predicted_label": item.label_index}
-                for name, value in (
-                    ("length", item.length),
-                    ("unk_rate", item.unk_rate),
-                    ("confidence", item.confidence),
-                ):
-                    if name in self._binned:
-                        values[name] = self._binned[name].bin_of(value)
-                for name, window in self._windows.items():
-                    index = values[name]
-                    if 0 <= index < len(self._expected[name]):
+            for name, window in self._windows.items():
+                binned = self._binned.get(name)
+                n_bins = len(self._expected[name])
+                for value in columns[name]:
+                    index = binned.bin_of(value) if binned is not None else int(value)
+                    if 0 <= index < n_bins:
                         window.add(index)
 
     def documents(self) -> int:

@@ -84,7 +84,9 @@ class _Valued(Metric):
         self._values: dict[LabelValues, float] = {}
 
     def _add(self, amount: float, labels: dict[str, str]) -> None:
-        key = self._key(labels)
+        self._add_key(amount, self._key(labels))
+
+    def _add_key(self, amount: float, key: LabelValues) -> None:
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
@@ -110,6 +112,25 @@ class Counter(_Valued):
         if amount < 0:
             raise ValueError("a counter cannot go down")
         self._add(amount, labels)
+
+    def labels(self, **labels: str) -> BoundCounter:
+        """This counter for one label set, checked once: for per-request hot paths."""
+        return BoundCounter(self, self._key(labels))
+
+
+class BoundCounter:
+    """A Counter's series for fixed labels (`Counter.labels`)."""
+
+    __slots__ = ("_counter", "_key")
+
+    def __init__(self, counter: Counter, key: LabelValues) -> None:
+        self._counter = counter
+        self._key = key
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("a counter cannot go down")
+        self._counter._add_key(amount, self._key)
 
 
 class Gauge(_Valued):
@@ -180,11 +201,17 @@ class Histogram(Metric):
         self._series: dict[LabelValues, _HistogramSeries] = {}
 
     def observe(self, value: float, **labels: str) -> None:
-        self.observe_many([value], **labels)
+        self._observe_key(self._key(labels), (value,))
 
     def observe_many(self, values: Iterable[float], **labels: str) -> None:
         """One lock for a whole batch of observations (e.g. every text of a /classify batch)."""
-        key = self._key(labels)
+        self._observe_key(self._key(labels), values)
+
+    def labels(self, **labels: str) -> BoundHistogram:
+        """This histogram for one label set, checked once: for per-request hot paths."""
+        return BoundHistogram(self, self._key(labels))
+
+    def _observe_key(self, key: LabelValues, values: Iterable[float]) -> None:
         with self._lock:
             series = self._series.get(key)
             if series is None:
@@ -223,6 +250,22 @@ class Histogram(Metric):
             lines.append(f"{self.name}_sum{labels} {format_value(series.total)}")
             lines.append(f"{self.name}_count{labels} {series.count}")
         return lines
+
+
+class BoundHistogram:
+    """A Histogram's series for fixed labels (`Histogram.labels`)."""
+
+    __slots__ = ("_histogram", "_key")
+
+    def __init__(self, histogram: Histogram, key: LabelValues) -> None:
+        self._histogram = histogram
+        self._key = key
+
+    def observe(self, value: float) -> None:
+        self._histogram._observe_key(self._key, (value,))
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        self._histogram._observe_key(self._key, values)
 
 
 class Registry:

@@ -316,37 +316,69 @@ def test_a_failed_call_fails_each_of_its_requests(tiny_classifier: ClassifierMod
     assert batcher.stats() == {"queued": 0, "leading": False}  # the next request can lead
 
 
-# ------------------------------------------------------------------------------ classifier run slots
-def test_run_slots_let_one_run_at_a_time_and_a_waiter_keeps_its_deadline() -> None:
-    slots = RunSlots(limit=1)
-    holding, release = threading.Event(), threading.Event()
+def test_a_lone_request_keeps_the_deadline_rules(tiny_classifier: ClassifierModel) -> None:
+    """Alone (no job, no queue) it still spends no work once expired, reports a run stopped at
+    the deadline as its own 504, and leaves the batcher free for the next request."""
+    runner = GatedRunner(tiny_classifier)
+    runner.release_first.set()
+    batcher = ClassifyBatcher(runner, max_texts=8)
+    request = ids_of(tiny_classifier, 1)[0]
+    expired = RequestBudget(0.5, now=time.monotonic() - 1)
+    with pytest.raises(DeadlineExceeded) as late:
+        batcher.predict(request, expired)
+    assert late.value.timeout_s == 0.5 and runner.calls == []
+    assert batcher.stats() == {"queued": 0, "leading": False}
 
-    def holder() -> None:
+    def stopped(ids: list[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
+        raise DeadlineExceeded(99.0)  # a runner's own timeout, as RUN_DEADLINES raises it
+
+    batcher = ClassifyBatcher(stopped, max_texts=8)
+    with pytest.raises(DeadlineExceeded) as cut:
+        batcher.predict(request, RequestBudget(7.0))
+    assert cut.value.timeout_s == 7.0
+    assert batcher.stats() == {"queued": 0, "leading": False}
+
+
+# ------------------------------------------------------------------------------ classifier run slots
+@pytest.mark.parametrize("limit", [1, 2])  # one slot is a lock, more a semaphore
+def test_run_slots_let_limit_runs_at_a_time_and_a_waiter_keeps_its_deadline(limit: int) -> None:
+    slots = RunSlots(limit=limit)
+    holding = [threading.Event() for _ in range(limit)]
+    release = threading.Event()
+
+    def holder(index: int) -> None:
         with slots.hold(time.monotonic() + 10, 10):
-            holding.set()
+            holding[index].set()
             release.wait(10)
 
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert holding.wait(5)
+    threads = [threading.Thread(target=holder, args=(i,)) for i in range(limit)]
+    for thread in threads:
+        thread.start()
+    assert all(event.wait(5) for event in holding)
     started = time.perf_counter()
-    # the slot stays busy past this request's deadline
+    # the slots stay busy past this request's deadline
     with pytest.raises(DeadlineExceeded), slots.hold(time.monotonic() + 0.2, 0.2):
         pass
     assert 0.15 < time.perf_counter() - started < 2
-    got_it = threading.Event()
+    with pytest.raises(DeadlineExceeded), slots.hold(time.monotonic() - 1, 1):
+        pass  # already expired: refused without waiting
+    got_it = [threading.Event(), threading.Event()]
 
-    def waiter() -> None:
-        with slots.hold(time.monotonic() + 10, 10):
-            got_it.set()
+    def waiter(index: int, deadline: float) -> None:
+        with slots.hold(deadline, 10):
+            got_it[index].set()
 
-    second = threading.Thread(target=waiter)
-    second.start()
-    assert not got_it.wait(0.2)  # still waiting for the holder
+    waiters = [
+        threading.Thread(target=waiter, args=(0, time.monotonic() + 10)),
+        threading.Thread(target=waiter, args=(1, float("inf"))),  # outside the gate
+    ]
+    for thread in waiters:
+        thread.start()
+    assert not got_it[0].wait(0.2) and not got_it[1].is_set()  # still waiting for the holders
     release.set()
-    assert got_it.wait(5)  # and runs as soon as the slot frees
-    thread.join(5)
-    second.join(5)
+    assert got_it[0].wait(5) and got_it[1].wait(5)  # and run as soon as slots free
+    for thread in threads + waiters:
+        thread.join(5)
 
 
 def test_classifier_runs_wait_for_a_slot(tiny_classifier: ClassifierModel) -> None:

@@ -60,18 +60,54 @@ class ClassifyBatcher:
 
     def predict(self, ids: Sequence[Sequence[int]], budget: RequestBudget) -> np.ndarray:
         """Probabilities for `ids`, computed in whichever call takes them (maybe with others)."""
-        job = _Job(ids, budget)
         with self._cond:
-            self._queue.append(job)
-            lead = not self._leading
-            self._leading = True
-            self._cond.notify_all()  # a leader waiting out MICROBATCH_WAIT_MS sees the newcomer
+            # Nobody leading and nothing queued (concurrency 1): this request is the whole next
+            # call, so it runs as one without a job, an event or the queue (`_run_alone`). Not
+            # when the last call coalesced several and MICROBATCH_WAIT_MS asks to wait for more.
+            alone = (
+                not self._leading
+                and not self._queue
+                and (self.wait_s <= 0 or self._last_requests <= 1)
+            )
+            if alone:
+                self._leading = True
+                self._last_requests = 1
+            else:
+                job = _Job(ids, budget)
+                self._queue.append(job)
+                lead = not self._leading
+                self._leading = True
+                self._cond.notify_all()  # a leader waiting out MICROBATCH_WAIT_MS sees it
+        if alone:
+            return self._run_alone(ids, budget)
         if lead or self._follow(job):
             self._lead(job)
         if job.error is not None:
             raise job.error
         assert job.result is not None
         return job.result
+
+    def _run_alone(self, ids: Sequence[Sequence[int]], budget: RequestBudget) -> np.ndarray:
+        """A call of one request, as `_lead` + `_run` would make it (same deadline, errors and
+        observers); requests arriving meanwhile queue and are handed over to at the end."""
+        try:
+            budget.check()  # expired before any work is spent: 504
+            started = time.perf_counter()
+            error: BaseException | None = None
+            try:
+                return self._run_batch(ids, budget.deadline, budget.timeout_s)
+            except DeadlineExceeded:
+                error = DeadlineExceeded(budget.timeout_s)
+            except Exception as exc:
+                error = BatchFailed("the coalesced classify call failed")
+                error.__cause__ = exc
+            finally:
+                seconds = time.perf_counter() - started
+                for observe in self.observers:
+                    observe(1, len(ids), seconds)
+            raise error
+        finally:
+            self._hand_over()
 
     # ------------------------------------------------------------------ follower
     def _follow(self, job: _Job) -> bool:

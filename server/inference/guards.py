@@ -14,10 +14,8 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from server.inference.errors import DeadlineExceeded
 
@@ -97,17 +95,12 @@ class RunDeadlines:
                 timeout = self._heap[0][0] - now if self._heap else None
                 self._cond.wait(timeout)
 
-    @contextmanager
-    def guard(self, deadline: float, timeout_s: float) -> Iterator[ort.RunOptions]:
-        import onnxruntime as ort  # already loaded by the bundles; kept lazy for cheap import
+    def guard(self, deadline: float, timeout_s: float) -> _Guarded:
+        """A context manager giving the run's `RunOptions`; DeadlineExceeded (504) when the
+        deadline has passed before the run, or the watchdog stopped it."""
+        return _Guarded(self, deadline, timeout_s)
 
-        options = ort.RunOptions()
-        if deadline == float("inf"):
-            yield options
-            return
-        if time.monotonic() >= deadline:
-            raise DeadlineExceeded(timeout_s)
-        run = _Run(options)
+    def _watch_run(self, run: _Run, deadline: float) -> None:
         with self._cond:
             self._ensure_thread()
             heapq.heappush(self._heap, (deadline, next(self._counter), run))
@@ -117,17 +110,50 @@ class RunDeadlines:
             # later, so the watchdog's current wait already covers it.
             if self._heap[0][2] is run:
                 self._cond.notify()
-        try:
-            yield options
-        except Exception:
-            if options.terminate:
-                raise DeadlineExceeded(timeout_s) from None
-            raise
-        finally:
-            run.running = False  # the heap entry is dropped when it comes due
+
+
+class _Guarded:
+    """`RunDeadlines.guard` as a plain class (it wraps every onnxruntime run of a request)."""
+
+    __slots__ = ("_deadline", "_deadlines", "_run", "_timeout_s")
+
+    def __init__(self, deadlines: RunDeadlines, deadline: float, timeout_s: float) -> None:
+        self._deadlines = deadlines
+        self._deadline = deadline
+        self._timeout_s = timeout_s
+        self._run: _Run | None = None
+
+    def __enter__(self) -> ort.RunOptions:
+        import onnxruntime as ort  # already loaded by the bundles; kept lazy for cheap import
+
+        options = ort.RunOptions()
+        deadline = self._deadline
+        if deadline == float("inf"):
+            return options
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(self._timeout_s)
+        self._run = run = _Run(options)
+        self._deadlines._watch_run(run, deadline)
+        return options
+
+    def __exit__(self, kind: type[BaseException] | None, error: object, tb: object) -> None:
+        run = self._run
+        if run is None:
+            return
+        run.running = False  # the heap entry is dropped when it comes due
+        if kind is not None and issubclass(kind, Exception) and run.options.terminate:
+            raise DeadlineExceeded(self._timeout_s) from None
 
 
 RUN_DEADLINES = RunDeadlines()
+
+
+class _Slots(Protocol):
+    """What a slot counter needs: a semaphore, or a lock for one slot."""
+
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class RunSlots:
@@ -146,22 +172,44 @@ class RunSlots:
 
     def configure(self, limit: int) -> None:
         self.limit = limit
-        self._semaphore = threading.BoundedSemaphore(limit)
+        # One slot (the default) is a plain lock: acquired and released in C, not through the
+        # semaphore's Python-level condition.
+        self._semaphore: _Slots = (
+            threading.Lock() if limit == 1 else threading.BoundedSemaphore(limit)
+        )
         self._pid = os.getpid()
 
-    @contextmanager
-    def hold(self, deadline: float, timeout_s: float) -> Iterator[None]:
+    def hold(self, deadline: float, timeout_s: float) -> _Held:
+        """A context manager holding one slot; DeadlineExceeded (504) if none frees in time."""
         if self._pid != os.getpid():
             self.configure(self.limit)
-        wait = None if deadline == float("inf") else deadline - time.monotonic()
+        return _Held(self._semaphore, deadline, timeout_s)
+
+
+class _Held:
+    """`RunSlots.hold` as a plain class (it wraps every onnxruntime run of a request)."""
+
+    __slots__ = ("_deadline", "_semaphore", "_timeout_s")
+
+    def __init__(self, semaphore: _Slots, deadline: float, timeout_s: float) -> None:
+        self._semaphore = semaphore
+        self._deadline = deadline
+        self._timeout_s = timeout_s
+
+    def __enter__(self) -> None:
+        wait = None if self._deadline == float("inf") else self._deadline - time.monotonic()
         if wait is not None and wait <= 0:
-            raise DeadlineExceeded(timeout_s)
-        if not self._semaphore.acquire(timeout=wait):
-            raise DeadlineExceeded(timeout_s)
-        try:
-            yield
-        finally:
-            self._semaphore.release()
+            raise DeadlineExceeded(self._timeout_s)
+        # A free slot is taken without a timed wait (the common case: one request at a time).
+        if self._semaphore.acquire(blocking=False):
+            return
+        if wait is None:
+            self._semaphore.acquire()
+        elif not self._semaphore.acquire(timeout=wait):
+            raise DeadlineExceeded(self._timeout_s)
+
+    def __exit__(self, kind: object, error: object, tb: object) -> None:
+        self._semaphore.release()
 
 
 CLASSIFY_RUNS = RunSlots()

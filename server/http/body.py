@@ -80,6 +80,12 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+# Built once: json.loads with hooks would build a decoder on every request.
+_DECODER = json.JSONDecoder(
+    parse_constant=_reject_constant, parse_float=_finite_float, object_pairs_hook=_unique_keys
+)
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """Strict RFC 8259 parse of a UTF-8 body whose top level must be an object."""
     if not raw.strip():
@@ -89,12 +95,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise MalformedJSON(f"The request body is not valid UTF-8 (byte {exc.start}).") from None
     try:
-        value = json.loads(
-            text,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            object_pairs_hook=_unique_keys,
-        )
+        value = _DECODER.decode(text)
     except RecursionError:
         raise MalformedJSON("The JSON is nested too deeply.") from None
     except ValueError as exc:  # JSONDecodeError, our hooks, int digit limit

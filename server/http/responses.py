@@ -20,8 +20,12 @@ def finite(value: Any) -> Any:
     return value
 
 
+# Built once: json.dumps with options would build an encoder on every response.
+_ENCODER = json.JSONEncoder(allow_nan=False, ensure_ascii=False)
+
+
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def send_json(resp: falcon.Response, value: Any, status: str = falcon.HTTP_200) -> None:

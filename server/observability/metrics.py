@@ -149,6 +149,26 @@ class Gauge(_Valued):
     def dec(self, amount: float = 1.0, **labels: str) -> None:
         self._add(-amount, labels)
 
+    def labels(self, **labels: str) -> BoundGauge:
+        """This gauge for one label set, checked once: for per-request hot paths."""
+        return BoundGauge(self, self._key(labels))
+
+
+class BoundGauge:
+    """A Gauge's series for fixed labels (`Gauge.labels`)."""
+
+    __slots__ = ("_gauge", "_key")
+
+    def __init__(self, gauge: Gauge, key: LabelValues) -> None:
+        self._gauge = gauge
+        self._key = key
+
+    def inc(self, amount: float = 1.0) -> None:
+        self._gauge._add_key(amount, self._key)
+
+    def dec(self, amount: float = 1.0) -> None:
+        self._gauge._add_key(-amount, self._key)
+
 
 class CallbackMetric(Metric):
     """A gauge (or counter) computed at scrape time (drift scores, process memory): nothing to

@@ -5,15 +5,15 @@ one JSON log line per request (severity, request id, latency, model; never the r
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import falcon
 
-from server.observability.metrics import ServerMetrics
+from server.observability.metrics import BoundCounter, BoundHistogram, ServerMetrics
 
 request_log = logging.getLogger("server.requests")
 
@@ -40,7 +40,7 @@ def request_id_of(req: falcon.Request) -> tuple[str, str | None]:
     given = req.get_header("X-Request-ID") or ""
     if _REQUEST_ID.match(given):
         return given, trace_id
-    return trace_id or uuid.uuid4().hex, trace_id
+    return trace_id or os.urandom(16).hex(), trace_id
 
 
 def severity(status: int, endpoint: str) -> int:
@@ -93,6 +93,10 @@ class RequestMonitor:
         self._route_models = route_models
         self._log_requests = log_requests
         self._find_route: Callable[[str], str | None] = lambda path: None
+        self._in_flight = metrics.in_flight.labels()
+        # (endpoint, method, status) -> its bound request counter and latency histogram; the
+        # keys are bounded (route templates, known methods, status codes).
+        self._series: dict[tuple[str, str, str], tuple[BoundCounter, BoundHistogram]] = {}
 
     def bind_router(self, app: falcon.App) -> None:
         """Name requests that never reached routing (refused by an earlier layer) by route."""
@@ -110,7 +114,7 @@ class RequestMonitor:
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.monitor_started = time.perf_counter()
         req.context.request_id, req.context.trace_id = request_id_of(req)
-        self._metrics.in_flight.inc()
+        self._in_flight.inc()
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool
@@ -127,12 +131,20 @@ class RequestMonitor:
 
     def _finish(self, req: falcon.Request, resp: falcon.Response, started: float) -> None:
         seconds = time.perf_counter() - started
-        self._metrics.in_flight.dec()
+        self._in_flight.dec()
         endpoint = req.uri_template or self._find_route(req.path) or UNMATCHED
         status = str(resp.status_code)
         method = req.method if req.method in KNOWN_METHODS else "other"
-        self._metrics.requests.inc(endpoint=endpoint, method=method, status=status)
-        self._metrics.latency.observe(seconds, endpoint=endpoint, method=method, status=status)
+        series = self._series.get((endpoint, method, status))
+        if series is None:
+            labels = {"endpoint": endpoint, "method": method, "status": status}
+            series = (
+                self._metrics.requests.labels(**labels),
+                self._metrics.latency.labels(**labels),
+            )
+            self._series[(endpoint, method, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
         if not self._log_requests:
             return
         level = severity(resp.status_code, endpoint)

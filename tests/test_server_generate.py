@@ -86,6 +86,25 @@ def test_samples_are_readable_and_stream_matches(tiny_lm: LanguageModel) -> None
         assert not any(t in sample for t in ("xxbos", "xxmaj", "xxunk", "xxpad"))
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_whole_samples_equal_the_joined_stream_over_many_draws(
+    tiny_lm: LanguageModel, temperature: float
+) -> None:
+    """generate_texts decodes each sample after its steps, stream_pieces token by token: hot
+    draws reach the decoder's special cases (xxmaj, xxrep, quotes, "< br / >", newlines)."""
+    prompt = 'The ending "was" <'  # an open quote and a held "<" before the first new token
+    for seed in range(12):
+        request = GenerationRequest(
+            prompt, n_words=60, n_samples=4, sampling=SamplingParams(temperature), seed=seed
+        )
+        streamed: list[str] = []
+        pieces = list(stream_pieces(tiny_lm, request, streamed))
+        assert generate_texts(tiny_lm, request, RequestBudget(30)) == streamed
+        for index, sample in enumerate(streamed):
+            tail = "".join(piece.text for piece in pieces if piece.sample == index)
+            assert sample == prompt + tail
+
+
 class StepsAtOnce:
     """The tiny LM, recording how many of its steps run at the same time (each step lingers a
     little so that unbounded concurrent generations would overlap)."""

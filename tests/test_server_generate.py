@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from bundle import LanguageModel, load_bundle
+from bundle.runtime import unchecked_run
 from server.inference.errors import DeadlineExceeded
 from server.inference.generate import GenerationRequest, generate_texts, prompt_ids, stream_pieces
 from server.inference.guards import LM_RUNS, RequestBudget
@@ -71,6 +72,22 @@ def test_no_unk_is_honoured_on_the_real_model(tiny_lm: LanguageModel) -> None:
 
     assert not (drawn(True) == tiny_lm.unk_id).any()
     assert (drawn(False) == tiny_lm.unk_id).any()  # hot sampling does reach xxunk when allowed
+
+
+def test_step_without_python_checks_answers_as_session_run(tiny_lm: LanguageModel) -> None:
+    """LanguageModel.step calls onnxruntime's C++ run directly (bundle.runtime.unchecked_run):
+    the same logits and state, bit for bit, as the public `session.run`; a missing input is
+    still refused (by onnxruntime's own checks)."""
+    assert unchecked_run(tiny_lm.session) != tiny_lm.session.run  # the C++ binding, here
+    ids = np.asarray([prompt_ids(tiny_lm, PROMPT)] * 3, dtype=np.int64)
+    state = tiny_lm.initial_state(3)
+    logits, new_state = tiny_lm.step(ids, state)
+    feed = dict(zip(tiny_lm._state_inputs, state, strict=True))
+    public = tiny_lm.session.run(tiny_lm._outputs, {**feed, "input_ids": ids})
+    assert np.array_equal(logits, public[0])
+    assert all(np.array_equal(a, b) for a, b in zip(new_state, public[1:], strict=True))
+    with pytest.raises(Exception, match="input_ids"):
+        unchecked_run(tiny_lm.session)(tiny_lm._outputs, feed, None)
 
 
 def test_samples_are_readable_and_stream_matches(tiny_lm: LanguageModel) -> None:

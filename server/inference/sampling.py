@@ -14,9 +14,9 @@ to and serve temperatures float32 cannot hold.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -183,22 +183,25 @@ class GraphSession:
     def __init__(self, graph: bytes, outputs: list[str]) -> None:
         self._graph = graph
         self._outputs = outputs
-        self._session: Any = None
+        self._run: Callable[..., list[np.ndarray]] | None = None
         self._lock = threading.Lock()
 
     def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if self._session is None:
+        if self._run is None:
             with self._lock:
-                if self._session is None:
+                if self._run is None:
                     import onnxruntime as ort  # loaded already by the bundles
+
+                    from bundle.runtime import unchecked_run
 
                     options = ort.SessionOptions()
                     options.intra_op_num_threads = 1
                     options.inter_op_num_threads = 1
-                    self._session = ort.InferenceSession(
+                    session = ort.InferenceSession(
                         self._graph, options, providers=["CPUExecutionProvider"]
                     )
-        return list(self._session.run(self._outputs, feed))
+                    self._run = unchecked_run(session)  # once per step: bundle/runtime.py
+        return self._run(self._outputs, feed, None)
 
 
 SOFTMAX_DRAW = GraphSession(SOFTMAX_DRAW_ONNX, ["token", "block_count", "position", "probs"])
@@ -298,7 +301,10 @@ class Sampler:
         # Rounding edges (u * total rounded up to the total, or a target past its block's
         # running sum): the last token with probability > 0, as the plain path falls back.
         # Two reductions, not a per-row test: they run with cold caches, right after an LM step.
-        if block_count.max() >= self.n_blocks or position.max() >= self.block:
+        # As lists: a numpy reduction of five numbers costs more than the Python max.
+        if max(block_count.ravel().tolist()) >= self.n_blocks or (
+            max(position.ravel().tolist()) >= self.block
+        ):
             for row in range(len(chosen)):
                 if block_count[row, 0] >= self.n_blocks:
                     chosen[row] = _last_positive(probs[row])

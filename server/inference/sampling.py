@@ -13,6 +13,7 @@ to and serve temperatures float32 cannot hold.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -213,9 +214,11 @@ FAST_TEMPERATURES = (1e-30, 1e30)
 TOP_K_GRAPH_MAX = 256  # onnxruntime's TopK beats numpy's argpartition up to about this k
 
 
+@functools.cache
 def block_size(vocab: int) -> int:
     """Tokens per block of the two-level draw: a divisor of the vocabulary near its square
-    root (so the graph reshapes without padding), else 128 with the logits padded."""
+    root (so the graph reshapes without padding), else 128 with the logits padded. Cached: the
+    search took 30 of the 35 us a Sampler (one per request) cost to build."""
     divisors = [d for d in range(32, min(vocab, 1024) + 1) if vocab % d == 0]
     if not divisors:
         return min(vocab, 128)

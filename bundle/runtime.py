@@ -97,6 +97,7 @@ class _Model:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.session = session
+        self._run = unchecked_run(session)  # called once a request or step: see unchecked_run
         arch = manifest.architecture
         self.pad_id: int = int(arch["pad_id"])
         self.bos_id: int = int(arch["bos_id"])
@@ -150,7 +151,7 @@ class ClassifierModel(_Model):
         ids = np.full((len(batch), int(lengths.max())), self.pad_id, dtype=np.int64)
         for row, seq in enumerate(batch):
             ids[row, : len(seq)] = np.asarray(seq)[::-1] if self.backwards else seq
-        probabilities: np.ndarray = self.session.run(
+        probabilities: np.ndarray = self._run(
             ["probabilities"], {"input_ids": ids, "lengths": lengths}, run_options
         )[0]
         calibration = self.manifest.short_input
@@ -177,7 +178,6 @@ class LanguageModel(_Model):
         self._states = manifest.raw["states"]
         self._outputs = ["logits"] + [n for s in self._states for n in (s["h_out"], s["c_out"])]
         self._state_inputs = [n for s in self._states for n in (s["h"], s["c"])]
-        self._run = unchecked_run(session)
 
     def initial_state(self, batch: int) -> State:
         return [

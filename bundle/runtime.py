@@ -110,6 +110,13 @@ class ClassifierModel(_Model):
     """Label probabilities for token-id sequences of any length (no truncation: the graph pools
     over the last `max_len` tokens exactly as fastai does; callers bound the input size)."""
 
+    def __init__(
+        self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession
+    ) -> None:
+        super().__init__(manifest, tokenizer, session)
+        # Parsed once here, not per call: the manifest's accessor validates the section anew.
+        self.short_input = manifest.short_input
+
     @property
     def labels(self) -> list[str]:
         return self.manifest.labels
@@ -154,7 +161,7 @@ class ClassifierModel(_Model):
         probabilities: np.ndarray = self._run(
             ["probabilities"], {"input_ids": ids, "lengths": lengths}, run_options
         )[0]
-        calibration = self.manifest.short_input
+        calibration = self.short_input
         if calibrated and calibration is not None:
             return calibration.apply(probabilities, lengths)
         return probabilities

@@ -114,8 +114,10 @@ class ObservedLanguageModel(LanguageModel):
 
     def __init__(self, model: LanguageModel, metrics: ServerMetrics) -> None:
         super().__init__(model.manifest, model.tokenizer, model.session)
-        self._metrics = metrics
-        self._model_id = model.manifest.model_id
+        model_id = model.manifest.model_id
+        # Bound once: a generation observes both every step, right after the LM run.
+        self._inference_seconds = metrics.inference_seconds.labels(model=model_id)
+        self._batch_size = metrics.batch_size.labels(model=model_id)
 
     def step(
         self, ids: np.ndarray, state: State, *args: Any, **kwargs: Any
@@ -123,10 +125,8 @@ class ObservedLanguageModel(LanguageModel):
         started = time.perf_counter()
         result = super().step(ids, state, *args, **kwargs)
         if _recording():
-            self._metrics.inference_seconds.observe(
-                time.perf_counter() - started, model=self._model_id
-            )
-            self._metrics.batch_size.observe(int(np.shape(ids)[0]), model=self._model_id)
+            self._inference_seconds.observe(time.perf_counter() - started)
+            self._batch_size.observe(len(ids))
         return result
 
     def warm_up(self) -> None:

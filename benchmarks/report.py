@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import analysis
+from benchmarks import analysis, hostprobe
 from benchmarks.coldstart import NAIVE_PHASES, OUR_PHASES
 from benchmarks.servers import NAIVE, OURS
 
@@ -213,6 +213,7 @@ def _setup(results: dict[str, Any], rel: Any) -> list[str]:
         f"{m['platform']}; Python {m['python']}.",
         f"- Load average (1/5/15 min) at start {m['load_average']}, at end "
         f"{m.get('load_average_end')} (anything else running on the machine shows here).",
+        *host_speed_lines(results.get("host_probes") or []),
         f"- Each server runs alone, pinned with `taskset -c {pin['server_cpu']}`, every math "
         f"library at one thread ({', '.join(f'{k}=1' for k in pin['threads_env'])}); the load "
         f"generator runs on CPU {pin['client_cpu'] if pin['client_cpu'] is not None else 'unpinned'}.",
@@ -272,6 +273,32 @@ def _setup(results: dict[str, Any], rel: Any) -> list[str]:
         "",
     ]
     return out
+
+
+def host_speed_lines(probes: list[dict[str, Any]]) -> list[str]:
+    """One line: the host's memory speed at each phase (benchmarks/hostprobe.py)."""
+    if not probes:
+        return []
+    readings = "; ".join(
+        f"{p['phase']} {p['dram_copy_gb_per_s']} / {p['l3_copy_gb_per_s']}" for p in probes
+    )
+    dram, l3 = (hostprobe.spread(probes, k) for k in ("dram_copy_gb_per_s", "l3_copy_gb_per_s"))
+    worst = max((x for x in (dram, l3) if x is not None), default=None)
+    verdict = (
+        ""
+        if worst is None
+        else f" Slowest phase {100 * worst:.0f} % below the fastest"
+        + (
+            ": splits across phases (HTTP - in-process) and absolute rows are not comparable "
+            "with another run's (docs/benchmarks.md)."
+            if worst > hostprobe.COMPARABLE_SPREAD
+            else "."
+        )
+    )
+    return [
+        "- Host memory speed on the server's core as each phase starts (numpy copy, GB/s, "
+        f"DRAM / L3): {readings}.{verdict}"
+    ]
 
 
 def _provenance(provenance: dict[str, Any]) -> str:

@@ -461,6 +461,19 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+def probe_host(cfg: BenchConfig, phase: str, started: float) -> dict[str, Any]:
+    """benchmarks/hostprobe.py on the server's core: the host's memory speed as this phase
+    starts (the report compares phases with it)."""
+    argv = pinned([sys.executable, "-m", "benchmarks.hostprobe"], cfg.server_cpu)
+    out = subprocess.run(
+        argv, cwd=REPO, env=base_env(), capture_output=True, text=True, timeout=120
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmarks.hostprobe failed:\n{out.stderr[-3000:]}")
+    reading = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"phase": phase, "at_s": round(time.perf_counter() - started, 1), **reading}
+
+
 def run(cfg: BenchConfig) -> dict[str, Any]:
     provenance = check_paths(cfg)
     started = time.perf_counter()
@@ -490,8 +503,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         "prompts": inputs.prompts,
     }
     workloads = [FLOOR, *classify_workloads(inputs), *generate_workloads(inputs, cfg)]
+    probes: list[dict[str, Any]] = results.setdefault("host_probes", [])
     with tempfile.TemporaryDirectory(prefix="benchmarks-") as tmp:
         work = Path(tmp)
+        probes.append(probe_host(cfg, "cold starts", started))
         log(f"cold starts: {cfg.cold_runs} runs x 2 probes x 2 servers")
         results["cold_start"] = run_cold_starts(
             cold_probes(inputs, cfg),
@@ -508,14 +523,17 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
         # the long part of a run (minutes): cells done of all, at what rate, how long to go
         with Progress(len(servers) * cell_count(cfg, workloads), "load cells", "cell") as cells:
             for name in servers:
+                probes.append(probe_host(cfg, f"latency: {name}", started))
                 log(f"latency: {name}")
                 results["latency"][name] = serve_under_load(
                     name, cfg, workloads, work / "logs", cells
                 )
+        probes.append(probe_host(cfg, "in-process", started))
         log("in-process timings (raw onnxruntime session, startup probes)")
         results["in_process"] = run_inprocess(cfg, inputs, workloads, work)
         log("roofline: this core's int8 floor beside the classifier session")
         results["roofline"] = run_roofline(cfg)
+        probes.append(probe_host(cfg, "micro-batching", started))
         log("micro-batching: /classify throughput off vs the default, median reviews")
         results["microbatch"] = microbatch.in_run(
             cfg.models,
@@ -525,6 +543,7 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             cfg.microbatch_rounds,
             work / "logs",
         )
+    probes.append(probe_host(cfg, "end", started))
     log("footprint" + (" (fresh venv install of the serve extra)" if cfg.fresh_venv else ""))
     results["footprint"] = footprint.measure(cfg.fresh_venv)
     results["artifacts"] = footprint.artifacts(cfg.run_dir, cfg.models)

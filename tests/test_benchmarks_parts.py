@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import footprint, procfs
+from benchmarks import footprint, hostprobe, procfs
 from benchmarks.__main__ import config_from, parser
 from benchmarks.analysis import image_targets, memory_bound, throughput_target
 from benchmarks.inputs import PROMPT_WORDS, pick_inputs
 from benchmarks.loadgen import Workload, latency_stats, run_load
 from benchmarks.memory import MemorySampler
+from benchmarks.report import host_speed_lines
 from benchmarks.runner import BenchConfig, check_paths, predicted_cell_s, run_cells
 
 
@@ -213,6 +214,25 @@ def test_memory_sampler_splits_the_peak_into_ready_and_what_the_load_added() -> 
     assert bound.startswith(f"at ready {memory['ready_tree_pss_mib']} MiB")
     added = memory["peak_tree_pss_mib"] - memory["ready_tree_pss_mib"]
     assert f"load added {added:.1f} MiB" in bound
+
+
+def test_host_probe_reads_this_core_and_the_report_flags_a_slow_phase() -> None:
+    reading = hostprobe.measure()
+    assert reading["l3_copy_gb_per_s"] > 0 and reading["dram_copy_gb_per_s"] > 0
+    steady = [
+        {"phase": "cold starts", "dram_copy_gb_per_s": 24.0, "l3_copy_gb_per_s": 75.0},
+        {"phase": "in-process", "dram_copy_gb_per_s": 23.0, "l3_copy_gb_per_s": 72.0},
+    ]
+    slowed = [*steady, {"phase": "end", "dram_copy_gb_per_s": 12.0, "l3_copy_gb_per_s": 70.0}]
+    assert hostprobe.spread(steady, "dram_copy_gb_per_s") == round(1 - 23 / 24, 3)
+    assert hostprobe.spread(slowed, "dram_copy_gb_per_s") == 0.5
+    assert hostprobe.spread(slowed[:1], "dram_copy_gb_per_s") is None
+    (calm,) = host_speed_lines(steady)
+    assert "cold starts 24.0 / 75.0; in-process 23.0 / 72.0" in calm
+    assert "below the fastest." in calm and "not comparable" not in calm
+    (line,) = host_speed_lines(slowed)
+    assert "Slowest phase 50 % below the fastest" in line and "not comparable" in line
+    assert host_speed_lines([]) == []
 
 
 def test_dependency_closure_follows_requirements_not_extras() -> None:

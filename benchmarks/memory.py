@@ -44,7 +44,7 @@ class MemorySampler:
 
     def sample(self) -> None:
         pss = procfs.tree_pss_kib(self.root_pid)
-        if self.ready_pss_kib is None:
+        if self.ready_pss_kib is None and pss > 0:  # 0: nothing readable yet
             self.ready_pss_kib = pss
         self.peak_pss_kib = max(self.peak_pss_kib, pss)
         self.samples += 1

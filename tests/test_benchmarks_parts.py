@@ -195,15 +195,22 @@ def test_procfs_reads_real_processes() -> None:
 def test_memory_sampler_splits_the_peak_into_ready_and_what_the_load_added() -> None:
     """A real process that takes 64 MiB only after the first sample: the row's bound must put
     that growth under the load, not under what the server holds at ready."""
-    grow = "import sys, time; sys.stdin.readline(); b = bytearray(64 << 20); time.sleep(30)"
-    child = subprocess.Popen(["python3", "-c", grow], stdin=subprocess.PIPE, text=True)
+    grow = (
+        "import sys, time; print('up', flush=True); sys.stdin.readline(); "
+        "b = bytearray(64 << 20); print('grown', flush=True); time.sleep(30)"
+    )
+    child = subprocess.Popen(
+        ["python3", "-c", grow], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin is not None and child.stdout is not None
     try:
+        assert child.stdout.readline() == "up\n"  # an interpreter, not a process still exec-ing
         with MemorySampler(child.pid, every_s=0.02) as sampler:
             time.sleep(0.1)
-            assert child.stdin is not None
             child.stdin.write("go\n")
             child.stdin.flush()
-            time.sleep(0.5)
+            assert child.stdout.readline() == "grown\n"
+            time.sleep(0.1)
         memory = sampler.finish()
     finally:
         child.kill()

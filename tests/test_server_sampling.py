@@ -328,6 +328,9 @@ def test_fast_sampler_huge_temperature_is_uniform_over_allowed() -> None:
     assert _chi_square_p(counts, expected) > 1e-3
 
 
+FLOAT32_RELATIVE_ROUNDING = 1e-6  # a few float32 ulps (2**-23 ~ 1.2e-7 each)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     logits=arrays(np.float32, (3, 300), elements=st.floats(-20, 20, width=32)),
@@ -358,8 +361,12 @@ def test_fast_sampler_draws_only_what_the_rules_allow(
         q = plain[row]
         assert q[token] > 0
         if top_p is not None and top_k is None:
-            before = q[(q > q[token]) | ((q == q[token]) & (np.arange(q.size) < token))].sum()
-            assert before < top_p + 1e-6
+            # The sampler ranks in float32: tokens whose probabilities agree to float32 rounding
+            # are ties it may order either way (found by hypothesis: logits 0 and 3.3e-10 at
+            # temperature 0.3 are one value in float32, two in float64), so only tokens clearly
+            # more likely count as before this one.
+            clearly_above = q > q[token] * (1 + FLOAT32_RELATIVE_ROUNDING)
+            assert q[clearly_above].sum() < top_p + 1e-6
 
 
 def build_softmax_draw(helper: Any, proto: Any) -> Any:

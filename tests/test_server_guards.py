@@ -86,12 +86,18 @@ def test_a_run_past_its_deadline_is_terminated(tiny_classifier: ClassifierModel)
             run(batch, time.monotonic() + 600, 600), full, atol=1e-6
         )  # the control
         full_times.append(time.perf_counter() - started)
-        before = RUN_DEADLINES.terminated_total
-        started = time.perf_counter()
-        with pytest.raises(DeadlineExceeded):
-            run(batch, time.monotonic() + full_times[-1] / 20, 1.0)
-        stopped_times.append(time.perf_counter() - started)
+        # A deadline of 1/20 of a run can pass before the run starts when another process takes
+        # the core (two suites at once): that is the 504-before-work path, not a termination,
+        # so such an attempt is tried again; a run that is never terminated still fails.
+        for _attempt in range(5):
+            before = RUN_DEADLINES.terminated_total
+            started = time.perf_counter()
+            with pytest.raises(DeadlineExceeded):
+                run(batch, time.monotonic() + full_times[-1] / 20, 1.0)
+            if RUN_DEADLINES.terminated_total > before:
+                break
         assert RUN_DEADLINES.terminated_total == before + 1
+        stopped_times.append(time.perf_counter() - started)
     # The session is fine afterwards (the controls above ran after terminated runs too).
     # onnxruntime checks the flag between nodes: the run stops after the LSTM layer it was in.
     assert min(stopped_times) < 0.8 * min(full_times), (stopped_times, full_times)

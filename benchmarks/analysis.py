@@ -400,7 +400,8 @@ def _split(o: dict[str, Any], rest_name: str) -> str:
 
 def memory_bound(memory: dict[str, Any]) -> str:
     """Split the peak into what the server holds at rest and what the load added (onnxruntime
-    activations of the longest runs, which CLASSIFY_MAX_TOKENS caps for coalesced batches)."""
+    activations of the largest runs, which CLASSIFY_MAX_TOKENS caps: rows x chunk for a chunked
+    classifier graph, rows x longest text for a whole-sequence one)."""
     ready = memory.get("ready_tree_pss_mib")
     split = (
         f"at ready {ready} MiB (imports, sessions, tokenizers), load added "

@@ -105,9 +105,9 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 
 def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) -> dict[str, Any]:
-    import numpy as np
 
     from bundle import ClassifierModel, load_bundle
+    from bundle.classifier_rows import GraphRows
 
     model = load_bundle(bundle_dir, threads=1, inter_threads=1)
     assert isinstance(model, ClassifierModel), f"{bundle_dir} is not a classifier bundle"
@@ -121,25 +121,21 @@ def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) 
     out: dict[str, Any] = {"model": model.manifest.model_id}
     for band, texts in reviews.items():
         tokenize, session, whole, session_fp32, n_tokens = [], [], [], [], []
+        assert isinstance(model.rows, GraphRows), "one bundle's graph, not an ensemble"
         feeds = []
         for text in texts:
             ids = model.tokenizer.encode(text)
             n_tokens.append(len(ids))
-            feeds.append(
-                {
-                    "input_ids": np.asarray([ids], dtype=np.int64),
-                    "lengths": np.asarray([len(ids)], dtype=np.int64),
-                }
-            )
+            feeds.append(model.rows.one_run_feed([ids]))
         for _ in range(repeats):
-            for text, feed in zip(texts, feeds, strict=False):
+            for text, (names, feed) in zip(texts, feeds, strict=False):
                 tokenize.append(_timed(lambda: model.tokenizer.encode(text))[0])
-                session.append(_timed(lambda: model.session.run(["probabilities"], feed))[0])
+                session.append(_timed(lambda: model.session.run(names, feed))[0])
                 whole.append(_timed(lambda: model.predict_texts([text]))[0])
         if fp32 is not None:
             fp32.warm_up()
-            for feed in feeds:
-                session_fp32.append(_timed(lambda: fp32.session.run(["probabilities"], feed))[0])
+            for names, feed in feeds:
+                session_fp32.append(_timed(lambda: fp32.session.run(names, feed))[0])
         labels = [
             model.labels[int(row.argmax())] for row in (model.predict_texts([t])[0] for t in texts)
         ]

@@ -4,8 +4,8 @@ their probabilities (ULMFiT's forward + backward recipe; see docs/bundle-format.
 An ensemble is a directory whose manifest.json has an "ensemble" section naming member bundles
 stored inside it (members/<name>/). Each member is verified like any bundle (hashes, vocab);
 the members must share labels, multi_label/threshold and the exact tokenizer tables, or the
-ensemble is refused. The result is a plain `ClassifierModel` whose session averages the
-members' sessions, so every caller (the server, its instrumented wrapper) uses it unchanged.
+ensemble is refused. The result is a plain `ClassifierModel` whose rows runner averages the
+members' answers, so every caller (the server, its instrumented wrapper) uses it unchanged.
 A short-input calibration (bundle/calibration.py) is the ensemble's own, fitted on and applied to
 the mean; a member's own "short_input" is not used inside an ensemble (its raw session runs).
 `load_bundle` here is the package's `bundle.load_bundle`: an ensemble or a single bundle.
@@ -55,49 +55,39 @@ def is_ensemble(directory: str | Path) -> bool:
     return raw is not None and ENSEMBLE_KEY in raw
 
 
-class EnsembleSession:
-    """Stands in for an onnxruntime session: runs every member on the same right-padded ids in
-    reading order (reversed per row for a backward member) and returns the mean probabilities."""
+class EnsembleRows:
+    """Runs every member on the same rows (reading order; each member reverses them itself if it
+    is backward, and chunks them its own way) and answers with the mean probabilities."""
 
     def __init__(self, members: Sequence[ClassifierModel]) -> None:
         self.members = list(members)
 
-    def get_inputs(self) -> Any:
-        return self.members[0].session.get_inputs()
+    @property
+    def run_tokens(self) -> int:
+        return min(member.run_tokens for member in self.members)
 
-    def run(
+    def __call__(
         self,
-        output_names: Sequence[str],
-        feed: dict[str, np.ndarray],
+        batch: Sequence[Sequence[int]],
         run_options: ort.RunOptions | None = None,
-    ) -> list[np.ndarray]:
-        ids, lengths = feed["input_ids"], feed["lengths"]
-        reversed_ids: np.ndarray | None = None
+        max_tokens: int | None = None,
+    ) -> np.ndarray:
         total: np.ndarray | None = None
         for member in self.members:
-            member_ids = ids
-            if member.backwards:
-                if reversed_ids is None:
-                    reversed_ids = ids.copy()
-                    for row, n in enumerate(lengths.tolist()):
-                        reversed_ids[row, :n] = ids[row, :n][::-1]
-                member_ids = reversed_ids
-            probs = member.session.run(
-                list(output_names), {"input_ids": member_ids, "lengths": lengths}, run_options
-            )[0]
+            probs = member.rows(batch, run_options, max_tokens)
             total = probs.astype(np.float64) if total is None else total + probs
         assert total is not None
-        return [(total / len(self.members)).astype(np.float32)]
+        return (total / len(self.members)).astype(np.float32)
 
 
 class EnsembleClassifier(ClassifierModel):
-    """A ClassifierModel over an EnsembleSession; `members` are the loaded member bundles."""
+    """A ClassifierModel over EnsembleRows; `members` are the loaded member bundles, and its
+    `session` is the first member's (for introspection only: the rows runner does the work)."""
 
     def __init__(
         self, manifest: Manifest, tokenizer: Tokenizer, members: Sequence[ClassifierModel]
     ) -> None:
-        session: Any = EnsembleSession(members)
-        super().__init__(manifest, tokenizer, session)
+        super().__init__(manifest, tokenizer, members[0].session, EnsembleRows(members))
         self.members = list(members)
 
 

@@ -1,7 +1,8 @@
 """onnxruntime sessions for the two bundle tasks. Pure numpy in, numpy out.
 
-ClassifierModel: token ids -> label probabilities (right-padded batches, exact; see the bundle doc).
-A backward classifier (trained on reversed token ids) reverses each sequence itself, so callers
+ClassifierModel: token ids -> label probabilities (right-padded batches fed in time chunks with
+the state carried, so a run's memory is bounded whatever the text length; exact, see the bundle
+doc). A backward classifier (trained on reversed token ids) reverses each sequence itself, so callers
 always pass ids in reading order.
 LanguageModel: one step of the stateful LM; the sampling loop lives with its caller (which must
 feed a backward LM, `backwards` true, its ids in reverse order).
@@ -9,14 +10,15 @@ feed a backward LM, `backwards` true, its ids in reverse order).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import onnxruntime as ort
 
+from .classifier_rows import GraphRows, RowsRunner
 from .manifest import BundleError, Manifest, load_manifest
+from .onnx_run import unchecked_run
 from .tokenizer import Tokenizer
 
 PRE_OPTIMIZED_FORMATS = ("onnx-optimized", "ort")  # optimized at export time: skip it at load
@@ -73,23 +75,6 @@ def _session(
     return sess
 
 
-def unchecked_run(session: ort.InferenceSession) -> Callable[..., list[np.ndarray]]:
-    """`session.run` without its Python-side checks, for calls made many times a request.
-
-    Why: `InferenceSession.run` first walks every graph input in Python (name and type through
-    the bindings) and every fed value, which onnxruntime's C++ `run` checks again anyway (a
-    missing or mistyped input still raises). Right after an LM step, whose weights have pushed
-    the interpreter out of the caches, that walk cost about 1.7 ms of a 5 x 40 /generate (two
-    runs a step; measured in the commit that made this change). Call it as
-    `run(output_names, feed, run_options)`; where the private binding is missing (another
-    onnxruntime build) it is `session.run` itself."""
-    binding = getattr(session, "_sess", None)
-    run = getattr(binding, "run", None)
-    if callable(run):
-        return cast(Callable[..., list[np.ndarray]], run)
-    return cast(Callable[..., list[np.ndarray]], session.run)
-
-
 class _Model:
     def __init__(
         self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession
@@ -97,7 +82,6 @@ class _Model:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.session = session
-        self._run = unchecked_run(session)  # called once a request or step: see unchecked_run
         arch = manifest.architecture
         self.pad_id: int = int(arch["pad_id"])
         self.bos_id: int = int(arch["bos_id"])
@@ -108,14 +92,28 @@ class _Model:
 
 class ClassifierModel(_Model):
     """Label probabilities for token-id sequences of any length (no truncation: the graph pools
-    over the last `max_len` tokens exactly as fastai does; callers bound the input size)."""
+    over the last `max_len` tokens exactly as fastai does; callers bound the input size).
+    `rows` runs the graph (GraphRows; an ensemble brings its own)."""
 
     def __init__(
-        self, manifest: Manifest, tokenizer: Tokenizer, session: ort.InferenceSession
+        self,
+        manifest: Manifest,
+        tokenizer: Tokenizer,
+        session: ort.InferenceSession,
+        rows: RowsRunner | None = None,
     ) -> None:
         super().__init__(manifest, tokenizer, session)
+        try:
+            self.rows: RowsRunner = rows or GraphRows(session, self.pad_id, self.backwards)
+        except ValueError as e:
+            raise BundleError(f"bundle {manifest.directory}: {e}") from None
         # Parsed once here, not per call: the manifest's accessor validates the section anew.
         self.short_input = manifest.short_input
+
+    @property
+    def run_tokens(self) -> int:
+        """Padded tokens per run by default (CLASSIFY_MAX_TOKENS unset): per graph layout."""
+        return self.rows.run_tokens
 
     @property
     def labels(self) -> list[str]:
@@ -144,23 +142,19 @@ class ClassifierModel(_Model):
         batch: Sequence[Sequence[int]],
         run_options: ort.RunOptions | None = None,
         calibrated: bool = False,
+        max_tokens: int | None = None,
     ) -> np.ndarray:
-        """Ids in reading order (reversed here for a backward model, after the tokenizer, as
-        fastai's `backwards=True` dataloaders do). `run_options` lets a caller stop a run from
-        another thread (its `terminate` flag). `calibrated`: with the manifest's short-input
-        calibration applied to short rows, as the model is served (bundle/calibration.py); the
-        default is the session's raw answer, which export measures and fits on."""
+        """Ids in reading order. `run_options` lets a caller stop the runs from another thread
+        (its `terminate` flag). `max_tokens` bounds the padded tokens of each onnxruntime run,
+        hence its activation memory (GraphRows); None: one run. `calibrated`: with the
+        manifest's short-input calibration applied to short rows, as the model is served
+        (bundle/calibration.py); the default is the raw answer, which export measures and fits on."""
         if not batch:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        lengths = np.array([len(ids) for ids in batch], dtype=np.int64)
-        if lengths.min() < 1:
+        lengths = [len(ids) for ids in batch]
+        if min(lengths) < 1:
             raise ValueError("every sequence needs at least one token")
-        ids = np.full((len(batch), int(lengths.max())), self.pad_id, dtype=np.int64)
-        for row, seq in enumerate(batch):
-            ids[row, : len(seq)] = np.asarray(seq)[::-1] if self.backwards else seq
-        probabilities: np.ndarray = self._run(
-            ["probabilities"], {"input_ids": ids, "lengths": lengths}, run_options
-        )[0]
+        probabilities = self.rows(batch, run_options, max_tokens)
         calibration = self.short_input
         if calibrated and calibration is not None:
             return calibration.apply(probabilities, lengths)
@@ -185,6 +179,7 @@ class LanguageModel(_Model):
         self._states = manifest.raw["states"]
         self._outputs = ["logits"] + [n for s in self._states for n in (s["h_out"], s["c_out"])]
         self._state_inputs = [n for s in self._states for n in (s["h"], s["c"])]
+        self._run = unchecked_run(session)  # called twice a generation step: see unchecked_run
 
     def initial_state(self, batch: int) -> State:
         return [

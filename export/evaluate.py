@@ -26,13 +26,14 @@ def classify_ids(
     batch_size: int = BATCH_SIZE,
     on_batch: Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Probabilities for many documents: length-sorted batches keep padding (wasted work) small.
-    `on_batch` is called after each batch (progress)."""
+    """Probabilities for many documents: length-sorted batches keep padding (wasted work) small,
+    each fed in runs of the token budget a server uses by default (`run_tokens`), so the figures
+    are the served model's. `on_batch` is called after each batch (progress)."""
     order = np.argsort([len(d) for d in docs])
     probs = np.zeros((len(docs), len(model.labels)), dtype=np.float32)
     for start in range(0, len(docs), batch_size):
         idx = order[start : start + batch_size]
-        probs[idx] = model.predict_ids([docs[i] for i in idx])
+        probs[idx] = model.predict_ids([docs[i] for i in idx], max_tokens=model.run_tokens)
         if on_batch is not None:
             on_batch()
     return probs

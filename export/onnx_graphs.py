@@ -17,7 +17,9 @@ import torch
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from .torch_modules import ClassifierGraph, LanguageModelGraph
+from bundle.classifier_rows import POOL_STATES, chunked_classifier_io
+
+from .torch_modules import ChunkedClassifierGraph, ClassifierGraph, LanguageModelGraph
 
 OPSET = 17
 QUANTIZED_OPS = ["LSTM", "MatMul", "Gather"]
@@ -68,6 +70,30 @@ def export_classifier(graph: ClassifierGraph, path: Path) -> None:
         "probabilities": {0: "batch"},
     }
     _export(graph, (ids, lengths), path, ["input_ids", "lengths"], ["probabilities"], dynamic)
+
+
+def export_chunked_classifier(graph: ChunkedClassifierGraph, path: Path) -> None:
+    inputs, outputs = chunked_classifier_io(len(graph.lstms))
+    ids = torch.tensor([[2, 5, 7, 9], [2, 6, 1, 1]], dtype=torch.long)
+    lengths = torch.tensor([6, 2], dtype=torch.long)
+    offset = torch.tensor([0], dtype=torch.long)
+    sizes = [int(lstm.hidden_size) for lstm in graph.lstms if isinstance(lstm, torch.nn.LSTM)]
+    states = [torch.zeros(1, 2, size) for size in sizes for _ in (0, 1)]
+    width = sizes[-1]
+    pool = [
+        torch.full((2, width), float("-inf")),
+        torch.zeros(2, width),
+        torch.zeros(2, 1),
+        torch.zeros(2, width),
+    ]
+    dynamic: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "lengths": {0: "batch"},
+        "probabilities": {0: "batch"},
+    }
+    for name in inputs[3:] + outputs[1:]:  # LSTM states are [1, batch, size], pooling [batch, n]
+        dynamic[name] = {0: "batch"} if name.removesuffix("_out") in POOL_STATES else {1: "batch"}
+    _export(graph, (ids, lengths, offset, *states, *pool), path, inputs, outputs, dynamic)
 
 
 def _export(

@@ -24,17 +24,18 @@ import onnxruntime as ort
 import torch
 
 from bundle import ClassifierModel, LanguageModel, load_bundle
+from bundle.classifier_rows import GraphRows
 from bundle.manifest import write_manifest
 
 from . import evaluate
 from .eval_data import EvalData, EvalDataError, generated
 from .learner import LearnerFacts, learner_facts, text_ids
-from .onnx_graphs import OPSET, ExportError, export_classifier, export_lm, quantize
+from .onnx_graphs import OPSET, ExportError, export_chunked_classifier, export_lm, quantize
 from .progress import Progress, progress
 from .session_format import choose_session_format
 from .staging import staged_bundle
 from .tokenizer_tables import parity_mismatches, write_tokenizer_json
-from .torch_modules import ClassifierGraph, LanguageModelGraph
+from .torch_modules import ChunkedClassifierGraph, LanguageModelGraph
 
 T = TypeVar("T")
 
@@ -91,11 +92,17 @@ SINGLE_RUN_TEXTS = 64  # int8 vs fp32 also one text at a time, as a server answe
 LM_PARITY_TOKENS = 64
 
 
+CHUNK_PARITY_TOKENS = 7  # per row: the padded batch is also fed in chunks this narrow
+
+
 def _classifier_parity(
-    learn: Any, graph: ClassifierGraph, fp32: Path, ids: list[list[int]]
+    learn: Any, graph: ChunkedClassifierGraph, fp32: Path, ids: list[list[int]]
 ) -> dict[str, Any]:
-    """fp32 ONNX vs the fastai model on the same ids, one text at a time and padded as a batch."""
+    """fp32 ONNX vs the fastai model on the same ids: one text at a time in one chunk, the texts
+    as one padded batch in one chunk, and that batch in narrow chunks with the state carried
+    (rows leaving as their texts end), each fed as the server feeds it (bundle.classifier_rows.GraphRows)."""
     sess = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    rows = GraphRows(sess, graph.pad_id, backwards=False)  # ids are already in the model's order
     model = learn.model.eval()
     activate = torch.sigmoid if graph.activation == "sigmoid" else partial(torch.softmax, dim=-1)
     max_diff = 0.0
@@ -104,22 +111,18 @@ def _classifier_parity(
         for seq in progress(ids, "parity fp32 ONNX vs torch", unit="texts"):
             model.reset()
             ref = activate(model(torch.tensor([seq]))[0]).numpy()
-            out = sess.run(
-                None,
-                {"input_ids": np.array([seq], dtype=np.int64), "lengths": np.array([len(seq)])},
-            )[0]
+            out = rows([seq])
             singles.append(out[0])
             max_diff = max(max_diff, float(np.abs(ref - out).max()))
-    width = max(len(s) for s in ids)
-    batch = np.full((len(ids), width), graph.pad_id, dtype=np.int64)
-    for i, seq in enumerate(ids):
-        batch[i, : len(seq)] = seq
-    padded = sess.run(None, {"input_ids": batch, "lengths": np.array([len(s) for s in ids])})[0]
+    single = np.stack(singles)
+    chunked = rows(ids, max_tokens=CHUNK_PARITY_TOKENS * len(ids))
     return {
         "texts": len(ids),
-        "longest_tokens": width,
+        "longest_tokens": max(len(s) for s in ids),
         "max_abs_diff_vs_torch": max_diff,
-        "max_abs_diff_padded_vs_single": float(np.abs(padded - np.stack(singles)).max()),
+        "max_abs_diff_padded_vs_single": float(np.abs(rows(ids) - single).max()),
+        "max_abs_diff_chunked_vs_single": float(np.abs(chunked - single).max()),
+        "chunk_tokens_per_row": CHUNK_PARITY_TOKENS,
     }
 
 
@@ -401,21 +404,25 @@ def _build_classifier(
     bounds: Bounds,
 ) -> dict[str, Any]:
     activation = "sigmoid" if facts.multi_label else "softmax"
-    graph = ClassifierGraph(learn.model, activation=activation)
+    graph = ChunkedClassifierGraph(learn.model, activation=activation)
     long_words = graph.max_len + graph.bptt + 5 if graph.max_len else 0
     data = eval_data or generated(facts.vocab, GENERATED_TEXTS, long_words=long_words)
     if data.held_out and data.labels is None:
         raise EvalDataError("a classifier's held-out data needs labels (--label-col)")
     target = _targets(data.labels, facts) if data.labels is not None else None
     fp32, int8, quant, export_seconds = _graph_files(
-        graph, staging, export_classifier, len(facts.layer_sizes)
+        graph, staging, export_chunked_classifier, len(facts.layer_sizes)
     )
     write_tokenizer_json(facts.vocab, staging / "tokenizer.json")
     n = PARITY_TEXTS["classify"]  # the first texts and the last two (the long generated ones)
     parity_texts = data.texts if len(data.texts) <= n else data.texts[: n - 2] + data.texts[-2:]
     tokenizer_check = _check_tokenizer(staging, parity_texts)
     parity = _classifier_parity(learn, graph, fp32, text_ids(learn, parity_texts))
-    for key in ("max_abs_diff_vs_torch", "max_abs_diff_padded_vs_single"):
+    for key in (
+        "max_abs_diff_vs_torch",
+        "max_abs_diff_padded_vs_single",
+        "max_abs_diff_chunked_vs_single",
+    ):
         _check(
             parity[key] <= bounds.max_abs_diff_fp32,
             f"classifier {key} = {parity[key]:.2e} > {bounds.max_abs_diff_fp32}",
@@ -425,6 +432,9 @@ def _build_classifier(
     assert isinstance(m_int8, ClassifierModel) and isinstance(m_fp32, ClassifierModel)
     docs, tokenize_seconds = _timed(_encode, m_int8, data.texts)
     p_fp32, s_fp32, p_int8, s_int8 = _classify_both(m_fp32, m_int8, docs)
+    for kind, probs in (("fp32", p_fp32), ("int8", p_int8)):
+        bad = int(np.count_nonzero(~np.isfinite(probs).all(axis=1)))
+        _check(bad == 0, f"{kind} classifier gave non-finite probabilities for {bad} documents")
     single_diff = max(
         float(np.abs(m_int8.predict_ids([d]) - m_fp32.predict_ids([d])).max())
         for d in docs[:SINGLE_RUN_TEXTS]

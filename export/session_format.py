@@ -29,8 +29,11 @@ def _probe_feed(sess: ort.InferenceSession) -> dict[str, np.ndarray]:
             feed[i.name] = np.array([[2, 9, 12, 15, 20, 8, 11, 3]], dtype=np.int64)
         elif i.name == "lengths":
             feed[i.name] = np.array([8], dtype=np.int64)
-        else:  # LSTM state [1, batch, size]
-            feed[i.name] = np.full((1, 1, int(i.shape[2])), 0.1, dtype=np.float32)
+        elif i.name == "offset":  # a chunked classifier's first position
+            feed[i.name] = np.array([0], dtype=np.int64)
+        else:  # carried state: LSTM [1, batch, size], a chunked classifier's pooling [batch, n]
+            shape = (1, 1, int(i.shape[2])) if len(i.shape) == 3 else (1, int(i.shape[1]))
+            feed[i.name] = np.full(shape, 0.1, dtype=np.float32)
     return feed
 
 

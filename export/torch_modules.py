@@ -100,11 +100,26 @@ class ClassifierGraph(nn.Module):
         self.eval()
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        batch, seq = input_ids.shape
+        batch = input_ids.shape[0]
         x = self.embedding(input_ids)
         for lstm in self.lstms:
             x, _ = lstm(x)
-        positions = torch.arange(seq, device=input_ids.device).unsqueeze(0)
+        keep = self._kept(input_ids, lengths, None)
+        keep_f = keep.unsqueeze(2).to(x.dtype)
+        last_idx = (lengths - 1).view(batch, 1, 1).expand(batch, 1, x.shape[2])
+        last = torch.gather(x, 1, last_idx).squeeze(1)
+        max_pool = x.masked_fill(~keep.unsqueeze(2), float("-inf")).max(dim=1).values
+        avg_pool = (x * keep_f).sum(dim=1) / keep_f.sum(dim=1)
+        return self._answer(last, max_pool, avg_pool)
+
+    def _kept(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, offset: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Which positions pooling covers ([batch, seq], the first at `offset` in the texts):
+        real tokens from the first bptt chunk that lies within the last `max_len`."""
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+        if offset is not None:
+            positions = positions + offset
         if self.max_len:
             overflow = torch.clamp(lengths - self.max_len, min=0)
             start = (
@@ -112,17 +127,70 @@ class ClassifierGraph(nn.Module):
             )
         else:
             start = torch.zeros_like(lengths)
-        keep = (
+        return (
             (positions < lengths.unsqueeze(1))
             & (positions >= start.unsqueeze(1))
             & (input_ids != self.pad_id)
         )
-        keep_f = keep.unsqueeze(2).to(x.dtype)
-        last_idx = (lengths - 1).view(batch, 1, 1).expand(batch, 1, x.shape[2])
-        last = torch.gather(x, 1, last_idx).squeeze(1)
-        max_pool = x.masked_fill(~keep.unsqueeze(2), float("-inf")).max(dim=1).values
-        avg_pool = (x * keep_f).sum(dim=1) / keep_f.sum(dim=1)
+
+    def _answer(
+        self, last: torch.Tensor, max_pool: torch.Tensor, avg_pool: torch.Tensor
+    ) -> torch.Tensor:
+        """fastai's concat pooling [last, max, mean] -> head -> the loss's activation."""
         logits = self.head(torch.cat([last, max_pool, avg_pool], dim=1))
         if self.activation == "sigmoid":
             return torch.sigmoid(logits)
         return F.softmax(logits, dim=-1)
+
+
+class ChunkedClassifierGraph(ClassifierGraph):
+    """One time chunk of the classifier: (input_ids [batch, chunk] right-padded, lengths [batch]
+    (whole texts), offset [1] (the chunk's first position), LSTM states, pooling state) ->
+    (probabilities, new LSTM states, new pooling state).
+
+    Why chunks: onnxruntime's LSTM computes the input projections of a whole input at once, so a
+    run's activations grow with rows x length (~21 KiB a padded token for the shipped shape): a
+    5,000-token text took ~105 MiB in one run. Fed in chunks with the state carried, a run's
+    memory is bounded by rows x chunk, whatever the text length, and rows that have ended can
+    leave the batch. fastai's own SentenceEncoder also encodes in `bptt` chunks carrying state.
+
+    Pooling state: running max (-inf at start), running sum and count of kept positions, and the
+    last real position's output. `probabilities` are final for rows whose text ends in this
+    chunk (`lengths <= offset + chunk`); for other rows they are partial and meaningless.
+    Exact against `ClassifierGraph` in fp32 up to summation order (tested).
+    """
+
+    def forward(  # type: ignore[override]  # a chunk step takes the state, not just ids
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor,
+        offset: torch.Tensor,
+        *state: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        n = len(self.lstms)
+        lstm_states, (pool_max, pool_sum, pool_count, last) = state[: 2 * n], state[2 * n :]
+        batch, seq = input_ids.shape
+        x = self.embedding(input_ids)
+        new_states: list[torch.Tensor] = []
+        for i, lstm in enumerate(self.lstms):
+            x, (h, c) = lstm(x, (lstm_states[2 * i], lstm_states[2 * i + 1]))
+            new_states += [h, c]
+        keep = self._kept(input_ids, lengths, offset)
+        keep_f = keep.unsqueeze(2).to(x.dtype)
+        chunk_max = x.masked_fill(~keep.unsqueeze(2), float("-inf")).max(dim=1).values
+        pool_max = torch.maximum(pool_max, chunk_max)
+        pool_sum = pool_sum + (x * keep_f).sum(dim=1)
+        pool_count = pool_count + keep_f.sum(dim=1)
+        last_pos = lengths - 1 - offset
+        in_chunk = ((last_pos >= 0) & (last_pos < seq)).unsqueeze(1)
+        gather_idx = (
+            torch.clamp(last_pos, 0, seq - 1).view(batch, 1, 1).expand(batch, 1, x.shape[2])
+        )
+        last = torch.where(in_chunk, torch.gather(x, 1, gather_idx).squeeze(1), last)
+        avg_pool = pool_sum / torch.clamp(pool_count, min=1.0)
+        # A row whose kept window has not begun still has max -inf; the head must not see it:
+        # int8's dynamic quantization scales the head's input over the whole batch, so one -inf
+        # would make every row's answer NaN. Those rows' answers are not final anyway.
+        seen_max = torch.where(pool_count > 0, pool_max, torch.zeros_like(pool_max))
+        probs = self._answer(last, seen_max, avg_pool)
+        return (probs, *new_states, pool_max, pool_sum, pool_count, last)

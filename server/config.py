@@ -56,6 +56,17 @@ class IntIn(Parser[int]):
         return value
 
 
+class OptionalIntIn(Parser["int | None"]):
+    """An IntIn, or empty for "not set" (the default then comes from elsewhere, said in the doc)."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self._int = IntIn(low, high)
+        self.allowed = f"empty or {self._int.allowed}"
+
+    def __call__(self, raw: str) -> int | None:
+        return self._int(raw) if raw.strip() else None
+
+
 class FloatIn(Parser[float]):
     def __init__(self, low: float, high: float) -> None:
         self.low, self.high = low, high
@@ -333,18 +344,20 @@ class Settings:
         "worker VmHWM 111 -> 113.3 MiB (LM_RUNS 8: 116-118) and all 8 done in 1.0 s (LM_RUNS 8: "
         "1.7-2.0 s); c=1 latency unchanged.",
     )
-    classify_max_tokens: int = setting(
+    classify_max_tokens: int | None = setting(
         "CLASSIFY_MAX_TOKENS",
-        IntIn(64, 10_000_000),
-        2048,
-        "Most padded tokens (rows × longest row) in one classifier onnxruntime run. A batch, one "
-        "request's or coalesced, is split into runs under it, shortest texts first; a longer "
-        "single text runs alone. A run's activation memory grows with rows × length (~21 KiB "
-        "per padded token), so this bounds it. Measured on one pinned core, both shipped-size "
-        "bundles, every benchmark cell after 8 long reviews at c=8: peak PSS of master + worker "
-        "197-210 MiB at 4096, 145 at 2048. Session CPU per review, 8 coalesced, 2048 vs 4096: "
-        "median reviews the same (8 rows fit), the benchmark's long band (516-1176 tokens) +3-4 %, "
-        "the 16 longest test reviews (1249-2893) +8 %; one text alone: no change.",
+        OptionalIntIn(64, 10_000_000),
+        None,
+        "Most padded tokens in one classifier onnxruntime run; a run's activation memory grows "
+        "with them (~21 KiB each for the shipped size). Unset: per bundle, from its graph layout "
+        "(bundle/classifier_rows.py): 256 for chunked graphs, which take texts in time chunks with the "
+        "state carried (rows × chunk ≤ the budget, however long the texts; a text that has ended "
+        "leaves the batch), 2048 for whole-sequence graphs (bundles exported before chunking), "
+        "whose batches are split into runs of rows × longest row ≤ the budget, shortest texts "
+        "first, a longer text alone. Measured (server on one pinned core, shipped-size "
+        "classifier, chunked): peak PSS under the memory load 140-147 MiB at 256, 156-168 at "
+        "512 and 384, 128-143 at 128; per review at 256 vs 512 the same for median reviews "
+        "alone and for 8 long ones together, +1-3 ms of ~72 for a long review alone.",
     )
     microbatch: bool = setting(
         "MICROBATCH",

@@ -1,6 +1,6 @@
-"""bundle/runtime.py's classifier calls onnxruntime's C++ run directly (`unchecked_run`): the
-same probabilities as the public `session.run`, and the caller's RunOptions still reach the run
-(the request deadline's terminate flag, server/inference/guards.py)."""
+"""bundle/runtime.py's classifier calls onnxruntime's C++ run directly (bundle/onnx_run.py's
+`unchecked_run`): the same probabilities as the public `session.run`, and the caller's
+RunOptions still reach the run (the request deadline's terminate flag, server/inference/guards.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import onnxruntime as ort
 import pytest
 
 from bundle import ClassifierModel
-from bundle.runtime import unchecked_run
+from bundle.classifier_rows import GraphRows
+from bundle.onnx_run import unchecked_run
 
 TEXTS = ["A fine film.", "Dull, long and badly acted from start to finish.", "Loved it!!!"]
 
@@ -17,14 +18,13 @@ TEXTS = ["A fine film.", "Dull, long and badly acted from start to finish.", "Lo
 def test_classifier_answers_as_the_public_run_bit_for_bit(tiny_classifier: ClassifierModel) -> None:
     assert unchecked_run(tiny_classifier.session) != tiny_classifier.session.run
     batch = [tiny_classifier.tokenizer.encode(text) for text in TEXTS]
-    lengths = np.array([len(ids) for ids in batch], dtype=np.int64)
-    ids = np.full((len(batch), int(lengths.max())), tiny_classifier.pad_id, dtype=np.int64)
-    for row, seq in enumerate(batch):
-        ids[row, : len(seq)] = seq[::-1] if tiny_classifier.backwards else seq
-    public = tiny_classifier.session.run(["probabilities"], {"input_ids": ids, "lengths": lengths})[
-        0
-    ]
-    assert np.array_equal(tiny_classifier.predict_ids(batch), public)
+    public = GraphRows(tiny_classifier.session, tiny_classifier.pad_id, tiny_classifier.backwards)
+    public._run = tiny_classifier.session.run  # type: ignore[method-assign,assignment]
+    for max_tokens in (None, 4):
+        assert np.array_equal(
+            tiny_classifier.predict_ids(batch, max_tokens=max_tokens),
+            public(batch, None, max_tokens),
+        )
 
 
 def test_run_options_still_stop_the_run(tiny_classifier: ClassifierModel) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from bundle import ClassifierModel, LanguageModel
+from bundle.classifier_rows import GraphRows
 from bundle.runtime import session_options
 
 
@@ -32,12 +33,10 @@ def test_classifier_answers_as_with_default_options(tiny_classifier: ClassifierM
     rng = np.random.default_rng(0)
     for lengths in ([3], [7, 2, 5], [40, 1, 13, 29]):
         batch = [list(rng.integers(4, tiny_classifier.vocab_size, n)) for n in lengths]
-        ours = tiny_classifier.predict_ids(batch)
-        ids = np.full((len(batch), max(lengths)), tiny_classifier.pad_id, dtype=np.int64)
-        for row, seq in enumerate(batch):
-            ids[row, : len(seq)] = seq[::-1] if tiny_classifier.backwards else seq
-        feed = {"input_ids": ids, "lengths": np.array(lengths, dtype=np.int64)}
-        theirs = reference.run(["probabilities"], feed)[0]
+        ours = tiny_classifier.predict_ids(batch, max_tokens=16)
+        theirs = GraphRows(reference, tiny_classifier.pad_id, tiny_classifier.backwards)(
+            batch, None, 16
+        )
         np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
 
 

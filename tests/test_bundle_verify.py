@@ -142,6 +142,10 @@ def test_a_graph_that_is_not_a_softmax_fails_the_inference_check(models: Path) -
     onnx.save(model, clf / "bad.onnx")
     raw = json.loads((clf / "manifest.json").read_text())
     raw["model"]["file"] = "bad.onnx"
+    raw["model"]["inputs"] = [  # a whole-sequence graph's (still served: bundle/classifier_rows.py)
+        {"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
+        {"name": "lengths", "dtype": "int64", "shape": ["batch"]},
+    ]
     raw["files"]["bad.onnx"] = {}
     write_manifest(clf, raw)
     result = verify(clf)

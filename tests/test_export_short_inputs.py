@@ -109,7 +109,7 @@ def test_the_server_applies_it_to_short_inputs_only(
     assert calibration is not None
     short_ids, long_ids = (model.tokenizer.encode(t) for t in (SHORT_TEXT, LONG_TEXT))
     assert len(short_ids) <= calibration.max_tokens < len(long_ids)
-    raw = raw_model.predict_texts([SHORT_TEXT, LONG_TEXT])
+    raw = raw_model.predict_ids([short_ids, long_ids], max_tokens=raw_model.run_tokens)
 
     models = tmp_path / "models"
     models.mkdir()

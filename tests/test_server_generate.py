@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from bundle import LanguageModel, load_bundle
-from bundle.runtime import unchecked_run
+from bundle.onnx_run import unchecked_run
 from server.inference.errors import DeadlineExceeded
 from server.inference.generate import GenerationRequest, generate_texts, prompt_ids, stream_pieces
 from server.inference.guards import LM_RUNS, RequestBudget

@@ -19,7 +19,7 @@ from bundle import ClassifierModel
 from server.config import Settings
 from server.http.admission import AdmissionGate
 from server.http.errors import Overloaded, ShuttingDown, http_error
-from server.inference.batching import ClassifyBatcher, token_runs
+from server.inference.batching import ClassifyBatcher
 from server.inference.classify import classifier_runner
 from server.inference.errors import BatchFailed, DeadlineExceeded
 from server.inference.guards import CLASSIFY_RUNS, RUN_DEADLINES, RequestBudget, RunSlots
@@ -131,6 +131,11 @@ class GatedRunner:
         return self._run(ids, deadline, timeout_s)
 
 
+def served(model: ClassifierModel, ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """The model's answer as the runner gives it: calibrated, in runs of its default budget."""
+    return model.predict_ids(ids, calibrated=True, max_tokens=model.run_tokens)
+
+
 def ids_of(model: ClassifierModel, count: int) -> list[list[list[int]]]:
     """`count` requests of one text each, of different lengths."""
     return [[[model.bos_id] + [5 + (j % 30) for j in range(3 + 7 * i)]] for i in range(count)]
@@ -165,7 +170,7 @@ def test_a_lone_request_runs_at_once_in_its_own_thread(tiny_classifier: Classifi
     request = ids_of(tiny_classifier, 1)[0]
     result = batcher.predict(request, RequestBudget(5))
     assert runner.calls == [(threading.get_ident(), request)]  # no hand-off to another thread
-    np.testing.assert_array_equal(result, tiny_classifier.predict_ids(request))
+    np.testing.assert_array_equal(result, served(tiny_classifier, request))
 
 
 def test_concurrent_requests_share_one_call_and_get_their_own_rows(
@@ -188,12 +193,12 @@ def test_concurrent_requests_share_one_call_and_get_their_own_rows(
     assert observed == [(1, 1), (7, 7)]
     second_call = runner.calls[1][1]
     assert sorted(map(len, second_call)) == sorted(len(r[0]) for r in requests[1:])
-    together = tiny_classifier.predict_ids(second_call)  # the same call, made directly
+    together = served(tiny_classifier, second_call)  # the same call, made directly
     for index, request in enumerate(requests):
         answer = answers[index]
         assert isinstance(answer, np.ndarray), answer
         if index == 0:
-            np.testing.assert_array_equal(answer, tiny_classifier.predict_ids(request))
+            np.testing.assert_array_equal(answer, served(tiny_classifier, request))
             continue
         row = second_call.index(request[0])
         np.testing.assert_array_equal(answer, together[row : row + 1])
@@ -295,7 +300,7 @@ def test_leadership_passes_on_and_everyone_is_answered(tiny_classifier: Classifi
     runner = classifier_runner(tiny_classifier, MAX_TOKENS)
     batcher = ClassifyBatcher(runner, max_texts=3)
     requests = ids_of(tiny_classifier, 24)
-    expected = [tiny_classifier.predict_ids(r) for r in requests]
+    expected = [served(tiny_classifier, r) for r in requests]
     for _ in range(3):
         threads, answers = submit_all(batcher, requests)
         for thread in threads:
@@ -399,34 +404,22 @@ def test_classifier_runs_wait_for_a_slot(tiny_classifier: ClassifierModel) -> No
     )  # free again
 
 
-def test_token_runs_cover_every_text_once_within_the_budget() -> None:
-    lengths = [5, 300, 40, 41, 1000, 7, 120, 39]
-    ids = [[1] * n for n in lengths]
-    runs = token_runs(ids, max_tokens=256)
-    assert sorted(i for run in runs for i in run) == list(range(len(ids)))
-    for run in runs:
-        longest = max(lengths[i] for i in run)
-        assert len(run) * longest <= 256 or len(run) == 1, run  # 300 and 1000 run alone
-    assert len(token_runs(ids, max_tokens=10**6)) == 1
-
-
-def test_classifier_runner_splits_by_tokens_and_keeps_the_order(
+def test_classifier_runner_passes_its_token_budget_and_keeps_the_order(
     tiny_classifier: ClassifierModel,
 ) -> None:
+    """The runner is the model's calibrated run under CLASSIFY_MAX_TOKENS (how runs are cut under
+    it: tests/test_bundle_runtime.py), one row per text in the order given."""
     texts = [
         [tiny_classifier.bos_id] + [5 + (i * j) % 40 for j in range(n)]
         for i, n in enumerate([30, 3, 90, 12, 60])
     ]
-    alone = np.concatenate([tiny_classifier.predict_ids([t]) for t in texts])
-    split = classifier_runner(tiny_classifier, max_tokens=1)(
-        texts, time.monotonic() + 60, 60
-    )  # every text alone
-    np.testing.assert_array_equal(split, alone)
-    # 64 tokens: the two shortest (4 and 13 ids) share a run, the others run alone; rows come back in order
-    mixed = classifier_runner(tiny_classifier, max_tokens=64)(texts, time.monotonic() + 60, 60)
-    np.testing.assert_array_equal(mixed[[1, 3]], tiny_classifier.predict_ids([texts[1], texts[3]]))
-    np.testing.assert_array_equal(mixed[[0, 2, 4]], alone[[0, 2, 4]])
-    together = classifier_runner(tiny_classifier, max_tokens=10**6)(
-        texts, time.monotonic() + 60, 60
-    )
-    assert (together.argmax(1) == alone.argmax(1)).all()
+    for max_tokens in (1, 64, 10**6):
+        ours = classifier_runner(tiny_classifier, max_tokens=max_tokens)(
+            texts, time.monotonic() + 60, 60
+        )
+        expected = tiny_classifier.predict_ids(texts, calibrated=True, max_tokens=max_tokens)
+        np.testing.assert_array_equal(ours, expected)
+        reordered = classifier_runner(tiny_classifier, max_tokens=max_tokens)(
+            texts[::-1], time.monotonic() + 60, 60
+        )
+        np.testing.assert_array_equal(reordered, ours[::-1])

@@ -229,18 +229,3 @@ class ClassifyBatcher:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             return {"queued": len(self._queue), "leading": self._leading}
-
-
-def token_runs(ids: Sequence[Sequence[int]], max_tokens: int) -> list[list[int]]:
-    """Indices of `ids` grouped into runs of at most `max_tokens` padded tokens (rows x the
-    longest row), shortest first so rows of a run have similar lengths; a longer text runs alone."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    runs: list[list[int]] = []
-    for i in order:
-        if (
-            runs and (len(runs[-1]) + 1) * len(ids[i]) <= max_tokens
-        ):  # sorted: ids[i] is the longest
-            runs[-1].append(i)
-        else:
-            runs.append([i])
-    return runs

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bundle import ClassifierModel
-from server.inference.batching import ClassifyBatcher, RunBatch, token_runs
+from server.inference.batching import ClassifyBatcher, RunBatch
 from server.inference.guards import CLASSIFY_RUNS, RUN_DEADLINES, RequestBudget
 from server.inference.loading import ModelSet
 
@@ -22,27 +22,22 @@ from server.inference.loading import ModelSet
 ClassifyListener = Callable[[ClassifierModel, list[str], np.ndarray], None]
 
 
-def classifier_runner(model: ClassifierModel, max_tokens: int) -> RunBatch:
-    """`run_batch` for one classifier: onnxruntime calls of at most `max_tokens` padded tokens
-    (a run's activation memory grows with rows x length), each once one of the process's
-    CLASSIFY_RUNS slots is free, all stopped at the deadline (server/inference/guards.py).
-    Answers are calibrated as the bundle says (short rows, bundle/calibration.py)."""
+def classifier_runner(model: ClassifierModel, max_tokens: int | None) -> RunBatch:
+    """`run_batch` for one classifier: its onnxruntime runs hold at most `max_tokens` padded
+    tokens each (a run's activation memory grows with them; bundle.classifier_rows.GraphRows; None: the
+    bundle's default for its graph layout, `ClassifierModel.run_tokens`), made
+    once one of the process's CLASSIFY_RUNS slots is free and stopped at the deadline
+    (server/inference/guards.py). Answers are calibrated as the bundle says (short rows,
+    bundle/calibration.py)."""
+
+    budget = max_tokens or model.run_tokens
 
     def run(ids: Sequence[Sequence[int]], deadline: float, timeout_s: float) -> np.ndarray:
-        out: np.ndarray | None = None
-        for rows in token_runs(ids, max_tokens):
-            with (
-                CLASSIFY_RUNS.hold(deadline, timeout_s),
-                RUN_DEADLINES.guard(deadline, timeout_s) as options,
-            ):
-                probs = model.predict_ids(
-                    [ids[i] for i in rows], run_options=options, calibrated=True
-                )
-            if out is None:
-                out = np.empty((len(ids), probs.shape[1]), dtype=probs.dtype)
-            out[rows] = probs
-        assert out is not None, "no sequences to classify"
-        return out
+        with (
+            CLASSIFY_RUNS.hold(deadline, timeout_s),
+            RUN_DEADLINES.guard(deadline, timeout_s) as options,
+        ):
+            return model.predict_ids(ids, run_options=options, calibrated=True, max_tokens=budget)
 
     return run
 
@@ -63,7 +58,7 @@ class BatchingConfig:
     microbatch: bool
     max_texts: int
     wait_s: float
-    max_tokens: int
+    max_tokens: int | None
 
 
 class ClassifyService:

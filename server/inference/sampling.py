@@ -193,7 +193,7 @@ class GraphSession:
                 if self._run is None:
                     import onnxruntime as ort  # loaded already by the bundles
 
-                    from bundle.runtime import unchecked_run
+                    from bundle.onnx_run import unchecked_run
 
                     options = ort.SessionOptions()
                     options.intra_op_num_threads = 1
@@ -201,7 +201,7 @@ class GraphSession:
                     session = ort.InferenceSession(
                         self._graph, options, providers=["CPUExecutionProvider"]
                     )
-                    self._run = unchecked_run(session)  # once per step: bundle/runtime.py
+                    self._run = unchecked_run(session)  # once per step: bundle/onnx_run.py
         return self._run(self._outputs, feed, None)
 
 

@@ -53,7 +53,7 @@ class ObservedClassifier(ClassifierModel):
     def __init__(
         self, model: ClassifierModel, metrics: ServerMetrics, drift: DriftMonitor | None
     ) -> None:
-        super().__init__(model.manifest, model.tokenizer, model.session)
+        super().__init__(model.manifest, model.tokenizer, model.session, model.rows)
         self._metrics = metrics
         self.drift = drift
         self._model_id = model_id = model.manifest.model_id

@@ -62,6 +62,8 @@ def export_lm(graph: LanguageModelGraph, path: Path) -> None:
 
 
 def export_classifier(graph: ClassifierGraph, path: Path) -> None:
+    """The whole-sequence layout that bundles had before chunked graphs; exports now write the
+    chunked one. Kept so tests can make such a bundle and check it is still served."""
     ids = torch.tensor([[2, 5, 7, 9], [2, 6, 1, 1]], dtype=torch.long)
     lengths = torch.tensor([4, 2], dtype=torch.long)
     dynamic = {

@@ -105,12 +105,12 @@ def _stats(samples: list[float]) -> dict[str, Any]:
 
 
 def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) -> dict[str, Any]:
-
     from bundle import ClassifierModel, load_bundle
     from bundle.classifier_rows import GraphRows
 
     model = load_bundle(bundle_dir, threads=1, inter_threads=1)
     assert isinstance(model, ClassifierModel), f"{bundle_dir} is not a classifier bundle"
+    assert isinstance(model.rows, GraphRows), "one bundle's graph, not an ensemble"
     model.warm_up()
     fp32_path = bundle_dir / "model.fp32.onnx"
     fp32 = (
@@ -121,7 +121,6 @@ def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) 
     out: dict[str, Any] = {"model": model.manifest.model_id}
     for band, texts in reviews.items():
         tokenize, session, whole, session_fp32, n_tokens = [], [], [], [], []
-        assert isinstance(model.rows, GraphRows), "one bundle's graph, not an ensemble"
         feeds = []
         for text in texts:
             ids = model.tokenizer.encode(text)

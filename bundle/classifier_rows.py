@@ -28,7 +28,7 @@ def chunked_classifier_io(n_layers: int) -> tuple[list[str], list[str]]:
     return [*CHUNK_INPUTS, *carried], ["probabilities", *[f"{n}_out" for n in carried]]
 
 
-def token_runs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+def token_runs(lengths: Sequence[int] | np.ndarray, max_tokens: int) -> list[list[int]]:
     """Indices of rows grouped into runs of at most `max_tokens` padded tokens (rows x the
     longest row), shortest first so rows of a run have similar lengths; a longer row runs alone.
     For whole-sequence graphs, whose activations grow with rows x length."""
@@ -87,13 +87,17 @@ class GraphRows:
         self.backwards = backwards
         inputs = {i.name: i.shape for i in session.get_inputs()}
         self.chunked = "offset" in inputs
-        self._state_sizes: list[tuple[str, int]] = []  # (name, width) of each carried state
+        self._outputs = ["probabilities"]
+        self._state_names: list[str] = []  # carried state, in the graph's order (chunked only)
+        self._state_widths: list[int] = []
+        self._n_lstm = 0  # the first _n_lstm carried states are LSTM h/c [1, batch, width]
         if self.chunked:
             n_layers = sum(1 for name in inputs if name[0] == "h" and name[1:].isdigit())
             names_in, self._outputs = chunked_classifier_io(n_layers)
             if set(names_in) != set(inputs):
                 raise ValueError(f"classifier graph inputs {sorted(inputs)} != {sorted(names_in)}")
-            self._state_sizes = [(name, int(inputs[name][-1])) for name in names_in[3:]]
+            self._state_names = names_in[len(CHUNK_INPUTS) :]
+            self._state_widths = [int(inputs[name][-1]) for name in self._state_names]
             self._n_lstm = 2 * n_layers
 
     @property
@@ -109,27 +113,26 @@ class GraphRows:
         rows: list[Row] = [np.asarray(seq)[::-1] if self.backwards else seq for seq in batch]
         if self.chunked:
             return self._chunks(rows, run_options, max_tokens)
-        lengths = [len(seq) for seq in rows]
+        lengths = np.array([len(seq) for seq in rows], dtype=np.int64)
         runs = token_runs(lengths, max_tokens) if max_tokens else [list(range(len(rows)))]
         out: np.ndarray | None = None
         for run in runs:
-            ids, run_lengths = self._padded([rows[i] for i in run], 0, max(lengths[i] for i in run))
-            probs = self._run(
-                ["probabilities"], {"input_ids": ids, "lengths": run_lengths}, run_options
-            )[0]
+            ids = self._padded([rows[i] for i in run], 0, int(lengths[run].max()))
+            feed = {"input_ids": ids, "lengths": lengths[run]}
+            probs = self._run(self._outputs, feed, run_options)[0]
             if out is None:
                 out = np.empty((len(rows), probs.shape[1]), dtype=probs.dtype)
             out[run] = probs
         assert out is not None
         return out
 
-    def _padded(self, rows: Sequence[Row], start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions [start, end) of each row, right-padded; and the rows' whole lengths."""
+    def _padded(self, rows: Sequence[Row], start: int, end: int) -> np.ndarray:
+        """Positions [start, end) of each row, right-padded."""
         ids = np.full((len(rows), end - start), self.pad_id, dtype=np.int64)
         for r, seq in enumerate(rows):
             part = seq[start:end]
             ids[r, : len(part)] = part
-        return ids, np.array([len(seq) for seq in rows], dtype=np.int64)
+        return ids
 
     def _initial_state(self, rows: int) -> list[np.ndarray]:
         """Zero LSTM state; pooling: running max -inf, sum, count and last output zero."""
@@ -137,20 +140,19 @@ class GraphRows:
             np.full((rows, width), -np.inf, np.float32)
             if name == "pool_max"
             else np.zeros((1, rows, width) if i < self._n_lstm else (rows, width), np.float32)
-            for i, (name, width) in enumerate(self._state_sizes)
+            for i, (name, width) in enumerate(
+                zip(self._state_names, self._state_widths, strict=True)
+            )
         ]
 
     def one_run_feed(self, rows: Sequence[Row]) -> tuple[list[str], dict[str, np.ndarray]]:
         """(output names, feed) of the single run that answers `rows` (model order), for timing
         the bare `session.run` (benchmarks/inprocess.py)."""
-        longest = max(len(seq) for seq in rows)
-        ids, lengths = self._padded(rows, 0, longest)
-        feed = {"input_ids": ids, "lengths": lengths}
-        if not self.chunked:
-            return ["probabilities"], feed
-        names = [name for name, _ in self._state_sizes]
-        feed.update(zip(names, self._initial_state(len(rows)), strict=True))
-        feed["offset"] = np.array([0], dtype=np.int64)
+        lengths = np.array([len(seq) for seq in rows], dtype=np.int64)
+        feed = {"input_ids": self._padded(rows, 0, int(lengths.max())), "lengths": lengths}
+        if self.chunked:
+            feed.update(zip(self._state_names, self._initial_state(len(rows)), strict=True))
+            feed["offset"] = np.array([0], dtype=np.int64)
         return self._outputs, feed
 
     def _chunks(
@@ -166,16 +168,16 @@ class GraphRows:
         lengths = np.array([len(seq) for seq in ordered], dtype=np.int64)
         n = len(ordered)
         state = self._initial_state(n)
-        names = [name for name, _ in self._state_sizes]
         out: np.ndarray | None = None
         start, active = 0, n
         while active:
             width = max(1, max_tokens // active) if max_tokens else int(lengths[0])
             end = min(start + width, int(lengths[0]))
-            ids, _ = self._padded(ordered[:active], start, end)
-            feed: dict[str, np.ndarray] = dict(zip(names, state, strict=True))
+            feed: dict[str, np.ndarray] = dict(zip(self._state_names, state, strict=True))
             feed.update(
-                input_ids=ids, lengths=lengths[:active], offset=np.array([start], dtype=np.int64)
+                input_ids=self._padded(ordered[:active], start, end),
+                lengths=lengths[:active],
+                offset=np.array([start], dtype=np.int64),
             )
             probs, *state = self._run(self._outputs, feed, run_options)
             if out is None:

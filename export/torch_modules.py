@@ -76,8 +76,8 @@ class ClassifierGraph(nn.Module):
     """(input_ids right-padded, lengths) -> probabilities in one call (the whole-sequence
     layout; the reference that `ChunkedClassifierGraph`, what export writes, is tested against):
     fastai's SentenceEncoder + masked concat pooling + PoolingLinearClassifier head, without the
-    bptt loop. `activation` is what
-    the learner's loss applies in predict: softmax (single label) or sigmoid (multi-label).
+    bptt loop. `activation` is what the learner's loss applies in predict: softmax (single
+    label) or sigmoid (multi-label).
 
     Exactness: the LSTM is unidirectional, so right padding cannot change outputs at real
     positions; pooling covers what fastai keeps: non-pad positions from the first bptt chunk

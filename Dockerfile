@@ -43,10 +43,8 @@ RUN pip install --no-cache-dir --only-binary=:all: \
     && useradd --uid 10001 --gid app --no-create-home --no-log-init --shell /usr/sbin/nologin app
 
 # Runtime settings after the dependency layer, so changing one does not reinstall the deps.
-# ORT_DISABLE_TELEMETRY: onnxruntime would otherwise try to persist a telemetry device id in a
-# home directory the app user does not have (a non-JSON warning on every start) and send events.
-ENV ORT_DISABLE_TELEMETRY=1 \
-    PYTHONPATH=/app \
+# (onnxruntime's telemetry is turned off by the server package itself: server/__init__.py.)
+ENV PYTHONPATH=/app \
     PORT=8080 \
     MODEL_DIR=/app/models
 WORKDIR /app

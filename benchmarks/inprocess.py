@@ -10,28 +10,43 @@ seeds, its LM steps timed separately). HTTP latency minus these is the server's 
 Also the fp32 graph when the bundle ships one, and one LM step / one sampling step alone.
 
 `startup`: a fresh interpreter's cold-start pieces, finer than the server's log: imports of
-numpy and onnxruntime, then per bundle manifest verification (sha256), tokenizer tables,
-session creation (same options as the server) and warm-up.
+numpy, onnxruntime, gunicorn's arbiter and gthread worker, and Falcon, then per bundle manifest
+verification (sha256), tokenizer tables, session creation (same options as the server) and
+warm-up. Those four imports and the sessions, with a bare interpreter's start (the runner times
+it), are what any server on this stack does before it can answer: the cold start's floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 _T0 = time.perf_counter()
 MS = 1e3
+# The serving stack's own imports, in the server's order of need (gunicorn's arbiter, then the
+# gthread worker, then Falcon); numpy and onnxruntime are timed apart.
+STACK_IMPORTS = {
+    "import_gunicorn_ms": ("gunicorn.app.base", "gunicorn.workers.gthread"),
+    "import_falcon_ms": ("falcon",),
+}
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     start = time.perf_counter()
     value = fn()
     return (time.perf_counter() - start) * MS, value
+
+
+def _import_all(modules: tuple[str, ...]) -> None:
+    for name in modules:
+        importlib.import_module(name)
 
 
 # ----------------------------------------------------------------------------- startup probe
@@ -44,6 +59,8 @@ def startup(models: Path) -> dict[str, Any]:
     }
     result["import_numpy_ms"], _ = _timed(lambda: __import__("numpy"))
     result["import_onnxruntime_ms"], _ = _timed(lambda: __import__("onnxruntime"))
+    for key, modules in STACK_IMPORTS.items():
+        result[key], _ = _timed(partial(_import_all, modules))
     result["import_bundle_ms"], _ = _timed(lambda: __import__("bundle"))
     import onnxruntime as ort
 

@@ -363,11 +363,21 @@ def _cold_start(results: dict[str, Any], plots: Sequence[Path], rel: Any) -> lis
             ),
         )
     probe = analysis.startup_probe_medians(results)
+    stack = (
+        f"interpreter start {_ms(probe['interpreter_ms'])} ms, "
+        if "interpreter_ms" in probe
+        else ""
+    )
+    stack += f"import numpy {_ms(probe['import_numpy_ms'])} ms, onnxruntime "
+    stack += f"{_ms(probe['import_onnxruntime_ms'])} ms, "
+    if "import_falcon_ms" in probe:
+        stack += (
+            f"gunicorn (arbiter + gthread worker) {_ms(probe['import_gunicorn_ms'])} ms, "
+            f"falcon {_ms(probe['import_falcon_ms'])} ms, "
+        )
     out += [
         f"Ours in finer steps (a bare interpreter doing the same work, median of {probe['n']}): "
-        f"import numpy {_ms(probe['import_numpy_ms'])} ms, onnxruntime "
-        f"{_ms(probe['import_onnxruntime_ms'])} ms, bundle package "
-        f"{_ms(probe['import_bundle_ms'])} ms; per bundle:",
+        f"{stack}bundle package {_ms(probe['import_bundle_ms'])} ms; per bundle:",
         "",
     ]
     out += _table(
@@ -389,6 +399,16 @@ def _cold_start(results: dict[str, Any], plots: Sequence[Path], rel: Any) -> lis
             for name, b in probe["bundles"].items()
         ),
     )
+    if probe.get("floor_s") is not None:
+        out += [
+            f"The floor of this stack: {probe['floor_s']:.3f} s, what any Python server of numpy, "
+            "onnxruntime, gunicorn and Falcon spends before it can answer (the interpreter's "
+            "start, those four imports, the bundles' sessions), none of it ours. Everything "
+            "else in the phases above is this server's own work: its modules, the sha256 "
+            "checks, the tokenizer tables, gunicorn's set-up, the fork, the warm-up, and the "
+            "first request (whose inference any server runs too).",
+            "",
+        ]
     out += [f"![cold start phases]({rel(p)})" for p in plots if p.name == "cold_start.png"] + [""]
     return out
 

@@ -370,8 +370,21 @@ def run_inprocess(
             raise RuntimeError(f"benchmarks.inprocess {args[0]} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout.strip().splitlines()[-1])
 
+    def interpreter_ms() -> float:
+        """A bare interpreter's start: from just before the exec (as a cold start's clock) to
+        its first statement, pinned and in the same environment."""
+        argv = pinned(
+            [sys.executable, "-c", "import time; print(repr(time.time()))"], cfg.server_cpu
+        )
+        before = time.time()
+        out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60, check=True)
+        return round((float(out.stdout) - before) * 1e3, 3)
+
     raw = module("raw", str(spec_path), "--repeats", str(cfg.raw_repeats))
-    startups = [module("startup") for _ in range(max(1, cfg.cold_runs))]
+    startups = [
+        {**module("startup"), "interpreter_ms": interpreter_ms()}
+        for _ in range(max(1, cfg.cold_runs))
+    ]
     return {"raw": raw, "startup_probes": startups}
 
 

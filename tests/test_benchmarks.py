@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks import analysis
+
 REPO = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SECTIONS = (
@@ -97,6 +99,22 @@ def test_cold_starts_of_both_servers_with_phases_that_add_up(quick_run: dict[str
     assert all(r["exit_code"] == 0 for r in ours)  # SIGTERM ends our server cleanly
     naive = [r for r in rows if r["server"] == "naive"]
     assert all(r["phases_s"]["import fastai + torch"] > 0 for r in naive)
+
+
+def test_the_cold_start_floor_is_measured_and_named(quick_run: dict[str, Any]) -> None:
+    """The floor (a bare interpreter's start, the stack's imports, the sessions) is measured in
+    every startup probe, adds up, and bounds both cold-start targets in the report."""
+    results = quick_run["results"]
+    for probe in results["in_process"]["startup_probes"]:
+        assert all(probe[step] > 0 for step in analysis.STACK_FLOOR_STEPS), probe
+    medians = analysis.startup_probe_medians(results)
+    parts_ms = sum(medians[step] for step in analysis.STACK_FLOOR_STEPS)
+    parts_ms += sum(b["session_ms"] for b in medians["bundles"].values())
+    assert medians["floor_s"] == round(parts_ms / 1e3, 3) > 0
+    cold = [t for t in results["derived"]["targets"] if t["name"].startswith("cold start")]
+    assert len(cold) == 2
+    assert all(f"floor of the stack {medians['floor_s']:.3f} s" in t["bound"] for t in cold)
+    assert f"The floor of this stack: {medians['floor_s']:.3f} s" in quick_run["report"]
 
 
 def test_every_latency_cell_ran_without_errors(quick_run: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,31 @@ def test_more_onnxruntime_threads_load_in_the_worker(tiny_bundles: Path, tmp_pat
         assert response.status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_onnxruntime_telemetry_stays_off(
+    tiny_bundles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """onnxruntime's PyPI builds write a telemetry store (device id, event queue) at import unless
+    ORT_DISABLE_TELEMETRY is set first (server/__init__.py sets it). The bare import is the
+    control: it shows this build has telemetry, so the server's check can fail."""
+    for var in ("CI", "GITHUB_ACTIONS", "TF_BUILD", "ORT_DISABLE_TELEMETRY"):
+        monkeypatch.delenv(var, raising=False)  # the SDK stays quiet on CI machines by itself
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
+    store = home / ".cache" / "Microsoft"
+    subprocess.run([sys.executable, "-c", "import onnxruntime"], env=dict(os.environ), timeout=60)
+    if not store.exists():
+        pytest.skip("this onnxruntime build writes no telemetry store")
+    shutil.rmtree(store)
+    server = start_server(tiny_bundles, tmp_path / "logs")
+    try:
+        assert server.post("/classify", json={"text": "fine"}).status_code == 200
+        assert server.post("/generate", json={"prompt": "hi", "n_words": 3}).status_code == 200
+    finally:
+        assert server.stop() == 0
+    assert not store.exists(), sorted(str(p) for p in store.rglob("*"))
 
 
 @pytest.mark.parametrize("task_dir", ["imdb-lm", "imdb-sentiment"])

@@ -43,7 +43,7 @@ RUN pip install --no-cache-dir --only-binary=:all: \
     && useradd --uid 10001 --gid app --no-create-home --no-log-init --shell /usr/sbin/nologin app
 
 # Runtime settings after the dependency layer, so changing one does not reinstall the deps.
-# (onnxruntime's telemetry is turned off by the server package itself: server/__init__.py.)
+# (onnxruntime's telemetry is turned off by the bundle reader itself: bundle/__init__.py.)
 ENV PYTHONPATH=/app \
     PORT=8080 \
     MODEL_DIR=/app/models

@@ -67,7 +67,7 @@ def base_env() -> dict[str, str]:
         if not k.startswith(("MAX_", "WEB_", "ORT_", "GUNICORN"))
     }
     env.update(ONE_THREAD)
-    # What server/__init__.py sets in ours, for every probe: in-process timings without the
+    # What bundle/__init__.py sets in ours, for every probe: in-process timings without the
     # telemetry thread and event writes of onnxruntime, as the server runs.
     env["ORT_DISABLE_TELEMETRY"] = "1"
     env.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -122,8 +122,9 @@ def test_onnxruntime_telemetry_stays_off(
     tiny_bundles: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """onnxruntime's PyPI builds write a telemetry store (device id, event queue) at import unless
-    ORT_DISABLE_TELEMETRY is set first (server/__init__.py sets it). The bare import is the
-    control: it shows this build has telemetry, so the server's check can fail."""
+    ORT_DISABLE_TELEMETRY is set first (bundle/__init__.py sets it). The bare import is the
+    control: it shows this build has telemetry, so the checks can fail. Checked: the server, and
+    the image's bundle gate (`python -m bundle.verify`)."""
     for var in ("CI", "GITHUB_ACTIONS", "TF_BUILD", "ORT_DISABLE_TELEMETRY"):
         monkeypatch.delenv(var, raising=False)  # the SDK stays quiet on CI machines by itself
     home = tmp_path / "home"
@@ -140,6 +141,9 @@ def test_onnxruntime_telemetry_stays_off(
         assert server.post("/generate", json={"prompt": "hi", "n_words": 3}).status_code == 200
     finally:
         assert server.stop() == 0
+    assert not store.exists(), sorted(str(p) for p in store.rglob("*"))
+    gate = [sys.executable, "-m", "bundle.verify", str(tiny_bundles)]
+    assert subprocess.run(gate, cwd=REPO_ROOT, env=dict(os.environ), timeout=120).returncode == 0
     assert not store.exists(), sorted(str(p) for p in store.rglob("*"))
 
 

@@ -114,6 +114,9 @@ def test_the_cold_start_floor_is_measured_and_named(quick_run: dict[str, Any]) -
     cold = [t for t in results["derived"]["targets"] if t["name"].startswith("cold start")]
     assert len(cold) == 2
     assert all(f"floor of the stack {medians['floor_s']:.3f} s" in t["bound"] for t in cold)
+    naive_s = analysis.cold_summary(results["cold_start"])["classify"]["naive"]["median_s"]
+    at_floor = f"a server at that floor would be {naive_s / medians['floor_s']:.1f}x"
+    assert at_floor in cold[0]["bound"], cold[0]["bound"]
     assert f"The floor of this stack: {medians['floor_s']:.3f} s" in quick_run["report"]
 
 

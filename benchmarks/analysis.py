@@ -212,12 +212,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     cold = cold_summary(results["cold_start"]).get("classify", {})
     rows: list[dict[str, Any]] = []
     ours_cold = cold.get(OURS, {})
-    bound = cold_start_bound(results, ours_cold.get("phases_median_s") or {})
-    floor = startup_probe_medians(results).get("floor_s") if results.get("in_process") else None
+    probe = startup_probe_medians(results) if results.get("in_process") else {}
+    bound = cold_start_bound(probe, ours_cold.get("phases_median_s") or {})
+    floor = probe.get("floor_s")
     naive_s = cold.get(NAIVE, {}).get("median_s")
     at_floor = (
-        f"; a server at that floor would be {naive_s / floor:.1f}x the naive way's "
-        f"{naive_s:.2f} s"
+        f"; a server at that floor would be {naive_s / floor:.1f}x the naive way's {naive_s:.2f} s"
         if floor and naive_s
         else ""
     )
@@ -343,12 +343,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def cold_start_bound(results: dict[str, Any], phases: dict[str, float]) -> str:
-    """The stack floor beside what ours spends up to the same point (bundles loaded), and the
-    phases after it."""
+def cold_start_bound(probe: dict[str, Any], phases: dict[str, float]) -> str:
+    """The stack floor (from `startup_probe_medians`) beside what ours spends up to the same
+    point (bundles loaded), and the phases after it."""
     if not phases:
         return "no phase log"
-    probe = startup_probe_medians(results) if results.get("in_process") else {}
     floor = probe.get("floor_s")
     loaded = phases["interpreter + imports"] + phases["bundle load + sessions"]
     after = ", ".join(f"{p} {phases[p]:.3f}" for p in OUR_PHASES[2:])

@@ -113,13 +113,12 @@ class GraphRows:
         rows: list[Row] = [np.asarray(seq)[::-1] if self.backwards else seq for seq in batch]
         if self.chunked:
             return self._chunks(rows, run_options, max_tokens)
-        lengths = np.array([len(seq) for seq in rows], dtype=np.int64)
+        lengths = [len(seq) for seq in rows]
         runs = token_runs(lengths, max_tokens) if max_tokens else [list(range(len(rows)))]
         out: np.ndarray | None = None
         for run in runs:
-            ids = self._padded([rows[i] for i in run], 0, int(lengths[run].max()))
-            feed = {"input_ids": ids, "lengths": lengths[run]}
-            probs = self._run(self._outputs, feed, run_options)[0]
+            names, feed = self.one_run_feed([rows[i] for i in run])
+            probs = self._run(names, feed, run_options)[0]
             if out is None:
                 out = np.empty((len(rows), probs.shape[1]), dtype=probs.dtype)
             out[run] = probs

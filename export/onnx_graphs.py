@@ -17,7 +17,7 @@ import torch
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from bundle.classifier_rows import POOL_STATES, chunked_classifier_io
+from bundle.classifier_rows import CHUNK_INPUTS, POOL_STATES, chunked_classifier_io
 
 from .torch_modules import ChunkedClassifierGraph, ClassifierGraph, LanguageModelGraph
 
@@ -93,7 +93,8 @@ def export_chunked_classifier(graph: ChunkedClassifierGraph, path: Path) -> None
         "lengths": {0: "batch"},
         "probabilities": {0: "batch"},
     }
-    for name in inputs[3:] + outputs[1:]:  # LSTM states are [1, batch, size], pooling [batch, n]
+    carried = inputs[len(CHUNK_INPUTS) :] + outputs[1:]
+    for name in carried:  # LSTM states are [1, batch, size], pooling [batch, n]
         dynamic[name] = {0: "batch"} if name.removesuffix("_out") in POOL_STATES else {1: "batch"}
     _export(graph, (ids, lengths, offset, *states, *pool), path, inputs, outputs, dynamic)
 

@@ -406,6 +406,14 @@ class Settings:
         "(`name@version`), Cloud Logging's `httpRequest` (path only). Never the request's text. "
         "Probes and `/metrics` log at `debug`. See `docs/monitoring.md`.",
     )
+    server_timing: bool = setting(
+        "SERVER_TIMING",
+        BOOL,
+        True,
+        "A `Server-Timing` header on every answer: `app` (ms in the app, from the first "
+        "middleware to the answer), and where a request did model work `tokenize` and `model` "
+        "(onnxruntime runs, with any wait for a run slot or a batch). See `docs/monitoring.md`.",
+    )
     drift_window: int = setting(
         "DRIFT_WINDOW",
         IntIn(10, 1_000_000),

@@ -3,12 +3,15 @@ and the numbers it reports are checked against traffic we sent ourselves to a re
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import falcon.testing
 import pytest
 from server_harness import (
     InProcessServer,
@@ -224,6 +227,76 @@ def test_metrics_count_the_traffic_we_sent(server: InProcessServer) -> None:
     assert value(after, "model_info", model=classifier, version="tiny-test", task="classify") == 1
     assert value(after, "process_resident_memory_bytes") > 10 * 2**20
     assert types["http_requests"] == "counter" and types["model_input_tokens"] == "histogram"
+
+
+def stages(header: str) -> dict[str, float]:
+    """A Server-Timing header as {name: ms}, in the header's order."""
+    return {name: float(ms) for name, ms in re.findall(r"(\w+);dur=([\d.]+)", header)}
+
+
+def test_server_timing_splits_each_answer_by_stage(server: InProcessServer) -> None:
+    """Model work is told apart from the app around it, and is the same time the metrics saw."""
+    classifier = "imdb-sentiment@tiny-test"
+    _, before = scrape(server)
+    response = server.post("/classify", json={"texts": BATCH})
+    _, after = scrape(server)
+    assert response.status_code == 200
+    timing = stages(response.headers["Server-Timing"])
+    assert list(timing) == ["tokenize", "model", "app"]
+    assert timing["tokenize"] > 0 and timing["model"] > 0
+    assert timing["tokenize"] + timing["model"] <= timing["app"]
+    onnxruntime_ms = 1e3 * (
+        value(after, "model_inference_seconds_sum", model=classifier)
+        - value(before, "model_inference_seconds_sum", model=classifier)
+    )
+    assert 0 < onnxruntime_ms <= timing["model"]
+    generated = server.post("/generate", json={"prompt": "The film", "n_words": 5})
+    timing = stages(generated.headers["Server-Timing"])
+    assert list(timing) == ["model", "app"] and 0 < timing["model"] <= timing["app"]
+    # No model work, or refused before any: the app's time alone.
+    assert list(stages(server.get("/readyz").headers["Server-Timing"])) == ["app"]
+    refused = server.post("/classify", json={"nope": 1})
+    assert refused.status_code == 400 and list(stages(refused.headers["Server-Timing"])) == ["app"]
+
+
+def test_server_timing_can_be_turned_off(tiny_bundles: Path) -> None:
+    quiet = InProcessServer(tiny_bundles, server_timing=False)
+    response = quiet.post("/classify", json={"text": SINGLES[0]})
+    assert response.status_code == 200 and "Server-Timing" not in response.headers
+
+
+def test_a_request_is_recorded_once_its_answer_is_sent(server: InProcessServer) -> None:
+    """A JSON answer is recorded (metrics, log line) when the WSGI server closes its body, after
+    the bytes went out, not while the app returns; once, with the body's true length."""
+    ok = {"endpoint": "/classify", "method": "POST", "status": "200"}
+    _, before = scrape(server)
+    environ = falcon.testing.create_environ(
+        path="/classify",
+        method="POST",
+        body=json.dumps({"text": SINGLES[0]}),
+        headers={"Content-Type": "application/json"},
+    )
+    started: list[tuple[str, dict[str, str]]] = []
+
+    def start_response(
+        status: str, headers: list[tuple[str, str]], exc_info: object = None
+    ) -> Callable[[bytes], object]:
+        started.append((status, dict(headers)))
+        return lambda chunk: None
+
+    body = server.app(environ, start_response)
+    data = b"".join(body)
+    ((status, headers),) = started
+    assert status.startswith("200") and int(headers["content-length"]) == len(data)
+    assert json.loads(data)["label"] in ("neg", "pos")
+    _, sent = scrape(server)
+    assert value(sent, "http_requests_total", **ok) == value(before, "http_requests_total", **ok)
+    body.close()  # type: ignore[attr-defined]
+    _, closed = scrape(server)
+    assert (
+        value(closed, "http_requests_total", **ok) == value(before, "http_requests_total", **ok) + 1
+    )
+    assert value(closed, "http_requests_in_flight") == 1  # this scrape
 
 
 @pytest.fixture(scope="module")

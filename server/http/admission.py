@@ -93,14 +93,16 @@ class _ReleasingStream:
 
 
 class AdmissionMiddleware:
-    """Falcon middleware: gate POSTs, put the budget on `req.context.budget`, free the slot."""
+    """Falcon middleware: gate POSTs, put the budget on `req.context.budget`, free the slot.
+    The budget's `spent` stays on `req.context.spent` for the Server-Timing header."""
 
     def __init__(self, gate: AdmissionGate) -> None:
         self._gate = gate
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         if req.method in GATED_METHODS:
-            req.context.budget = self._gate.admit()
+            req.context.budget = budget = self._gate.admit()
+            req.context.spent = budget.spent
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: Any, req_succeeded: bool

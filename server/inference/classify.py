@@ -8,6 +8,7 @@ The resources only parse the request and write the answer (the dataplane pattern
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from bundle import ClassifierModel
 from server.inference.batching import ClassifyBatcher, RunBatch
-from server.inference.guards import CLASSIFY_RUNS, RUN_DEADLINES, RequestBudget
+from server.inference.guards import CLASSIFY_RUNS, MODEL, RUN_DEADLINES, TOKENIZE, RequestBudget
 from server.inference.loading import ModelSet
 
 # After each classification: (model, texts, probabilities), e.g. the shadow candidate's queue.
@@ -79,9 +80,13 @@ class ClassifyService:
     def classify(
         self, texts: list[str], budget: RequestBudget, model_name: str | None = None
     ) -> Classification:
-        """Probabilities for `texts` from the named (or default) classifier."""
+        """Probabilities for `texts` from the named (or default) classifier. The budget is told
+        the time spent tokenizing and on the model (waiting for a batch and running it)."""
         model = self.models.classifier(model_name)
+        started = time.perf_counter()
         ids = [model.tokenizer.encode(text) for text in texts]
+        tokenized = time.perf_counter()
+        budget.spend(TOKENIZE, tokenized - started)
         budget.check()
         name = model.manifest.name
         batcher = self.batchers.get(name)
@@ -89,6 +94,7 @@ class ClassifyService:
             probabilities = batcher.predict(ids, budget)
         else:
             probabilities = self._runs[name](ids, budget.deadline, budget.timeout_s)
+        budget.spend(MODEL, time.perf_counter() - tokenized)
         for listener in self.listeners:
             listener(model, texts, probabilities)
         return Classification(model, texts, probabilities)

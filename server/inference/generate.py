@@ -6,6 +6,7 @@ Kept apart from the HTTP resources so /generate, v2 infer and the demo page shar
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -14,7 +15,7 @@ import numpy as np
 
 from bundle import LanguageModel
 from bundle.tokenizer import StreamDecoder, Tokenizer
-from server.inference.guards import LM_RUNS, RequestBudget
+from server.inference.guards import LM_RUNS, MODEL, RequestBudget
 from server.inference.loading import ModelSet
 from server.inference.sampling import SamplingParams, StepModel, generate_ids, make_rng
 
@@ -53,7 +54,8 @@ class Piece:
 class BoundedSteps:
     """A language model whose every step waits for one of LM_RUNS' slots (within the request's
     deadline, then 504): concurrent generations interleave step by step, one onnxruntime run
-    at a time (server/inference/guards.py says why)."""
+    at a time (server/inference/guards.py says why). Each step's time, slot wait included, is
+    counted as the request's model time (its Server-Timing)."""
 
     def __init__(self, model: GenerativeModel, budget: RequestBudget) -> None:
         self._model = model
@@ -63,8 +65,11 @@ class BoundedSteps:
         return self._model.initial_state(batch)
 
     def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        started = time.perf_counter()
         with LM_RUNS.hold(self._budget.deadline, self._budget.timeout_s):
-            return self._model.step(ids, state)
+            result = self._model.step(ids, state)
+        self._budget.spend(MODEL, time.perf_counter() - started)
+        return result
 
 
 def prompt_ids(model: GenerativeModel, prompt: str) -> list[int]:

@@ -23,14 +23,22 @@ if TYPE_CHECKING:  # imported lazily in `guard`: this module stays cheap to impo
     import onnxruntime as ort
 
 
-class RequestBudget:
-    """One admitted request's deadline (monotonic seconds); a drain may only bring it closer."""
+# Stages of a request's time (`RequestBudget.spend`), as its Server-Timing header names them.
+TOKENIZE = "tokenize"
+MODEL = "model"  # onnxruntime work: waiting for a run slot or a batch, and the runs themselves
 
-    __slots__ = ("deadline", "timeout_s")
+
+class RequestBudget:
+    """One admitted request's deadline (monotonic seconds); a drain may only bring it closer.
+    It also keeps where the request's time went (`spent`, seconds per stage), which the
+    response's Server-Timing header reports (server/observability/requests.py)."""
+
+    __slots__ = ("deadline", "spent", "timeout_s")
 
     def __init__(self, timeout_s: float, now: float | None = None) -> None:
         self.timeout_s = timeout_s
         self.deadline = (time.monotonic() if now is None else now) + timeout_s
+        self.spent: dict[str, float] = {}
 
     @classmethod
     def unbounded(cls) -> RequestBudget:
@@ -50,6 +58,10 @@ class RequestBudget:
 
     def shorten_to(self, deadline: float) -> None:
         self.deadline = min(self.deadline, deadline)
+
+    def spend(self, stage: str, seconds: float) -> None:
+        """Count `seconds` more of this request's time in `stage` (e.g. "tokenize", "model")."""
+        self.spent[stage] = self.spent.get(stage, 0.0) + seconds
 
 
 @dataclass

@@ -70,7 +70,9 @@ class Monitoring:
         if self.models.default_language_model is not None:
             lm_id = self.models.by_name[self.models.default_language_model].manifest.model_id
             route_models["/generate"] = route_models["/"] = lm_id
-        self.middleware = RequestMonitor(self.metrics, route_models, settings.request_log)
+        self.middleware = RequestMonitor(
+            self.metrics, route_models, settings.request_log, settings.server_timing
+        )
 
     def _load_shadow(self, settings: Settings, primary: Model | None) -> ShadowRunner | None:
         """The candidate of SHADOW_MODEL_DIR, compared with the default classifier."""

@@ -1,9 +1,15 @@
 """Request metrics and logs, as the first Falcon middleware: counts, latency, in-flight gauge and
-one JSON log line per request (severity, request id, latency, model; never the request's text).
+one JSON log line per request (severity, request id, latency, model; never the request's text),
+and the Server-Timing header.
+
+Why a request is recorded when the WSGI server closes its body, not when the app returns: the
+metrics and the log line then run after the answer's bytes went out, off the client's wait (at
+concurrency 1 they were ~0.15 ms of each answer), and the latency recorded includes sending it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -24,6 +30,8 @@ QUIET_ENDPOINTS = frozenset(
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/|$)")
 UNMATCHED = "unmatched"
+# Statuses that never carry a body (Falcon drops it without closing it): recorded at once.
+BODILESS_STATUSES = frozenset({204, 304})
 # Methods become a label: anything outside HTTP's registered set is "other", so a client making
 # up method names cannot create series either.
 KNOWN_METHODS = frozenset(
@@ -53,8 +61,15 @@ def severity(status: int, endpoint: str) -> int:
     return logging.WARNING if status >= 500 else logging.INFO
 
 
+def server_timing(spent: dict[str, float], app_seconds: float) -> str:
+    """The Server-Timing header (W3C): each stage the request spent time in, then `app`, in ms."""
+    stages = [f"{stage};dur={seconds * 1e3:.3f}" for stage, seconds in spent.items()]
+    stages.append(f"app;dur={app_seconds * 1e3:.3f}")
+    return ", ".join(stages)
+
+
 class _ObservedStream:
-    """A streamed body that reports when the last byte went out (the WSGI server calls close)."""
+    """A body that reports when its last byte went out (the WSGI server calls close)."""
 
     def __init__(self, stream: Iterable[bytes], on_close: Callable[[], None]) -> None:
         self._stream = stream
@@ -87,11 +102,16 @@ class RequestMonitor:
     """
 
     def __init__(
-        self, metrics: ServerMetrics, route_models: dict[str, str], log_requests: bool
+        self,
+        metrics: ServerMetrics,
+        route_models: dict[str, str],
+        log_requests: bool,
+        server_timing: bool,
     ) -> None:
         self._metrics = metrics
         self._route_models = route_models
         self._log_requests = log_requests
+        self._server_timing = server_timing
         self._find_route: Callable[[str], str | None] = lambda path: None
         self._in_flight = metrics.in_flight.labels()
         # (endpoint, method, status) -> its bound request counter and latency histogram; the
@@ -123,11 +143,23 @@ class RequestMonitor:
         if started is None:  # process_request never ran for this request
             return
         resp.set_header("X-Request-ID", req.context.request_id)
-        stream = resp.stream
-        if stream is not None and resp.status_code < 300 and not hasattr(stream, "read"):
-            resp.stream = _ObservedStream(stream, lambda: self._finish(req, resp, started))
+        if self._server_timing:
+            spent = req.context.get("spent") or {}  # from the admission gate's budget
+            resp.set_header("Server-Timing", server_timing(spent, time.perf_counter() - started))
+        finish = functools.partial(self._finish, req, resp, started)
+        if req.method == "HEAD" or resp.status_code in BODILESS_STATUSES:
+            finish()  # Falcon sends no body, so none is closed
+            return
+        stream, data = resp.stream, resp.data
+        if stream is not None and not hasattr(stream, "read"):
+            resp.stream = _ObservedStream(stream, finish)
+        elif stream is None and data is not None:
+            # The same bytes as a one-chunk body whose close records the request.
+            resp.data = None
+            resp.content_length = len(data)
+            resp.stream = _ObservedStream((data,), finish)
         else:
-            self._finish(req, resp, started)
+            finish()  # a file-like body (none today) or media Falcon has yet to render
 
     def _finish(self, req: falcon.Request, resp: falcon.Response, started: float) -> None:
         seconds = time.perf_counter() - started

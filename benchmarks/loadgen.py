@@ -6,6 +6,10 @@ accept queue) sees behind Cloud Run's concurrency setting. Bounded twice: by a r
 by a time budget after which no new request starts (those in flight still finish and count).
 Every response is checked (status 200 and the expected JSON key); failures are counted, not timed.
 
+Our server's answers carry a Server-Timing header (its time in the app, tokenizing and on the
+model); each successful request keeps it, so a cell splits its latency by what the server itself
+timed in the same requests (`server_timing` in the summary), with no second run to compare with.
+
 Why `http.client` and not `requests`: on loopback the client's own cost is part of every number,
 and requests adds about 1-5 ms of Python per call (measured here), more than our server's whole
 overhead. Bodies are JSON-encoded before the clock starts. A server that closes the connection
@@ -14,6 +18,7 @@ after each answer (gunicorn's sync worker does) gets a new one, as `requests` wo
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
@@ -48,6 +53,7 @@ class LoadResult:
     latencies_ms: list[float] = field(default_factory=list)
     body_index: list[int] = field(default_factory=list)
     answers: list[Any] = field(default_factory=list)
+    stages_ms: list[dict[str, float]] = field(default_factory=list)  # Server-Timing, per request
     errors: int = 0
     error_examples: list[str] = field(default_factory=list)
     wall_s: float = 0.0
@@ -65,7 +71,44 @@ class LoadResult:
             "wall_s": round(self.wall_s, 3),
             "errors": self.errors,
             "error_examples": self.error_examples[:3],
+            "server_timing": server_timing_split(self.latencies_ms, self.stages_ms),
         }
+
+
+def parse_server_timing(header: str | None) -> dict[str, float]:
+    """`a;dur=1.5, b;dur=2` -> {"a": 1.5, "b": 2.0} (ms); metrics without a duration are left out."""
+    stages: dict[str, float] = {}
+    for metric in (header or "").split(","):
+        name, _, params = metric.strip().partition(";")
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key == "dur" and name:
+                with contextlib.suppress(ValueError):
+                    stages[name] = float(value.strip('"'))
+    return stages
+
+
+def server_timing_split(
+    latencies_ms: Sequence[float], stages_ms: Sequence[dict[str, float]]
+) -> dict[str, Any] | None:
+    """Per stage the p50 the server reported, and, paired request by request, the p50 of what
+    each spent outside the app (latency - `app`: HTTP, gunicorn, the client), around the model
+    (latency - `model`) and in the app outside every named stage (`app_rest`). None when the
+    answers carried no Server-Timing."""
+    if not stages_ms or len(stages_ms) != len(latencies_ms) or not all(stages_ms):
+        return None
+    names = [name for name in stages_ms[0] if all(name in s for s in stages_ms)]
+    split: dict[str, Any] = {
+        f"{name}_p50_ms": round(float(np.median([s[name] for s in stages_ms])), 3) for name in names
+    }
+    for stage, key in (("app", "outside_app_p50_ms"), ("model", "over_model_p50_ms")):
+        if stage in names:
+            paired = [t - s[stage] for t, s in zip(latencies_ms, stages_ms, strict=True)]
+            split[key] = round(float(np.median(paired)), 3)
+    if "app" in names:  # the app's time in none of the named stages (parsing, JSON, metrics)
+        rest = [s["app"] - sum(v for k, v in s.items() if k != "app") for s in stages_ms]
+        split["app_rest_p50_ms"] = round(float(np.median(rest)), 3)
+    return split
 
 
 def latency_stats(samples_ms: Sequence[float]) -> dict[str, Any]:
@@ -128,7 +171,7 @@ def run_load(
         try:
             while ticket < max_requests:
                 index = ticket % len(encoded)
-                status, data, elapsed_ms, problem = _exchange(
+                status, data, elapsed_ms, timing, problem = _exchange(
                     connection, workload.path, encoded[index]
                 )
                 answer = None
@@ -140,6 +183,7 @@ def run_load(
                         result.error_examples.append(problem[:300])
                     else:
                         result.latencies_ms.append(elapsed_ms)
+                        result.stages_ms.append(parse_server_timing(timing))
                         result.body_index.append(index)
                         result.answers.append(answer if keep_answers else None)
                     ticket = next(tickets)
@@ -160,8 +204,9 @@ def run_load(
 
 def _exchange(
     connection: http.client.HTTPConnection, path: str, body: bytes | None
-) -> tuple[int, bytes, float, str | None]:
-    """One request/response on a kept-alive connection: (status, body, ms, transport problem)."""
+) -> tuple[int, bytes, float, str | None, str | None]:
+    """One request/response on a kept-alive connection: (status, body, ms, its Server-Timing
+    header, transport problem)."""
     sent = time.perf_counter()
     try:
         if body is None:
@@ -175,10 +220,10 @@ def _exchange(
         elapsed_ms = (time.perf_counter() - sent) * 1e3
         if response.will_close:
             connection.close()  # the next request opens a new connection (sync workers)
-        return response.status, data, elapsed_ms, None
+        return response.status, data, elapsed_ms, response.getheader("Server-Timing"), None
     except (OSError, http.client.HTTPException) as exc:
         connection.close()
-        return 0, b"", 0.0, f"{type(exc).__name__}: {exc}"
+        return 0, b"", 0.0, None, f"{type(exc).__name__}: {exc}"
 
 
 def _check(status: int, data: bytes, expect_key: str) -> tuple[str | None, Any]:

@@ -531,12 +531,9 @@ def _overhead(results: dict[str, Any]) -> list[str]:
             for r in analysis.overhead(results)
         ),
     )
-    floor = analysis.cell(
-        results,
-        OURS,
-        "readyz (no model)",
-        min(c["concurrency"] for c in results["latency"][OURS]["cells"]),
-    )
+    low = min(c["concurrency"] for c in results["latency"][OURS]["cells"])
+    out += _served_timing(results, low)
+    floor = analysis.cell(results, OURS, "readyz (no model)", low)
     if floor:
         out += [
             f"HTTP floor: `GET /readyz` (no model work) p50 {_ms(floor['p50_ms'])} ms on ours: "
@@ -553,6 +550,50 @@ def _overhead(results: dict[str, Any]) -> list[str]:
             f"column is the sum of the request's LM steps.",
             "",
         ]
+    return out
+
+
+def _served_timing(results: dict[str, Any], concurrency: int) -> list[str]:
+    """Ours' latency split by the Server-Timing header of the same requests (none in older runs)."""
+    cells = [
+        c
+        for c in results["latency"][OURS]["cells"]
+        if c["concurrency"] == concurrency and (c.get("server_timing") or {}).get("model_p50_ms")
+    ]
+    if not cells:
+        return []
+    out = [
+        "The same HTTP requests as our server timed them (its `Server-Timing` header, "
+        "server/observability/requests.py): the model call (onnxruntime runs and any wait for "
+        "one), tokenizing, the rest of the app, and, paired request by request, what each "
+        "spent outside the app (HTTP, gunicorn, the client) and around the model call. No "
+        "second moment of the host is involved. p50, ms.",
+        "",
+    ]
+    out += _table(
+        [
+            "workload",
+            "HTTP",
+            "model",
+            "tokenize",
+            "rest of the app",
+            "outside the app",
+            "HTTP - model",
+        ],
+        (
+            [
+                f"`{c['workload']}`",
+                _ms(c["p50_ms"]),
+                _ms(t["model_p50_ms"]),
+                _ms(t.get("tokenize_p50_ms")),
+                _ms(t.get("app_rest_p50_ms")),
+                _ms(t.get("outside_app_p50_ms")),
+                _ms(t.get("over_model_p50_ms")),
+            ]
+            for c in cells
+            for t in (c["server_timing"],)
+        ),
+    )
     return out
 
 

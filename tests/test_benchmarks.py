@@ -160,6 +160,27 @@ def test_every_latency_cell_ran_without_errors(quick_run: dict[str, Any]) -> Non
     assert results["latency"]["ours"]["exit_code"] == 0
 
 
+def test_our_answers_are_split_by_the_servers_own_timing(quick_run: dict[str, Any]) -> None:
+    """Ours' model cells carry the Server-Timing split of the same requests (the naive server
+    sends none), and the overhead row says what it is made of from it."""
+    for cell in quick_run["results"]["latency"]["ours"]["cells"]:
+        timing = cell["server_timing"]
+        assert timing is not None and 0 < timing["app_p50_ms"] <= cell["p50_ms"]
+        if cell["workload"].startswith("classify"):
+            assert 0 < timing["model_p50_ms"] <= timing["app_p50_ms"]
+            assert timing["tokenize_p50_ms"] > 0 and timing["outside_app_p50_ms"] > 0
+    assert all(
+        c["server_timing"] is None for c in quick_run["results"]["latency"]["naive"]["cells"]
+    )
+    overhead = next(
+        t
+        for t in quick_run["results"]["derived"]["targets"]
+        if t["name"].startswith("server overhead")
+    )
+    assert "Server-Timing in the same requests" in overhead["bound"]
+    assert "floor: tokenization + that round trip" in overhead["bound"]
+
+
 def test_http_answers_match_the_in_process_path(quick_run: dict[str, Any]) -> None:
     """The labels ours sent over HTTP are the labels the same bundle gives in process, review
     by review: the load generator's bookkeeping (which body got which answer) is right."""

@@ -22,7 +22,13 @@ from benchmarks import footprint, hostprobe, procfs
 from benchmarks.__main__ import config_from, parser
 from benchmarks.analysis import image_targets, memory_bound, throughput_target
 from benchmarks.inputs import PROMPT_WORDS, pick_inputs
-from benchmarks.loadgen import Workload, latency_stats, run_load
+from benchmarks.loadgen import (
+    Workload,
+    latency_stats,
+    parse_server_timing,
+    run_load,
+    server_timing_split,
+)
 from benchmarks.memory import MemorySampler
 from benchmarks.report import host_speed_lines
 from benchmarks.runner import BenchConfig, check_paths, predicted_cell_s, run_cells
@@ -165,6 +171,28 @@ def test_latency_stats() -> None:
     assert stats["p50_ms"] == pytest.approx(50.5)
     assert stats["p95_ms"] == pytest.approx(95.05) and stats["p99_ms"] == pytest.approx(99.01)
     assert latency_stats([])["p50_ms"] is None
+
+
+def test_server_timing_is_read_and_split_request_by_request() -> None:
+    header = 'tokenize;dur=0.5, cache;desc="hit", model;desc="ort";dur=20, app;dur=21.25'
+    assert parse_server_timing(header) == {"tokenize": 0.5, "model": 20.0, "app": 21.25}
+    assert parse_server_timing(None) == parse_server_timing("app;dur=x") == {}
+    latencies = [22.0, 30.0, 25.0]
+    stages = [
+        {"tokenize": 0.5, "model": 20.0, "app": 21.0},
+        {"tokenize": 0.5, "model": 27.0, "app": 29.5},
+        {"tokenize": 1.0, "model": 21.0, "app": 22.5},
+    ]
+    split = server_timing_split(latencies, stages)
+    assert split == {
+        "tokenize_p50_ms": 0.5,
+        "model_p50_ms": 21.0,
+        "app_p50_ms": 22.5,
+        "outside_app_p50_ms": 1.0,  # paired: 1.0, 0.5, 2.5
+        "over_model_p50_ms": 3.0,  # paired: 2.0, 3.0, 4.0; p50(latency) - p50(model) is 4.0
+        "app_rest_p50_ms": 0.5,  # 0.5, 2.0, 0.5
+    }
+    assert server_timing_split(latencies, [{}, {}, {}]) is None  # a server without the header
 
 
 def test_procfs_reads_real_processes() -> None:

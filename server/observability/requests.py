@@ -150,16 +150,16 @@ class RequestMonitor:
         if req.method == "HEAD" or resp.status_code in BODILESS_STATUSES:
             finish()  # Falcon sends no body, so none is closed
             return
-        stream, data = resp.stream, resp.data
-        if stream is not None and not hasattr(stream, "read"):
-            resp.stream = _ObservedStream(stream, finish)
-        elif stream is None and data is not None:
+        data, stream = resp.data, resp.stream
+        if data is not None:  # what Falcon would send first, before any stream
             # The same bytes as a one-chunk body whose close records the request.
             resp.data = None
             resp.content_length = len(data)
             resp.stream = _ObservedStream((data,), finish)
+        elif stream is not None and not hasattr(stream, "read"):
+            resp.stream = _ObservedStream(stream, finish)
         else:
-            finish()  # a file-like body (none today) or media Falcon has yet to render
+            finish()  # a file-like body (none today), text or media Falcon has yet to render
 
     def _finish(self, req: falcon.Request, resp: falcon.Response, started: float) -> None:
         seconds = time.perf_counter() - started

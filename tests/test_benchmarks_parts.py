@@ -409,7 +409,13 @@ def test_throughput_row_compares_default_micro_batching_with_off_and_names_the_s
 ):
     table = [
         {"setting": "off", "concurrency": 1, "throughput_rps": 40.0, "p50_ms": 24.0},
-        {"setting": "off", "concurrency": 8, "throughput_rps": 42.0, "p50_ms": 190.0},
+        {
+            "setting": "off",
+            "concurrency": 8,
+            "throughput_rps": 42.0,
+            "p50_ms": 190.0,
+            "cpu_ms_per_request": 23.5,
+        },
         {"setting": "on (default)", "concurrency": 1, "throughput_rps": 40.5, "p50_ms": 23.8},
         {"setting": "on (default)", "concurrency": 8, "throughput_rps": 63.0, "p50_ms": 127.0},
     ]
@@ -422,11 +428,20 @@ def test_throughput_row_compares_default_micro_batching_with_off_and_names_the_s
     results = {
         "microbatch": {"table": table},
         "roofline": {"batch_curve": curve},
-        "in_process": {"raw": {"classify": {"median": {"tokens": {"median": 222}}}}},
+        "in_process": {
+            "raw": {
+                "classify": {"median": {"tokens": {"median": 222}, "session": {"p50_ms": 21.0}}}
+            }
+        },
     }
     row = throughput_target(results)
     assert (row["value"], row["met"]) == (1.5, False)
     assert "at most 1.77x (256 tokens" in row["bound"] and "batch 4" in row["bound"]
+    # 2.5 ms of other CPU per request on both sides: 23.5 / (21 * 13 / 23 + 2.5) = 1.635
+    assert (
+        "the same core (CPU per request with batching off 23.5 - session 21.0), at most 1.64x"
+        in (row["bound"])
+    )
     table[3]["throughput_rps"] = 84.0
     assert throughput_target(results)["met"] is True
     table[2]["p50_ms"] = 25.0  # a lone request got slower: not met however high the throughput

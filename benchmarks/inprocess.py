@@ -2,12 +2,17 @@
 
     python -m benchmarks.inprocess raw INPUTS.json --models DIR --repeats N   (JSON on stdout)
     python -m benchmarks.inprocess startup --models DIR                       (JSON on stdout)
+    python -m benchmarks.inprocess session --models DIR          (a line protocol on stdin/stdout)
 
 `raw`: for the very inputs the load generator sends, the bare onnxruntime `session.run` time
 (ids and feed prepared beforehand), the tokenizer time, and the whole in-process path the
 server runs (`predict_texts`; for generation `server.inference.generate.generate_texts` with the same
 seeds, its LM steps timed separately). HTTP latency minus these is the server's own overhead.
 Also the fp32 graph when the bundle ships one, and one LM step / one sampling step alone.
+
+`session`: a worker for benchmarks/paired.py: reads a JSON list of reviews from its first input
+line, says `ready`, then answers each line `K N` with the times (ms, JSON) of N bare session runs
+of review K, so that they can be interleaved with HTTP requests to the server.
 
 `startup`: a fresh interpreter's cold-start pieces, finer than the server's log: imports of
 numpy, onnxruntime, gunicorn's arbiter and gthread worker, and Falcon, then per bundle manifest
@@ -220,12 +225,34 @@ def generate_raw(
     return out
 
 
+def bundle_dirs_by_task(models: Path) -> dict[str, Path]:
+    return {json.loads(p.read_text())["task"]: p.parent for p in models.glob("*/manifest.json")}
+
+
+def session_worker(models: Path) -> None:
+    """The `session` line protocol: bare runs of the classifier, as `classify_raw` times them."""
+    from bundle import ClassifierModel, load_bundle
+    from bundle.classifier_rows import GraphRows
+
+    model = load_bundle(bundle_dirs_by_task(models)["classify"], threads=1, inter_threads=1)
+    assert isinstance(model, ClassifierModel) and isinstance(model.rows, GraphRows), (
+        "one classifier bundle's graph, not an ensemble"
+    )
+    model.warm_up()
+    texts = json.loads(sys.stdin.readline())
+    feeds = [model.rows.one_run_feed([model.tokenizer.encode(text)]) for text in texts]
+    print("ready", flush=True)
+    for line in sys.stdin:
+        index, count = (int(word) for word in line.split())
+        names, feed = feeds[index]
+        times = [_timed(lambda: model.session.run(names, feed))[0] for _ in range(count)]
+        print(json.dumps(times), flush=True)
+
+
 def raw(inputs_path: Path, models: Path, repeats: int) -> dict[str, Any]:
     spec = json.loads(inputs_path.read_text(encoding="utf-8"))
     result: dict[str, Any] = {}
-    bundle_dirs = {
-        json.loads(p.read_text())["task"]: p.parent for p in models.glob("*/manifest.json")
-    }
+    bundle_dirs = bundle_dirs_by_task(models)
     if "classify" in bundle_dirs:
         result["classify"] = classify_raw(bundle_dirs["classify"], spec["reviews"], repeats)
     if "generate" in bundle_dirs:
@@ -235,13 +262,15 @@ def raw(inputs_path: Path, models: Path, repeats: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inprocess")
-    parser.add_argument("mode", choices=("raw", "startup"))
+    parser.add_argument("mode", choices=("raw", "startup", "session"))
     parser.add_argument("inputs", nargs="?", type=Path)
     parser.add_argument("--models", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     if args.mode == "startup":
         print(json.dumps(startup(args.models)))
+    elif args.mode == "session":
+        session_worker(args.models)
     else:
         if args.inputs is None:
             parser.error("raw needs the INPUTS.json file")

@@ -532,6 +532,18 @@ def _overhead(results: dict[str, Any]) -> list[str]:
         ),
     )
     low = min(c["concurrency"] for c in results["latency"][OURS]["cells"])
+    paired = results["latency"][OURS].get("paired_overhead")
+    if paired:
+        out += [
+            f"Paired on the server's core (benchmarks/paired.py, the overhead target's figure): "
+            f"{paired['per_block']} `/classify` requests, then {paired['per_block']} bare "
+            f"session runs in a second process, for each of the {paired['reviews']} median "
+            f"reviews in turn, {paired['rounds']} passes: HTTP p50 "
+            f"{_ms(paired['http']['p50_ms'])} ms, session p50 {_ms(paired['session']['p50_ms'])}"
+            f" ms, overhead **{_ms(paired['overhead_p50_ms'])} ms**. The table above takes its "
+            "columns from different phases of the run; this host's speed drifts between them.",
+            "",
+        ]
     out += _served_timing(results, low)
     floor = analysis.cell(results, OURS, "readyz (no model)", low)
     if floor:

@@ -15,13 +15,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import footprint, image, microbatch
+from benchmarks import footprint, image, microbatch, paired
 from benchmarks.coldstart import ColdProbe, run_cold_starts
 from benchmarks.inputs import Inputs, default_imdb_dir, pick_inputs
 from benchmarks.loadgen import Workload, run_load
@@ -69,6 +69,7 @@ class BenchConfig:
     fresh_venv: bool = False  # a fresh pip install took ~4 min here (downloads): opt-in
     microbatch_seconds: float = 10.0  # per setting, round and concurrency
     microbatch_rounds: int = 2
+    paired_rounds: int = 3  # passes over the median reviews, HTTP and bare session interleaved
     image: bool = True  # build and weigh the shipped image (benchmarks/image.py; needs podman)
     ready_timeout_s: float = 300.0
     command: str = ""
@@ -89,6 +90,7 @@ class BenchConfig:
             "raw_repeats": 2,
             "microbatch_seconds": 2.0,
             "microbatch_rounds": 1,
+            "paired_rounds": 1,
         }
 
 
@@ -299,8 +301,10 @@ def serve_under_load(
     workloads: list[Workload],
     log_dir: Path,
     cells_bar: Progress | None = None,
+    paired_texts: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Start one server, warm each workload, run every concurrency level, read its memory."""
+    """Start one server, warm each workload, run every concurrency level, read its memory; with
+    `paired_texts`, then the overhead paired with the bare session (benchmarks/paired.py)."""
     server = launch(name, cfg.run_dir, cfg.models, log_dir, cfg.server_cpu)
     cells: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
@@ -336,6 +340,13 @@ def serve_under_load(
                 cells += done
                 skipped += [{**row, "server": name} for row in cut]
         memory = sampler.finish()  # VmHWM is read from the live processes, before SIGTERM
+        paired_overhead = (
+            paired.measure(
+                server.base_url, cfg.models, paired_texts, cfg.server_cpu, cfg.paired_rounds
+            )
+            if paired_texts
+            else None
+        )
     finally:
         exit_code = server.stop()
     return {
@@ -343,6 +354,7 @@ def serve_under_load(
         "cells": cells,
         "skipped_cells": skipped,
         "memory": memory,
+        "paired_overhead": paired_overhead,
         "labels": {w: {str(i): a for i, a in sorted(v.items())} for w, v in answers.items()},
         "exit_code": exit_code,
     }
@@ -538,8 +550,10 @@ def run(cfg: BenchConfig) -> dict[str, Any]:
             for name in servers:
                 probes.append(probe_host(cfg, f"latency: {name}", started))
                 log(f"latency: {name}")
+                # ours, then: HTTP and the bare session interleaved on the median reviews
+                paired_texts = inputs.reviews["median"] if name == OURS else ()
                 results["latency"][name] = serve_under_load(
-                    name, cfg, workloads, work / "logs", cells
+                    name, cfg, workloads, work / "logs", cells, paired_texts
                 )
         probes.append(probe_host(cfg, "in-process", started))
         log("in-process timings (raw onnxruntime session, startup probes)")

@@ -181,6 +181,29 @@ def test_our_answers_are_split_by_the_servers_own_timing(quick_run: dict[str, An
     assert "floor: tokenization + that round trip" in overhead["bound"]
 
 
+def test_overhead_is_paired_with_the_bare_session_on_the_same_core(
+    quick_run: dict[str, Any],
+) -> None:
+    """The overhead target's figure: every median review sent over HTTP and run bare in a
+    second process on the server's core, in alternating blocks (ours only)."""
+    results = quick_run["results"]
+    paired = results["latency"]["ours"]["paired_overhead"]
+    cfg = results["config"]
+    count = cfg["reviews_per_band"] * cfg["paired_rounds"] * paired["per_block"]
+    assert paired["http"]["n"] == paired["session"]["n"] == count
+    assert 0 < paired["session"]["p50_ms"] < paired["http"]["p50_ms"]
+    assert paired["overhead_p50_ms"] == round(
+        paired["http"]["p50_ms"] - paired["session"]["p50_ms"], 3
+    )
+    assert results["latency"]["naive"]["paired_overhead"] is None
+    row = next(t for t in results["derived"]["targets"] if t["name"].startswith("server overhead"))
+    assert row["value"] == paired["overhead_p50_ms"]
+    assert row["bound"].startswith("paired on the server's core")
+    assert f"overhead **{paired['overhead_p50_ms']:.2f} ms**" in quick_run["report"] or (
+        f"overhead **{paired['overhead_p50_ms']:,.1f} ms**" in quick_run["report"]
+    )
+
+
 def test_http_answers_match_the_in_process_path(quick_run: dict[str, Any]) -> None:
     """The labels ours sent over HTTP are the labels the same bundle gives in process, review
     by review: the load generator's bookkeeping (which body got which answer) is right."""

@@ -114,10 +114,9 @@ def startup_probe_medians(results: dict[str, Any]) -> dict[str, Any]:
     numpy, onnxruntime, gunicorn and falcon imports, every bundle's session), None when a
     step was not measured (results of older runs)."""
     probes = results["in_process"]["startup_probes"]
-    keys = ("import_numpy_ms", "import_onnxruntime_ms", "import_bundle_ms", *STACK_FLOOR_STEPS)
     top = {
         k: round(statistics.median(p[k] for p in probes), 3)
-        for k in dict.fromkeys(keys)
+        for k in (*STACK_FLOOR_STEPS, "import_bundle_ms")
         if all(p.get(k) is not None for p in probes)
     }
     per_bundle: dict[str, dict[str, float]] = {}

@@ -126,7 +126,8 @@ def _stats(samples: list[float]) -> dict[str, Any]:
     return {**latency_stats(samples), "samples_ms": [round(s, 4) for s in samples]}
 
 
-def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) -> dict[str, Any]:
+def _plain_classifier(bundle_dir: Path) -> Any:
+    """The classifier bundle with one graph (not an ensemble), warmed up, as the server runs it."""
     from bundle import ClassifierModel, load_bundle
     from bundle.classifier_rows import GraphRows
 
@@ -134,6 +135,13 @@ def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) 
     assert isinstance(model, ClassifierModel), f"{bundle_dir} is not a classifier bundle"
     assert isinstance(model.rows, GraphRows), "one bundle's graph, not an ensemble"
     model.warm_up()
+    return model
+
+
+def classify_raw(bundle_dir: Path, reviews: dict[str, list[str]], repeats: int) -> dict[str, Any]:
+    from bundle import load_bundle
+
+    model = _plain_classifier(bundle_dir)
     fp32_path = bundle_dir / "model.fp32.onnx"
     fp32 = (
         load_bundle(bundle_dir, threads=1, inter_threads=1, model_path=fp32_path)
@@ -231,14 +239,7 @@ def bundle_dirs_by_task(models: Path) -> dict[str, Path]:
 
 def session_worker(models: Path) -> None:
     """The `session` line protocol: bare runs of the classifier, as `classify_raw` times them."""
-    from bundle import ClassifierModel, load_bundle
-    from bundle.classifier_rows import GraphRows
-
-    model = load_bundle(bundle_dirs_by_task(models)["classify"], threads=1, inter_threads=1)
-    assert isinstance(model, ClassifierModel) and isinstance(model.rows, GraphRows), (
-        "one classifier bundle's graph, not an ensemble"
-    )
-    model.warm_up()
+    model = _plain_classifier(bundle_dirs_by_task(models)["classify"])
     texts = json.loads(sys.stdin.readline())
     feeds = [model.rows.one_run_feed([model.tokenizer.encode(text)]) for text in texts]
     print("ready", flush=True)

@@ -171,12 +171,12 @@ def run_load(
         try:
             while ticket < max_requests:
                 index = ticket % len(encoded)
-                status, data, elapsed_ms, timing, problem = _exchange(
+                status, data, elapsed_ms, timing, problem = exchange(
                     connection, workload.path, encoded[index]
                 )
                 answer = None
                 if problem is None:
-                    problem, answer = _check(status, data, workload.expect_key)
+                    problem, answer = check_answer(status, data, workload.expect_key)
                 with lock:
                     if problem:
                         result.errors += 1
@@ -202,7 +202,7 @@ def run_load(
     return result
 
 
-def _exchange(
+def exchange(
     connection: http.client.HTTPConnection, path: str, body: bytes | None
 ) -> tuple[int, bytes, float, str | None, str | None]:
     """One request/response on a kept-alive connection: (status, body, ms, its Server-Timing
@@ -226,7 +226,7 @@ def _exchange(
         return 0, b"", 0.0, None, f"{type(exc).__name__}: {exc}"
 
 
-def _check(status: int, data: bytes, expect_key: str) -> tuple[str | None, Any]:
+def check_answer(status: int, data: bytes, expect_key: str) -> tuple[str | None, Any]:
     """(problem, the answer's `expect_key` value): a 200 with that key in a JSON object is good."""
     if status != 200:
         return f"HTTP {status}: {data[:200]!r}", None

@@ -13,13 +13,12 @@ import http.client
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.loadgen import latency_stats, require_loopback
+from benchmarks.loadgen import check_answer, exchange, latency_stats, require_loopback
 from benchmarks.servers import REPO, base_env, pinned
 
 PER_BLOCK = 3  # requests, then session runs, per review in turn
@@ -94,12 +93,10 @@ def measure(
 
 
 def _post(connection: http.client.HTTPConnection, body: bytes) -> float:
-    """One /classify on the kept-alive connection, in ms; anything but a 200 stops the run."""
-    sent = time.perf_counter()
-    connection.request("POST", "/classify", body=body, headers={"Content-Type": "application/json"})
-    response = connection.getresponse()
-    data = response.read()
-    elapsed = (time.perf_counter() - sent) * 1e3
-    if response.status != 200:
-        raise RuntimeError(f"/classify answered {response.status}: {data[:200]!r}")
-    return elapsed
+    """One /classify on the kept-alive connection, in ms; anything but a good answer stops the
+    run (the load generator's own exchange and check)."""
+    status, data, elapsed_ms, _, problem = exchange(connection, "/classify", body)
+    problem = problem or check_answer(status, data, "label")[0]
+    if problem:
+        raise RuntimeError(f"/classify: {problem}")
+    return elapsed_ms

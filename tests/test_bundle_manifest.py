@@ -4,6 +4,7 @@ manifest is rewritten with `write_manifest` so the hashes stay valid."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bundle import BundleError, ClassifierModel, load_bundle, load_manifest
+from bundle import BundleError, ClassifierModel, file_digest, load_bundle, load_manifest
 from bundle.manifest import write_manifest
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models"
@@ -104,3 +105,24 @@ def test_multi_label_threshold_decides_the_labels(tmp_path: Path) -> None:
     single = load_bundle(_shipped("imdb-sentiment"))
     assert isinstance(single, ClassifierModel)
     assert single.chosen_labels([0.2, 0.8]) == [second]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 1_000_003])
+def test_file_digest_is_the_sha256_of_the_bytes(tmp_path: Path, size: int) -> None:
+    """Mapped or read (an empty file cannot be mapped), the digest is hashlib's of the bytes."""
+    data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert file_digest(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_changed_byte_fails_verification(tmp_path: Path) -> None:
+    """One flipped byte in the middle of the model: refused at load, naming the file."""
+    target = tmp_path / "imdb-sentiment"
+    shutil.copytree(_shipped("imdb-sentiment"), target)
+    model = target / "model.ort"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"model\.ort sha256"):
+        load_manifest(target)

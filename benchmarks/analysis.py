@@ -15,6 +15,9 @@ from benchmarks.servers import NAIVE, OURS
 MB = 1e6
 
 
+COLD_START_TARGET_S = 0.30  # issue 11: exec -> first /classify
+
+
 def cold_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per probe kind and server: median, min, max, n, and median phases."""
     out: dict[str, dict[str, Any]] = {}
@@ -234,10 +237,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "cold start, ours (median)",
             ours_cold.get("median_s"),
-            "<= 0.30 s",
-            lambda v: v <= 0.30,
+            f"<= {COLD_START_TARGET_S:.2f} s",
+            lambda v: v <= COLD_START_TARGET_S,
             "s",
-            bound,
+            bound + cold_start_needs(probe, ours_cold.get("phases_median_s") or {}),
         )
     )
 
@@ -294,7 +297,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             "ms",
             _paired_words(paired, o)
             + overhead_bound(
-                o, median["ours"] if median else None, floor["p50_ms"] if floor else None
+                o,
+                median["ours"] if median else None,
+                floor["p50_ms"] if floor else None,
+                paired,
             ),
         )
     )
@@ -343,6 +349,24 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     )
     return rows
+
+
+def cold_start_needs(probe: dict[str, Any], phases: dict[str, float]) -> str:
+    """What the cold-start target leaves for loading, with the phases after it as measured: the
+    slack above the stack floor, beside the sha256 checks every start does (a corrupt bundle
+    must be refused before serving)."""
+    floor = probe.get("floor_s")
+    if not phases or floor is None:
+        return ""
+    after = sum(phases[p] for p in OUR_PHASES[2:])
+    loaded_by = COLD_START_TARGET_S - after
+    verify_s = sum(b["verify_manifest_ms"] for b in probe.get("bundles", {}).values()) / 1e3
+    verdict = "the sha256 checks alone take more" if verify_s > loaded_by - floor else "room left"
+    return (
+        f"; {COLD_START_TARGET_S:.2f} s needs ours loaded by {loaded_by:.3f} s (the phases after "
+        f"loading as measured, {after:.3f}): {loaded_by - floor:.3f} above the stack floor, "
+        f"where the sha256 checks take {verify_s:.3f}: {verdict}"
+    )
 
 
 def cold_start_bound(probe: dict[str, Any], phases: dict[str, float]) -> str:
@@ -520,7 +544,9 @@ def _served_split(timing: dict[str, Any] | None) -> str:
 
 
 def _paired_words(paired: dict[str, Any] | None, o: dict[str, Any]) -> str:
-    """The paired measurement the row's value comes from, and the cross-phase figure beside it."""
+    """The paired measurement the row's value comes from: the server's own model stage in those
+    requests (what of the overhead is the model call, what is around it), and the cross-phase
+    figure beside it."""
     if not paired:
         return ""
     apart = (
@@ -528,18 +554,32 @@ def _paired_words(paired: dict[str, Any] | None, o: dict[str, Any]) -> str:
         if o.get("over_session_ms") is not None
         else ""
     )
+    timing = paired.get("server_timing") or {}
+    model = timing.get("model_p50_ms")
+    staged = (
+        f"; in those requests the server's model stage p50 {model:.2f} "
+        f"({model - paired['session']['p50_ms']:+.2f} on the bare session) and HTTP - that "
+        f"stage {timing['over_model_p50_ms']:.2f}"
+        if model is not None and "over_model_p50_ms" in timing
+        else ""
+    )
     return (
         f"paired on the server's core (benchmarks/paired.py): HTTP p50 "
         f"{paired['http']['p50_ms']:.2f} ms, bare session p50 {paired['session']['p50_ms']:.2f} "
-        f"({paired['http']['n']} of each){apart}; "
+        f"({paired['http']['n']} of each){staged}{apart}; "
     )
 
 
 def overhead_bound(
-    o: dict[str, Any], http_cell: dict[str, Any] | None, readyz: float | None
+    o: dict[str, Any],
+    http_cell: dict[str, Any] | None,
+    readyz: float | None,
+    paired: dict[str, Any] | None = None,
 ) -> str:
     """What the overhead is made of and its floor: tokenizing the review plus an HTTP round
-    trip that does no model work (GET /readyz) is the least any server of ours can add."""
+    trip that does no model work (GET /readyz) is the least any server of ours can add; taken
+    right after a model run (paired.py) where measured, since that is when a request's own
+    round trip happens."""
     if not o:
         return ""
     timing: dict[str, Any] = (http_cell or {}).get("server_timing") or {}
@@ -554,12 +594,19 @@ def overhead_bound(
             f"tokenization {o.get('tokenize_p50_ms')} ms; HTTP - in-process "
             f"{o.get('over_in_process_ms')} ms"
         )
+    after = ((paired or {}).get("readyz_after_model") or {}).get("p50_ms")
+    idle = ((paired or {}).get("readyz_after_no_work") or {}).get("p50_ms")
     if readyz is not None:
         parts.append(f"HTTP round trip with no model work (GET /readyz) {readyz} ms")
-        if o.get("tokenize_p50_ms") is not None:
-            parts.append(
-                f"floor: tokenization + that round trip = {o['tokenize_p50_ms'] + readyz:.2f} ms"
-            )
+    if after is not None and idle is not None:
+        parts.append(
+            f"the same round trip right after a model run {after:.3f} ms, after another "
+            f"no-work one {idle:.3f} (paired)"
+        )
+    trip = after if after is not None else readyz
+    if trip is not None and o.get("tokenize_p50_ms") is not None:
+        which = "the round trip after a model run" if after is not None else "that round trip"
+        parts.append(f"floor: tokenization + {which} = {o['tokenize_p50_ms'] + trip:.2f} ms")
     return "; ".join(parts)
 
 

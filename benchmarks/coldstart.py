@@ -5,8 +5,10 @@ request that the client keeps re-sending gets a 200 with the expected body. Befo
 is open the connection is refused and the client retries every few ms (its own core); once the
 socket listens, a request waits in the accept queue and is answered as soon as the server can.
 
-Phases come from each server's own startup log (ages since exec from /proc, 10 ms steps):
-ours logs "models loaded" (load_s) in the gunicorn master and "ready" (warm_up_s) in the worker;
+Phases come from each server's own startup log: ours logs "models loaded" (load_s) in the
+gunicorn master and "ready" (warm_up_s) in the worker, each line with its wall-clock time (ms),
+whose age is taken from the moment of the exec (the age since exec the lines also carry comes
+from /proc in 10 ms steps, used only where a line has no time);
 the naive app prints its imports and load_learner times. What is left to the first answer is
 "first request". Modules load from bytecode and regexes from their saved compiled form, as in
 the image (see `run_cold_starts`).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,18 +79,30 @@ def _find(records: list[dict[str, Any]], message: str) -> dict[str, Any] | None:
     return next((r for r in records if r.get("message") == message), None)
 
 
-def our_phases(records: list[dict[str, Any]], total_s: float) -> dict[str, float] | None:
+def _age(record: dict[str, Any], started_wall: float | None) -> float | None:
+    """Seconds from the exec to a log line: its wall-clock `time` (ms) where there is one and
+    the exec's wall-clock moment is known, else its own `since_exec_s` (/proc, 10 ms steps)."""
+    stamp = record.get("time")
+    if started_wall is not None and isinstance(stamp, str):
+        try:
+            return datetime.fromisoformat(stamp).timestamp() - started_wall
+        except ValueError:
+            pass
+    age = record.get("since_exec_s")
+    return float(age) if age is not None else None
+
+
+def our_phases(
+    records: list[dict[str, Any]], total_s: float, started_wall: float | None = None
+) -> dict[str, float] | None:
     """Phase durations (s) of our server from its startup log, or None if a line is missing."""
     loaded, ready = _find(records, "models loaded"), _find(records, "ready")
-    if (
-        not loaded
-        or not ready
-        or loaded.get("since_exec_s") is None
-        or ready.get("since_exec_s") is None
-    ):
+    if not loaded or not ready:
         return None
-    load_s, loaded_at = float(loaded["load_s"]), float(loaded["since_exec_s"])
-    warm_s, ready_at = float(ready["warm_up_s"]), float(ready["since_exec_s"])
+    loaded_at, ready_at = _age(loaded, started_wall), _age(ready, started_wall)
+    if loaded_at is None or ready_at is None:
+        return None
+    load_s, warm_s = float(loaded["load_s"]), float(ready["warm_up_s"])
     return dict(
         zip(
             OUR_PHASES,
@@ -142,7 +157,11 @@ def cold_start_once(
     finally:
         exit_code = server.stop()
     records = server.log_records()
-    phases = our_phases(records, total_s) if name == OURS else naive_phases(records, total_s)
+    phases = (
+        our_phases(records, total_s, server.started_wall)
+        if name == OURS
+        else naive_phases(records, total_s)
+    )
     if name == OURS and exit_code != 0:
         raise ServerFailed(
             f"our server exited {exit_code} after SIGTERM:\n{server.log_text()[-3000:]}"

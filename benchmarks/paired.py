@@ -5,6 +5,12 @@ Why: the overhead is a difference of two ~20 ms figures, and this host's speed d
 percent between the phases of a run (the report's host probes). Taken from the latency phase
 and the in-process phase, the same server code gave 0.9 to 3.7 ms. Interleaved request by
 request, both sides see the same moments of the host.
+
+Each block of requests ends with two no-work round trips (GET /readyz): one right after the
+last model run, one after that. Their difference is what a model run costs the Python that runs
+next (its 14 MB of weights have pushed the interpreter out of the core's caches), so the floor
+of the overhead (tokenizing + a no-work round trip) is also given with the round trip that really
+follows a model run.
 """
 
 from __future__ import annotations
@@ -18,7 +24,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from benchmarks.loadgen import check_answer, exchange, latency_stats, require_loopback
+from benchmarks.loadgen import (
+    check_answer,
+    exchange,
+    latency_stats,
+    parse_server_timing,
+    require_loopback,
+    server_timing_split,
+)
 from benchmarks.servers import REPO, base_env, pinned
 
 PER_BLOCK = 3  # requests, then session runs, per review in turn
@@ -71,12 +84,19 @@ def measure(
     bodies = [json.dumps({"text": text}).encode() for text in texts]
     worker = SessionWorker(models, texts, cpu)
     http_ms: list[float] = []
+    stages: list[dict[str, float]] = []
     session_ms: list[float] = []
+    after_model_ms: list[float] = []
+    after_no_work_ms: list[float] = []
     try:
         for _ in range(rounds):
             for index, body in enumerate(bodies):
                 for _ in range(PER_BLOCK):
-                    http_ms.append(_post(connection, body))
+                    elapsed_ms, timing = _post(connection, body)
+                    http_ms.append(elapsed_ms)
+                    stages.append(timing)
+                after_model_ms.append(_readyz(connection))
+                after_no_work_ms.append(_readyz(connection))
                 session_ms += worker.runs(index, PER_BLOCK)
     finally:
         worker.close()
@@ -89,14 +109,25 @@ def measure(
         "http": http_stats,
         "session": session_stats,
         "overhead_p50_ms": round(http_stats["p50_ms"] - session_stats["p50_ms"], 3),
+        "server_timing": server_timing_split(http_ms, stages),
+        "readyz_after_model": latency_stats(after_model_ms),
+        "readyz_after_no_work": latency_stats(after_no_work_ms),
     }
 
 
-def _post(connection: http.client.HTTPConnection, body: bytes) -> float:
-    """One /classify on the kept-alive connection, in ms; anything but a good answer stops the
-    run (the load generator's own exchange and check)."""
-    status, data, elapsed_ms, _, problem = exchange(connection, "/classify", body)
+def _post(connection: http.client.HTTPConnection, body: bytes) -> tuple[float, dict[str, float]]:
+    """One /classify on the kept-alive connection: ms and the server's own Server-Timing stages;
+    anything but a good answer stops the run (the load generator's own exchange and check)."""
+    status, data, elapsed_ms, timing, problem = exchange(connection, "/classify", body)
     problem = problem or check_answer(status, data, "label")[0]
     if problem:
         raise RuntimeError(f"/classify: {problem}")
+    return elapsed_ms, parse_server_timing(timing)
+
+
+def _readyz(connection: http.client.HTTPConnection) -> float:
+    """One GET /readyz (no model work) on the same connection, in ms; it must answer 200."""
+    status, data, elapsed_ms, _, problem = exchange(connection, "/readyz", None)
+    if problem or status != 200:
+        raise RuntimeError(f"/readyz: {problem or f'HTTP {status}: {data[:200]!r}'}")
     return elapsed_ms

@@ -344,11 +344,15 @@ def _cold_start(results: dict[str, Any], plots: Sequence[Path], rel: Any) -> lis
         ),
     )
     for server, names, source in (
-        (OURS, OUR_PHASES, "its JSON startup log (`models loaded`, `ready`)"),
-        (NAIVE, NAIVE_PHASES, "the line `benchmarks/naive_app.py` prints"),
+        (
+            OURS,
+            OUR_PHASES,
+            "its JSON startup log (`models loaded`, `ready`), each line's time (ms)",
+        ),
+        (NAIVE, NAIVE_PHASES, "the line `benchmarks/naive_app.py` prints, in 10 ms steps"),
     ):
         out += [
-            f"Phases, {server} (medians, s; from {source}; ages since exec in 10 ms steps):",
+            f"Phases, {server} (medians, s; from {source}; ages since the exec):",
             "",
         ]
         out += _table(

@@ -135,6 +135,7 @@ class RunningServer:
     base_url: str
     log_path: Path
     started: float  # time.perf_counter() just before the exec
+    started_wall: float  # time.time() at the same moment: ages of the server's log lines
     exit_code: int | None = field(default=None)
 
     @property
@@ -185,7 +186,7 @@ def start(spec: ServerSpec, port: int, log_dir: Path, cpu: int | None) -> Runnin
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{spec.name}-{port}.log"
     with log_path.open("wb") as log_file:
-        started = time.perf_counter()
+        started, started_wall = time.perf_counter(), time.time()
         process = subprocess.Popen(
             pinned(spec.argv, cpu),
             cwd=REPO,
@@ -194,7 +195,7 @@ def start(spec: ServerSpec, port: int, log_dir: Path, cpu: int | None) -> Runnin
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    return RunningServer(spec, process, f"http://127.0.0.1:{port}", log_path, started)
+    return RunningServer(spec, process, f"http://127.0.0.1:{port}", log_path, started, started_wall)
 
 
 def launch(name: str, run_dir: Path, models: Path, log_dir: Path, cpu: int | None) -> RunningServer:

@@ -93,7 +93,8 @@ def test_cold_starts_of_both_servers_with_phases_that_add_up(quick_run: dict[str
     for row in rows:
         assert row["total_s"] > 0
         assert row["phases_s"] is not None, f"{row['server']}: startup log not parsed"
-        # Phases come from the server's own log (10 ms steps) and end at the client's clock.
+        # Phases come from the server's own log (ours: ms times; naive: 10 ms steps) and end at
+        # the client's clock.
         assert sum(row["phases_s"].values()) == pytest.approx(row["total_s"], abs=0.15), row
     ours = [r for r in rows if r["server"] == "ours"]
     assert all(r["exit_code"] == 0 for r in ours)  # SIGTERM ends our server cleanly
@@ -178,7 +179,7 @@ def test_our_answers_are_split_by_the_servers_own_timing(quick_run: dict[str, An
         if t["name"].startswith("server overhead")
     )
     assert "Server-Timing in the same requests" in overhead["bound"]
-    assert "floor: tokenization + that round trip" in overhead["bound"]
+    assert "floor: tokenization + the round trip after a model run" in overhead["bound"]
 
 
 def test_overhead_is_paired_with_the_bare_session_on_the_same_core(
@@ -195,6 +196,12 @@ def test_overhead_is_paired_with_the_bare_session_on_the_same_core(
     assert paired["overhead_p50_ms"] == round(
         paired["http"]["p50_ms"] - paired["session"]["p50_ms"], 3
     )
+    blocks = cfg["reviews_per_band"] * cfg["paired_rounds"]
+    after, idle = paired["readyz_after_model"], paired["readyz_after_no_work"]
+    assert after["n"] == idle["n"] == blocks and after["p50_ms"] > 0 and idle["p50_ms"] > 0
+    timing = paired["server_timing"]  # the server's own stages, in the paired requests
+    assert 0 < timing["model_p50_ms"] < paired["http"]["p50_ms"]
+    assert 0 < timing["over_model_p50_ms"] < paired["http"]["p50_ms"]
     assert results["latency"]["naive"]["paired_overhead"] is None
     row = next(t for t in results["derived"]["targets"] if t["name"].startswith("server overhead"))
     assert row["value"] == paired["overhead_p50_ms"]

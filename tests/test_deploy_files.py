@@ -620,11 +620,14 @@ def test_service_yaml_is_a_knative_service_with_one_vcpu() -> None:
     assert container["image"] == "${IMAGE}"
 
 
-def test_service_yaml_probes_use_the_server_health_endpoints() -> None:
+def test_service_yaml_probes_the_port_at_start_and_healthz_after() -> None:
+    """Start: a TCP probe on the container port (the port opens once the bundles are loaded,
+    tests/test_server_startup.py), not an HTTP one retried a period later; liveness: /healthz."""
     container = service_container(load_service())
     startup, liveness = container["startupProbe"], container["livenessProbe"]
-    assert startup["httpGet"] == {"path": "/readyz", "port": 8080}
-    assert liveness["httpGet"] == {"path": "/healthz", "port": 8080}
+    port = container["ports"][0]["containerPort"]
+    assert startup["tcpSocket"] == {"port": port} and "httpGet" not in startup
+    assert liveness["httpGet"] == {"path": "/healthz", "port": port}
     for probe in (startup, liveness):
         assert probe["timeoutSeconds"] <= probe["periodSeconds"], (
             "Cloud Run rejects timeout > period"
@@ -636,7 +639,7 @@ def test_service_yaml_probes_use_the_server_health_endpoints() -> None:
 
 def test_server_serves_the_probed_paths() -> None:
     source = "\n".join(p.read_text() for p in (REPO / "server").rglob("*.py"))
-    for path in ("/readyz", "/healthz"):
+    for path in ("/readyz", "/healthz"):  # /readyz: for orchestrators that probe readiness
         assert f'"{path}"' in source, f"no route {path} in server/"
 
 

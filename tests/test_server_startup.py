@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from server_harness import REPO_ROOT, assert_json_error, free_port, server_env, start_server
+from server_harness import (
+    REPO_ROOT,
+    RunningServer,
+    assert_json_error,
+    free_port,
+    server_env,
+    start_server,
+)
 
 
 def run_to_exit(model_dir: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess:
@@ -39,6 +47,40 @@ def test_readyz_is_503_until_warm_up_has_run(tiny_bundles: Path, tmp_path: Path)
         while server.get("/readyz").status_code != 200:
             assert time.monotonic() < deadline, server.log()
             time.sleep(0.1)
+    finally:
+        assert server.stop() == 0
+
+
+def test_the_port_opens_loaded_and_its_first_request_is_answered(
+    tiny_bundles: Path, tmp_path: Path
+) -> None:
+    """What Cloud Run's TCP startup probe (service.yaml) relies on: the port accepts only once
+    every bundle is verified and loaded, and a request sent the moment it does is answered,
+    warm-up or not (here held back 2 s)."""
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server"],
+            cwd=REPO_ROOT,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=server_env(tiny_bundles, port, WARMUP_DELAY_S="2"),
+        )
+    server = RunningServer(process, f"http://127.0.0.1:{port}", log_path)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # as a TCP probe does: connect until the port accepts
+            assert process.poll() is None and time.monotonic() < deadline, server.log()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.005)
+        assert '"models loaded"' in server.log()  # logged by the master before it binds
+        assert server.post("/classify", json={"text": "fine"}).status_code == 200
+        assert server.get("/readyz").status_code == 503  # still warming up: served anyway
     finally:
         assert server.stop() == 0
 

@@ -16,6 +16,7 @@ MB = 1e6
 
 
 COLD_START_TARGET_S = 0.30  # issue 11: exec -> first /classify
+OVERHEAD_TARGET_MS = 1.0  # issue 11: HTTP p50 - raw session p50, median review, c=1
 
 
 def cold_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -292,8 +293,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         _target(
             "server overhead over the raw session (median review, HTTP p50 - session p50)",
             paired["overhead_p50_ms"] if paired else o.get("over_session_ms"),
-            "<= 1 ms",
-            lambda v: v <= 1,
+            f"<= {OVERHEAD_TARGET_MS:g} ms",
+            lambda v: v <= OVERHEAD_TARGET_MS,
             "ms",
             _paired_words(paired, o)
             + overhead_bound(
@@ -606,7 +607,9 @@ def overhead_bound(
     trip = after if after is not None else readyz
     if trip is not None and o.get("tokenize_p50_ms") is not None:
         which = "the round trip after a model run" if after is not None else "that round trip"
-        parts.append(f"floor: tokenization + {which} = {o['tokenize_p50_ms'] + trip:.2f} ms")
+        least = o["tokenize_p50_ms"] + trip
+        verdict = "over the target by itself" if least > OVERHEAD_TARGET_MS else "under the target"
+        parts.append(f"floor: tokenization + {which} = {least:.2f} ms, {verdict}")
     return "; ".join(parts)
 
 

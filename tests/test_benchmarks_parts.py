@@ -29,7 +29,7 @@ from benchmarks.loadgen import (
     run_load,
     server_timing_split,
 )
-from benchmarks.memory import MemorySampler
+from benchmarks.memory import MemorySampler, tree_own_kib
 from benchmarks.report import host_speed_lines
 from benchmarks.runner import BenchConfig, check_paths, predicted_cell_s, run_cells
 
@@ -220,6 +220,33 @@ def test_procfs_reads_real_processes() -> None:
     assert own is not None and own > 10_000  # this interpreter holds numpy and pytest
 
 
+def test_own_pages_count_a_page_a_forked_child_shares_once() -> None:
+    """A parent that wrote 64 MiB, and its forked child: the RSS of the two counts those pages
+    twice, the tree's own pages once."""
+    code = (
+        "import os, sys, time; b = bytearray(64 << 20)\n"
+        "if os.fork() == 0: time.sleep(30); os._exit(0)\n"
+        "print('forked', flush=True); time.sleep(30)"
+    )
+    parent = subprocess.Popen(["python3", "-c", code], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    try:
+        assert parent.stdout.readline() == "forked\n"
+        time.sleep(0.2)
+        pids = procfs.tree(parent.pid)
+        assert len(pids) == 2
+        rss_sum = sum(procfs.status_kib(pid, "VmRSS") or 0 for pid in pids)
+        own = tree_own_kib(parent.pid)
+        if own is None:
+            pytest.skip("page frame numbers need CAP_SYS_ADMIN")
+        assert own >= 64 << 10
+        assert rss_sum - own >= 60 << 10  # the 64 MiB the child shares, counted once
+    finally:
+        for pid in procfs.tree(parent.pid)[::-1]:
+            subprocess.run(["kill", str(pid)], check=False)
+        parent.wait()
+
+
 def test_memory_sampler_splits_the_peak_into_ready_and_what_the_load_added() -> None:
     """A real process that takes 64 MiB only after the first sample: the row's bound must put
     that growth under the load, not under what the server holds at ready."""
@@ -245,8 +272,17 @@ def test_memory_sampler_splits_the_peak_into_ready_and_what_the_load_added() -> 
         child.wait()
     assert memory["ready_tree_pss_mib"] < 40
     assert memory["peak_tree_pss_mib"] - memory["ready_tree_pss_mib"] >= 60
+    if memory["peak_tree_own_mib"] is not None:  # frame numbers readable (CAP_SYS_ADMIN)
+        # PSS shares the interpreter's library pages with every other python3 on the host
+        assert memory["pss_left_out_mib"] >= 0
+        assert memory["peak_tree_own_mib"] >= memory["peak_tree_pss_mib"]
+        assert memory["end_tree_own_mib"] - memory["ready_tree_own_mib"] >= 60
     bound = memory_bound(memory)
-    assert bound.startswith(f"at ready {memory['ready_tree_pss_mib']} MiB")
+    assert f"at ready {memory['ready_tree_pss_mib']} MiB" in bound
+    if memory["pss_left_out_mib"] is not None:
+        assert bound.startswith(
+            f"peak PSS {memory['peak_tree_pss_mib']} MiB + {memory['pss_left_out_mib']} MiB"
+        )
     added = memory["peak_tree_pss_mib"] - memory["ready_tree_pss_mib"]
     assert f"load added {added:.1f} MiB" in bound
 

@@ -17,9 +17,9 @@ REUSED_AND_RETURNED = """
 import ctypes, resource, sys
 import server.memory as memory
 tuned = memory.tune_malloc() if sys.argv[1] == "tuned" else None
-def touched(mib):
-    block = bytearray(mib << 20)
-    ctypes.memset((ctypes.c_char * len(block)).from_buffer(block), 1, len(block))
+def touched(mib):  # written through a c_char, not a new array type: a type is a heap block
+    block = bytearray(mib << 20)  # that could land above the test's blocks and pin them there
+    ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block)), 1, len(block))
     return block
 def faulted_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt * 4 >> 10

@@ -41,11 +41,16 @@ def session_options(
     opts.enable_mem_pattern = False
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
-    # CPU arena off: the arena keeps the peak of every run (a long classifier batch, eight
-    # concurrent LM runs) for the life of the process, each session its own; malloc gives freed
-    # activations back (with `python -m server`'s malloc settings, server/__main__.py). Same
-    # ms per run with the arena and without (one process, interleaved).
-    opts.enable_cpu_mem_arena = False
+    # CPU arena on: it keeps the largest run's activations for the session's life and reuses
+    # them, so what it holds is bounded by how the server feeds the graphs: a classifier run
+    # holds at most CLASSIFY_MAX_TOKENS padded tokens (256 for chunked graphs), an LM run one
+    # step or one prompt slice (PROMPT_RUN_TOKENS, server/inference/sampling.py). With it off,
+    # freed activations went back to malloc, whose heap holes (left by loading) the next runs
+    # dirtied page by page. Measured, server on one pinned core, 8 concurrent long reviews then
+    # 8 concurrent /generate 5 x 40, four runs each, pages counted once: peak after the reviews
+    # 130.4-131.6 MiB with it, 135.5-151.7 without; after /generate 149.5-151.3 vs 149.1-160.1.
+    # Same ms per run (one process, interleaved).
+    opts.enable_cpu_mem_arena = True
     opts.log_severity_level = 3
     return opts
 

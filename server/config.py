@@ -349,7 +349,8 @@ class Settings:
         OptionalIntIn(64, 10_000_000),
         None,
         "Most padded tokens in one classifier onnxruntime run; a run's activation memory grows "
-        "with them (~21 KiB each for the shipped size). Unset: per bundle, from its graph layout "
+        "with them (~21 KiB each for the shipped size), and the session's arena keeps the "
+        "largest run's for the process's life. Unset: per bundle, from its graph layout "
         "(bundle/classifier_rows.py): 256 for chunked graphs, which take texts in time chunks with the "
         "state carried (rows × chunk ≤ the budget, however long the texts; a text that has ended "
         "leaves the batch), 2048 for whole-sequence graphs (bundles exported before chunking), "

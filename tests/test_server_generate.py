@@ -20,7 +20,13 @@ from bundle.onnx_run import unchecked_run
 from server.inference.errors import DeadlineExceeded
 from server.inference.generate import GenerationRequest, generate_texts, prompt_ids, stream_pieces
 from server.inference.guards import LM_RUNS, RequestBudget
-from server.inference.sampling import SamplingParams, generate_ids, make_rng
+from server.inference.sampling import (
+    PROMPT_RUN_TOKENS,
+    SamplingParams,
+    generate_ids,
+    make_rng,
+    prompt_state,
+)
 
 PROMPT = "My favorite part was when"
 
@@ -53,6 +59,61 @@ def test_carried_state_equals_fastai_refeed(lm_fp32: LanguageModel) -> None:
     )
     carried = prompt + [int(step[0]) for step in steps]
     assert carried == refeed_greedy(lm_fp32, prompt, 30)
+
+
+class RecordedSteps:
+    """A real LanguageModel's `step`, with the length of each run's input kept."""
+
+    def __init__(self, model: LanguageModel) -> None:
+        self.model = model
+        self.lengths: list[int] = []
+
+    def initial_state(self, batch: int) -> list[np.ndarray]:
+        return self.model.initial_state(batch)
+
+    def step(self, ids: np.ndarray, state: list[np.ndarray]) -> tuple[np.ndarray, list]:
+        self.lengths.append(ids.shape[1])
+        return self.model.step(ids, state)
+
+
+def long_prompt(model: LanguageModel, n: int, seed: int = 0) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return [model.bos_id, *rng.integers(4, model.vocab_size, n - 1).tolist()]
+
+
+@pytest.mark.parametrize(
+    "n", [1, PROMPT_RUN_TOKENS - 1, PROMPT_RUN_TOKENS, PROMPT_RUN_TOKENS + 1, 700]
+)
+def test_a_prompt_in_slices_answers_as_one_run_in_fp32(lm_fp32: LanguageModel, n: int) -> None:
+    """Fed in runs of at most PROMPT_RUN_TOKENS with the state carried: the logits and state of
+    one run over the whole prompt, to float rounding."""
+    ids = long_prompt(lm_fp32, n)
+    recorded = RecordedSteps(lm_fp32)
+    logits, state = prompt_state(recorded, ids)
+    assert recorded.lengths == [
+        min(PROMPT_RUN_TOKENS, n - start) for start in range(0, n, PROMPT_RUN_TOKENS)
+    ]
+    whole_logits, whole_state = lm_fp32.step(np.asarray([ids]), lm_fp32.initial_state(1))
+    np.testing.assert_allclose(logits, whole_logits, rtol=0, atol=1e-4)
+    for got, want in zip(state, whole_state, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_int8_prompt_slices_stay_within_int8_noise(
+    tiny_lm: LanguageModel, lm_fp32: LanguageModel
+) -> None:
+    """int8 quantizes each run's inputs with one scale, so slicing moves the logits a little:
+    no further from fp32 than one int8 run is (2x allowed). Slices that lost the state between
+    runs land far off (the last of 3 slices holds 3 tokens)."""
+    sliced_err, whole_err = [], []
+    for seed in range(4):
+        ids = long_prompt(tiny_lm, 2 * PROMPT_RUN_TOKENS + 3, seed)  # a last slice of 3
+        reference, _ = lm_fp32.step(np.asarray([ids]), lm_fp32.initial_state(1))
+        whole, _ = tiny_lm.step(np.asarray([ids]), tiny_lm.initial_state(1))
+        sliced, _ = prompt_state(tiny_lm, ids)
+        sliced_err.append(np.abs(sliced - reference).mean())
+        whole_err.append(np.abs(whole - reference).mean())
+    assert np.mean(sliced_err) <= 2 * np.mean(whole_err)
 
 
 def test_prompt_starts_with_xxbos(tiny_lm: LanguageModel) -> None:

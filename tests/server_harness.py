@@ -130,17 +130,15 @@ def server_env(model_dir: Path, port: int, **overrides: str) -> dict[str, str]:
     return env
 
 
-def start_server(
+def launch_server(
     model_dir: Path,
     log_dir: Path,
     *,
     python: str = sys.executable,
     cwd: Path = REPO_ROOT,
-    wait_ready: bool = True,
-    timeout: float = 90.0,
     **env_overrides: str,
 ) -> RunningServer:
-    """Start the server and wait for /healthz (and /readyz unless `wait_ready` is False)."""
+    """Exec `python -m server` on a free port, its output to a log file; does not wait."""
     port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"
@@ -153,7 +151,22 @@ def start_server(
             stdin=subprocess.DEVNULL,
             env=server_env(model_dir, port, **env_overrides),
         )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", log_path)
+    return RunningServer(process, f"http://127.0.0.1:{port}", log_path)
+
+
+def start_server(
+    model_dir: Path,
+    log_dir: Path,
+    *,
+    python: str = sys.executable,
+    cwd: Path = REPO_ROOT,
+    wait_ready: bool = True,
+    timeout: float = 90.0,
+    **env_overrides: str,
+) -> RunningServer:
+    """Start the server and wait for /healthz (and /readyz unless `wait_ready` is False)."""
+    server = launch_server(model_dir, log_dir, python=python, cwd=cwd, **env_overrides)
+    process = server.process
     probe = "/readyz" if wait_ready else "/healthz"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

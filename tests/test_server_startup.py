@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from server_harness import (
     REPO_ROOT,
-    RunningServer,
     assert_json_error,
     free_port,
+    launch_server,
     server_env,
     start_server,
 )
@@ -57,18 +57,9 @@ def test_the_port_opens_loaded_and_its_first_request_is_answered(
     """What Cloud Run's TCP startup probe (service.yaml) relies on: the port accepts only once
     every bundle is verified and loaded, and a request sent the moment it does is answered,
     warm-up or not (here held back 2 s)."""
-    port = free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server"],
-            cwd=REPO_ROOT,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=server_env(tiny_bundles, port, WARMUP_DELAY_S="2"),
-        )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", log_path)
+    server = launch_server(tiny_bundles, tmp_path, WARMUP_DELAY_S="2")
+    process = server.process
+    port = int(server.base_url.rsplit(":", 1)[1])
     try:
         deadline = time.monotonic() + 60
         while True:  # as a TCP probe does: connect until the port accepts

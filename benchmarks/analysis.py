@@ -355,6 +355,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _bundles_s(probe: dict[str, Any], step_ms: str) -> float:
+    """One start-up step (`startup_probe_medians`' per-bundle ms) summed over the bundles, in s."""
+    return sum(b[step_ms] for b in probe.get("bundles", {}).values()) / 1e3
+
+
 def cold_start_needs(probe: dict[str, Any], phases: dict[str, float]) -> str:
     """What the cold-start target leaves for loading, with the phases after it as measured: the
     slack above the stack floor, beside the sha256 checks every start does (a corrupt bundle
@@ -364,7 +369,7 @@ def cold_start_needs(probe: dict[str, Any], phases: dict[str, float]) -> str:
         return ""
     after = sum(phases[p] for p in OUR_PHASES[2:])
     loaded_by = COLD_START_TARGET_S - after
-    verify_s = sum(b["verify_manifest_ms"] for b in probe.get("bundles", {}).values()) / 1e3
+    verify_s = _bundles_s(probe, "verify_manifest_ms")
     verdict = "the sha256 checks alone take more" if verify_s > loaded_by - floor else "room left"
     return (
         f"; {COLD_START_TARGET_S:.2f} s needs ours loaded by {loaded_by:.3f} s (the phases after "
@@ -385,9 +390,8 @@ def cold_start_bound(probe: dict[str, Any], phases: dict[str, float]) -> str:
         largest = max(phases.items(), key=lambda kv: kv[1])
         return f"largest phase: {largest[0]} {largest[1]:.3f} s"
     imports_s = sum(probe[k] for k in STACK_FLOOR_STEPS[1:]) / 1e3
-    bundles = probe.get("bundles", {}).values()
-    verify_s = sum(b["verify_manifest_ms"] for b in bundles) / 1e3
-    tables_s = sum(b["tokenizer_ms"] for b in bundles) / 1e3
+    verify_s = _bundles_s(probe, "verify_manifest_ms")
+    tables_s = _bundles_s(probe, "tokenizer_ms")
     return (
         f"floor of the stack {floor:.3f} s (a bare interpreter: its start "
         f"{probe['interpreter_ms'] / 1e3:.3f}, imports of numpy, onnxruntime, gunicorn, falcon "
